@@ -1,0 +1,89 @@
+"""Command line: ``python -m harness parity`` (the main job), ``seed`` and ``port``.
+
+Example:
+    python -m harness parity                       # every cell, plan, dtype and backend
+    python -m harness parity --cell lstm --dtype float64 --backend torch jax --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+from harness import scenarios
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def installed_backends() -> list[str]:
+    """``torch`` (the reference) plus every Keras backend whose framework is importable."""
+    found = ["torch"] if importlib.util.find_spec("torch") else []
+    if importlib.util.find_spec("keras"):
+        found += [f"keras-{b}" for b in KERAS_BACKENDS if importlib.util.find_spec(b)]
+    return found
+
+
+def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
+    """Run one backend's scenarios in a fresh process (the Keras backend is fixed at import)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend.removeprefix("keras-"))
+    if backend == "keras-jax":
+        env["JAX_ENABLE_X64"] = "1"
+    cmd = [sys.executable, "-m", "harness", "_worker", backend, "--streams", str(args.streams),
+           "--cell", *args.cell, "--dtype", *args.dtype]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not rows:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        rows.append({"backend": backend, "cell": "-", "dtype": "-", "plan": "-", "pair": "worker crashed",
+                     "max_abs": float("nan"), "bit_identical": False, "ok": False, "error": tail})
+    return rows
+
+
+def _parity(args: argparse.Namespace) -> int:
+    backends = args.backend or installed_backends()
+    rows: list[dict] = []
+    for i, backend in enumerate(backends, 1):
+        started = time.perf_counter()
+        print(f"[{i}/{len(backends)}] {backend} ...", end=" ", flush=True, file=sys.stderr)
+        new = _run_backend(backend, args)
+        rows += new
+        print(f"{sum(r['ok'] for r in new)}/{len(new)} ok ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    print(scenarios.format_rows(rows))
+    failed = [r for r in rows if not r["ok"]]
+    for r in failed:
+        if r.get("error"):
+            print(f"\n{r['backend']}: {r['error']}")
+    worst = max((r["max_abs"] for r in rows if r["ok"]), default=0.0)
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks passed on {', '.join(backends)}; "
+          f"largest passing error {worst:.3g}. {'PASS' if not failed else 'FAIL'}")
+    if args.json:
+        scenarios.write_json(args.json, rows)
+    return 0 if rows and not failed else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    for row in scenarios.run_backend(args.which, args.cell, args.dtype, args.streams):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("parity", "parity run on built-in defaults (the main job)"), ("_worker", argparse.SUPPRESS)):
+        p = sub.add_parser(name, help=helptext)
+        if name == "_worker":
+            p.add_argument("which")
+        else:
+            p.add_argument("--backend", nargs="+", choices=["torch"] + [f"keras-{b}" for b in KERAS_BACKENDS])
+            p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
+        p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
+        p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+        p.add_argument("--streams", type=int, default=3)
+    args = parser.parse_args(argv)
+    return {"parity": _parity, "_worker": _worker}[args.command](args)

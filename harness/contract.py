@@ -1,0 +1,117 @@
+"""Framework-neutral checks of the public contract, shared by both model packages.
+
+Every check works on plain shapes and dtype names, raises a ``ValueError`` that
+says what was expected and what arrived, and runs before any carried state is
+touched, so a refused call leaves every state as it was.
+
+Example:
+    >>> check_input((2, 3, 10, 4), "float32", num_streams=3, input_size=4,
+    ...             batch_size=2, stream=None)
+    >>> check_input((2, 10, 4), "float32", num_streams=3, input_size=4,
+    ...             batch_size=2, stream=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: stream index out of range: expected 0 <= stream < 3, got 5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_input(
+    shape: Sequence[int | None],
+    dtype: str,
+    *,
+    num_streams: int,
+    input_size: int,
+    batch_size: int | None,
+    stream: int | None,
+    name: str = "input",
+) -> None:
+    """Check one call's input: rank, stream count, features, batch, dtype, stream index.
+
+    ``stream=None`` expects ``(batch, streams, time, features)``; ``stream=k``
+    expects ``(batch, time, features)`` for stream ``k`` alone.
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {dtype}")
+    shape = tuple(shape)
+    if stream is None:
+        if len(shape) != 4:
+            raise ValueError(
+                f"{name} must have rank 4 (batch, streams, time, features), "
+                f"got rank {len(shape)} with shape {shape}"
+                + ("; for one stream pass stream=k" if len(shape) == 3 else "")
+            )
+        if shape[1] is not None and shape[1] != num_streams:
+            raise ValueError(f"{name} has the wrong stream count: expected {num_streams} streams, got {shape[1]} (shape {shape})")
+    else:
+        check_stream_index(stream, num_streams)
+        if len(shape) != 3:
+            raise ValueError(
+                f"{name} for stream={stream} must have rank 3 (batch, time, features), "
+                f"got rank {len(shape)} with shape {shape}"
+            )
+    if shape[-1] is not None and shape[-1] != input_size:
+        raise ValueError(f"{name} has the wrong feature size: expected {input_size}, got {shape[-1]} (shape {shape})")
+    if shape[-2] is not None and shape[-2] < 1:
+        raise ValueError(f"{name} must have at least one time step, got shape {shape}")
+    if batch_size is not None and shape[0] is not None and shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has batch size {shape[0]} but the carried state was made for batch size "
+            f"{batch_size}; call reset_states() first to start over with a new batch size"
+        )
+
+
+def check_stream_index(stream: object, num_streams: int) -> None:
+    """Check that ``stream`` is an int in ``[0, num_streams)``."""
+    if isinstance(stream, bool) or not isinstance(stream, int) and not hasattr(stream, "__index__"):
+        raise ValueError(f"stream index must be an int, got {type(stream).__name__}")
+    if not 0 <= int(stream) < num_streams:
+        raise ValueError(f"stream index out of range: expected 0 <= stream < {num_streams}, got {stream}")
+
+
+def check_reset_args(
+    streams: Sequence[int] | None,
+    mask_shape: Sequence[int] | None,
+    mask_dtype: str | None,
+    *,
+    num_streams: int,
+    batch_size: int | None,
+) -> None:
+    """Check ``reset_states(streams=..., mask=...)``: at most one of them, in range, right shape."""
+    if streams is not None and mask_shape is not None:
+        raise ValueError("reset_states takes streams= or mask=, not both")
+    for s in streams or ():
+        check_stream_index(s, num_streams)
+    if mask_shape is not None:
+        expected = (batch_size if batch_size is not None else "batch", num_streams)
+        if len(mask_shape) != 2 or mask_shape[1] != num_streams or (
+            batch_size is not None and mask_shape[0] != batch_size
+        ):
+            raise ValueError(f"reset mask must have shape {expected}, got {tuple(mask_shape)}")
+        if mask_dtype != "bool":
+            raise ValueError(f"reset mask must be boolean, got dtype {mask_dtype}")
+
+
+def check_states(
+    shapes: Sequence[Sequence[int]],
+    *,
+    expected_count: int,
+    num_layers: int,
+    num_streams: int,
+    units: int,
+    batch_size: int | None,
+) -> int:
+    """Check states for ``set_states``: count and ``(L, B, S, H)`` shapes. Returns the batch size."""
+    if len(shapes) != expected_count:
+        raise ValueError(f"expected {expected_count} state tensor(s), got {len(shapes)}")
+    batch = batch_size if batch_size is not None else (shapes[0][1] if len(shapes[0]) == 4 else None)
+    expected = (num_layers, batch, num_streams, units)
+    for shape in shapes:
+        if tuple(shape) != expected:
+            raise ValueError(f"state must have shape (layers, batch, streams, units) = {expected}, got {tuple(shape)}")
+    return batch

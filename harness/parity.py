@@ -1,0 +1,156 @@
+"""The parity engine: run models whole and in chunks, compare outputs and carried states.
+
+Every model runs the sequence in chunks; at each chunk boundary the engine holds
+its output and every carried state against (a) the same model run whole up to
+that boundary ("same": chunked vs whole) and (b) the reference model's chunked
+run at that boundary ("cross").
+
+Example:
+    >>> import numpy as np, torch
+    >>> from models_torch import MultiStateLSTM
+    >>> model = MultiStateLSTM(4, 8, num_streams=3)
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 20, 4)).astype("float32")
+    >>> check_parity({"torch": model}, x, "ones").ok
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from harness.report import Comparison, ParityReport, compare
+from harness.runners import as_runner
+from harness.tolerances import default_tolerance
+
+PLANS = ("whole", "halves", "random", "ones")
+
+
+def chunk_plan(chunks: Sequence[int] | str, steps: int, seed: int = 0) -> list[int]:
+    """Chunk lengths summing to ``steps``: a list, or one of ``PLANS`` ("random" uses ``seed``).
+
+    Example:
+        >>> chunk_plan("halves", 7), chunk_plan("ones", 3), sum(chunk_plan("random", 50))
+        ([3, 4], [1, 1, 1], 50)
+    """
+    if isinstance(chunks, str):
+        if chunks == "whole":
+            return [steps]
+        if chunks == "halves":
+            return [steps // 2, steps - steps // 2] if steps > 1 else [steps]
+        if chunks == "ones":
+            return [1] * steps
+        if chunks == "random":
+            rng = np.random.default_rng(seed)
+            plan, left = [], steps
+            while left:
+                n = 1 if rng.random() < 0.3 else int(rng.integers(1, left + 1))
+                plan.append(min(n, left))
+                left -= plan[-1]
+            return plan
+        raise ValueError(f"unknown chunk plan {chunks!r}: expected a list of lengths or one of {PLANS}")
+    plan = [int(n) for n in chunks]
+    if any(n < 1 for n in plan) or sum(plan) != steps:
+        raise ValueError(f"chunk lengths must be >= 1 and sum to {steps} time steps, got {plan}")
+    return plan
+
+
+def _run_chunked(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[list[np.ndarray], list[dict]]:
+    runner.reset()
+    outputs, states, start = [], [], 0
+    for n in plan:
+        outputs.append(runner.run(x[:, :, start:start + n]))
+        states.append(runner.states())
+        start += n
+    return outputs, states
+
+
+def _run_whole_prefixes(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[np.ndarray, list[dict]]:
+    """The whole-sequence output, and the states after running each prefix that ends at a boundary."""
+    states, out, end = [], None, 0
+    for n in plan:
+        end += n
+        runner.reset()
+        out = runner.run(x[:, :, :end])
+        states.append(runner.states())
+    return out, states
+
+
+def _compare_step(
+    pair: str, kind: str, chunk: int, start: int, tolerance: Any,
+    out: np.ndarray, out_expected: np.ndarray, states: dict, states_expected: dict,
+) -> list[Comparison]:
+    rows = compare(out, out_expected, pair=pair, kind=kind, chunk=chunk, tensor="output", tolerance=tolerance,
+                   stream_axis=1, axis_names=("batch", "stream", "step", "unit"), offsets={"step": start})
+    for name, value in states.items():
+        if name not in states_expected:
+            continue
+        rows += compare(value, states_expected[name], pair=pair, kind=kind, chunk=chunk, tensor=name,
+                        tolerance=tolerance, stream_axis=2, axis_names=("layer", "batch", "stream", "unit"))
+    return rows
+
+
+def check_parity(
+    models: Mapping[str, Any],
+    x: np.ndarray,
+    chunks: Sequence[int] | str,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    reference: str | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Run every model whole and chunked; compare outputs and states at every boundary.
+
+    Args:
+        models: name -> torch/Keras multi-state model, Keras model, or ``Runner``.
+        x: input ``(B, S, T, F)`` as a numpy array; its dtype picks the default tolerances.
+        chunks: chunk lengths, or a plan name from ``PLANS``.
+        atol, rtol: override the defaults of DESIGN.md for both kinds of comparison.
+        reference: the model the others are held against (default: the first).
+        seed: seed of the "random" plan.
+    """
+    if not models:
+        raise ValueError("check_parity needs at least one model")
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (batch, streams, time, features), got shape {x.shape}")
+    dtype = str(x.dtype)
+    plan = chunk_plan(chunks, x.shape[2], seed)
+    reference = reference or next(iter(models))
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
+    same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
+    starts = np.cumsum([0] + plan[:-1])
+
+    chunked = {}
+    comparisons: list[Comparison] = []
+    for name, model in models.items():
+        runner = as_runner(model)
+        chunked[name] = _run_chunked(runner, x, plan)
+        whole, prefix_states = _run_whole_prefixes(runner, x, plan)
+        outs, states = chunked[name]
+        for i, start in enumerate(starts):
+            comparisons += _compare_step(
+                f"{name} chunked vs whole", "same", i, start, same,
+                outs[i], whole[:, :, start:start + plan[i]], states[i], prefix_states[i],
+            )
+    ref_outs, ref_states = chunked[reference]
+    for name in models:
+        if name == reference:
+            continue
+        outs, states = chunked[name]
+        for i, start in enumerate(starts):
+            comparisons += _compare_step(f"{name} vs {reference}", "cross", i, start, cross,
+                                         outs[i], ref_outs[i], states[i], ref_states[i])
+    return ParityReport(comparisons, plan, dtype, reference)
+
+
+def assert_parity(*args: Any, **kwargs: Any) -> ParityReport:
+    """``check_parity``, raising an ``AssertionError`` that says how many elements differ, by how much, where."""
+    report = check_parity(*args, **kwargs)
+    if not report.ok:
+        raise AssertionError(report.failure_message())
+    return report

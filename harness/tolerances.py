@@ -1,0 +1,49 @@
+"""Default parity tolerances by comparison kind and dtype (the table in DESIGN.md).
+
+Example:
+    >>> default_tolerance("cross", "float32")
+    Tolerance(atol=1e-05, rtol=1.3e-06)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Tolerance(NamedTuple):
+    """An element passes when ``|actual - expected| <= atol + rtol * |expected|``."""
+
+    atol: float
+    rtol: float
+
+
+_TABLE = {
+    ("same", "float32"): Tolerance(1e-6, 0.0),
+    ("same", "float64"): Tolerance(1e-13, 0.0),
+    ("cross", "float32"): Tolerance(1e-5, 1.3e-6),
+    ("cross", "float64"): Tolerance(1e-12, 1e-10),
+}
+
+
+def default_tolerance(kind: str, dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    """Tolerance for ``kind`` ("same": chunked vs whole in one model; "cross": model vs reference).
+
+    ``atol``/``rtol`` override the table's values where given.
+    """
+    try:
+        base = _TABLE[(kind, dtype)]
+    except KeyError:
+        raise ValueError(f"no default tolerance for kind={kind!r}, dtype={dtype!r}; pass atol= and rtol=") from None
+    return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
+
+
+def disable_tf32() -> None:
+    """Turn TF32 off in torch (and TensorFlow, when loaded) so GPU parity runs are not ~1e-3 off."""
+    import sys
+
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].config.experimental.enable_tensor_float_32_execution(False)

@@ -1,0 +1,215 @@
+"""The PyTorch multi-state modules against plain torch computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_input
+from harness import PLANS, assert_parity
+from models_torch import MultiStateGRU, MultiStateLSTM, MultiStateRNN
+
+CELLS = {
+    "lstm": MultiStateLSTM,
+    "gru": MultiStateGRU,
+    "rnn-tanh": lambda *a, **k: MultiStateRNN(*a, nonlinearity="tanh", **k),
+    "rnn-relu": lambda *a, **k: MultiStateRNN(*a, nonlinearity="relu", **k),
+}
+B, S, T, F, H = 2, 3, 24, 5, 7
+
+
+def make(cell: str, dtype: str = "float32", **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return CELLS[cell](F, H, S, dtype=getattr(torch, dtype), **kwargs)
+
+
+def states_of(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    return tuple(s.clone() for s in model.get_states())
+
+
+def assert_bit_identical(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y), f"max abs difference {(x - y).abs().max().item():.3g}, expected bit-identical"
+
+
+@pytest.mark.parametrize("plan", PLANS)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_chunked_equals_whole(cell, layers, plan, dtype, rng):
+    model = make(cell, dtype, num_layers=layers)
+    report = assert_parity({"torch": model}, random_input(rng, (B, S, T, F), dtype), plan)
+    print(report.table())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_each_stream_equals_inner_rnn_alone(cell, rng):
+    model = make(cell, "float64", num_layers=2)
+    x = torch.from_numpy(random_input(rng, (B, S, T, F), "float64"))
+    with torch.no_grad():
+        y = model(x)
+        for s in range(S):
+            alone, _ = model.rnn(x[:, s])
+            torch.testing.assert_close(y[:, s], alone, atol=1e-13, rtol=0)
+
+
+class HandRolledBandLoop:
+    """The seed's PyTorch code: a list of per-band states and a Python loop over bands."""
+
+    def __init__(self, lstm: torch.nn.LSTM, bands: int) -> None:
+        self.lstm, self.bands = lstm, bands
+        self.reset()
+
+    def reset(self) -> None:
+        self.hc = [None] * self.bands
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        with torch.no_grad():
+            for band in range(self.bands):
+                out, self.hc[band] = self.lstm(torch.from_numpy(x[:, band]), self.hc[band])
+                outs.append(out)
+        return torch.stack(outs, 1).numpy()
+
+    def states(self) -> dict[str, np.ndarray]:
+        return {"h": torch.stack([h for h, _ in self.hc], 2).numpy(), "c": torch.stack([c for _, c in self.hc], 2).numpy()}
+
+
+@pytest.mark.parametrize("plan", ["halves", "random", "ones"])
+def test_matches_hand_rolled_per_band_loop(plan, dtype, rng):
+    model = make("lstm", dtype, num_layers=2)
+    x = random_input(rng, (B, S, T, F), dtype)
+    assert_parity({"torch": model, "per-band loop": HandRolledBandLoop(model.rnn, S)}, x, plan)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_per_stream_calls_in_any_order_equal_stacked_call(cell, rng):
+    stacked, single = make(cell), make(cell)
+    x = torch.from_numpy(random_input(rng, (B, S, T, F)))
+    order_rng = np.random.default_rng(7)
+    with torch.no_grad():
+        for start, stop in [(0, 5), (5, 6), (6, 24)]:
+            expected = stacked(x[:, :, start:stop])
+            for s in order_rng.permutation(S):
+                got = single(x[:, s, start:stop], stream=int(s))
+                torch.testing.assert_close(got, expected[:, s], atol=1e-6, rtol=0)
+    for a, b in zip(single.get_states(), stacked.get_states()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_per_stream_call_moves_only_that_stream(rng):
+    model = make("lstm")
+    model(torch.from_numpy(random_input(rng, (B, S, T, F))))
+    before = states_of(model)
+    model(torch.from_numpy(random_input(rng, (B, T, F))), stream=1)
+    after = states_of(model)
+    for old, new in zip(before, after):
+        assert torch.equal(old[:, :, [0, 2]], new[:, :, [0, 2]])
+        assert not torch.equal(old[:, :, 1], new[:, :, 1])
+
+
+@pytest.mark.parametrize("how", ["streams", "mask"])
+def test_reset_some_streams_leaves_others_bit_identical(how, rng):
+    model = make("lstm", num_layers=2)
+    model(torch.from_numpy(random_input(rng, (B, S, T, F))))
+    before = states_of(model)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    if how == "streams":
+        model.reset_states(streams=[1])
+        mask[:, 1] = True
+    else:
+        mask[0, 2] = mask[1, 0] = True
+        model.reset_states(mask=mask.numpy())
+    for old, new in zip(before, model.get_states()):
+        keep = ~mask[None, :, :, None].expand_as(old)
+        assert torch.equal(new[keep], old[keep])
+        assert torch.all(new[~keep] == 0)
+        assert torch.any(old[~keep] != 0)
+
+
+def test_truncated_bptt_training_carries_state_and_trains(rng):
+    model = make("lstm", num_layers=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.from_numpy(random_input(rng, (B, S, T, F)))
+    target = torch.from_numpy(random_input(rng, (B, S, T, H)))
+    before = [p.detach().clone() for p in model.parameters()]
+    for start in range(0, T, 6):
+        carried = states_of(model) if start else None
+        loss = torch.nn.functional.mse_loss(model(x[:, :, start:start + 6]), target[:, :, start:start + 6])
+        opt.zero_grad()
+        loss.backward()  # a second chunk would fail here if the state kept the previous graph
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        opt.step()
+        if carried is not None:
+            assert not torch.equal(carried[0], model.get_states()[0])
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(not s.requires_grad for s in model.get_states())
+
+
+def test_full_bptt_option_keeps_graph_across_chunks(rng):
+    model = make("gru", "float64", detach_states=False)
+    x = torch.from_numpy(random_input(rng, (B, S, T, F), "float64")).requires_grad_()
+    model(x[:, :, :10])
+    model(x[:, :, 10:]).sum().backward()
+    assert x.grad[:, :, :10].abs().sum() > 0, "gradient did not reach the first chunk through the carried state"
+
+
+def test_initial_state_and_return_state_are_stateless(rng):
+    model = make("lstm", "float64")
+    x = torch.from_numpy(random_input(rng, (B, S, T, F), "float64"))
+    with torch.no_grad():
+        carried_out = model(x)
+        carried_states = states_of(model)
+        zeros = tuple(torch.zeros_like(s) for s in carried_states)
+        out, states = model(x, initial_state=zeros, return_state=True)
+    torch.testing.assert_close(out, carried_out, atol=0, rtol=0)
+    assert_bit_identical(states, carried_states)
+    assert_bit_identical(model.get_states(), carried_states)
+
+
+def test_state_follows_to_and_set_states_accepts_numpy(rng):
+    model = make("lstm")
+    model(torch.from_numpy(random_input(rng, (B, S, T, F))))
+    model.to(torch.float64)
+    assert all(s.dtype == torch.float64 for s in model.get_states())
+    numpy_states = [rng.standard_normal((1, B, S, H)) for _ in range(2)]
+    model.set_states(numpy_states)
+    assert_bit_identical(model.get_states(), [torch.from_numpy(s) for s in numpy_states])
+    assert "h" not in model.state_dict() and "c" not in model.state_dict()
+
+
+def test_batch_size_change_needs_reset(rng):
+    model = make("gru")
+    model(torch.from_numpy(random_input(rng, (B, S, 4, F))))
+    with pytest.raises(ValueError, match="batch size 5 but the carried state was made for batch size 2"):
+        model(torch.from_numpy(random_input(rng, (5, S, 4, F))))
+    model.reset_states()
+    assert model(torch.from_numpy(random_input(rng, (5, S, 4, F)))).shape == (5, S, 4, H)
+
+
+BAD_CALLS = {
+    "rank": (lambda m: m(torch.zeros(B, S, T)), "must have rank 4"),
+    "rank per stream": (lambda m: m(torch.zeros(B, S, T, F), stream=0), "must have rank 3"),
+    "streams": (lambda m: m(torch.zeros(B, S + 1, T, F)), "expected 3 streams, got 4"),
+    "features": (lambda m: m(torch.zeros(B, S, T, F + 1)), "expected 5, got 6"),
+    "batch": (lambda m: m(torch.zeros(B + 1, S, T, F)), "batch size 3 but the carried state"),
+    "integer dtype": (lambda m: m(torch.zeros(B, S, T, F, dtype=torch.int64)), "floating-point tensor, got dtype int64"),
+    "other float dtype": (lambda m: m(torch.zeros(B, S, T, F, dtype=torch.float64)), "expected float32, got float64"),
+    "stream index": (lambda m: m(torch.zeros(B, T, F), stream=3), r"0 <= stream < 3, got 3"),
+    "mask shape": (lambda m: m.reset_states(mask=torch.ones(B, S + 1, dtype=torch.bool)), r"shape \(2, 3\), got \(2, 4\)"),
+    "reset stream": (lambda m: m.reset_states(streams=[7]), "got 7"),
+    "set_states shape": (lambda m: m.set_states([torch.zeros(1, B, S, H + 1)] * 2), "got \\(1, 2, 3, 8\\)"),
+    "set_states count": (lambda m: m.set_states([torch.zeros(1, B, S, H)]), "expected 2 state tensor"),
+    "empty chunk": (lambda m: m(torch.zeros(B, S, 0, F)), "at least one time step"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_input_is_refused_and_state_unchanged(case, rng):
+    model = make("lstm")
+    model(torch.from_numpy(random_input(rng, (B, S, T, F))))
+    before = states_of(model)
+    call, message = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=message):
+        call(model)
+    assert_bit_identical(model.get_states(), before)
