@@ -10,6 +10,14 @@ from harness.runners import Runner, as_runner
 from harness.tolerances import Tolerance, default_tolerance
 
 __all__ = [
-    "PLANS", "Comparison", "ParityReport", "Runner", "Tolerance",
-    "as_runner", "assert_parity", "check_parity", "chunk_plan", "default_tolerance",
+    "PLANS",
+    "Comparison",
+    "ParityReport",
+    "Runner",
+    "Tolerance",
+    "as_runner",
+    "assert_parity",
+    "check_parity",
+    "chunk_plan",
+    "default_tolerance",
 ]

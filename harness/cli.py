@@ -33,14 +33,36 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend.removeprefix("keras-"))
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
-    cmd = [sys.executable, "-m", "harness", "_worker", backend, "--streams", str(args.streams),
-           "--cell", *args.cell, "--dtype", *args.dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "_worker",
+        backend,
+        "--streams",
+        str(args.streams),
+        "--cell",
+        *args.cell,
+        "--dtype",
+        *args.dtype,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not rows:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        rows.append({"backend": backend, "cell": "-", "dtype": "-", "plan": "-", "pair": "worker crashed",
-                     "max_abs": float("nan"), "bit_identical": False, "ok": False, "error": tail})
+        rows.append(
+            {
+                "backend": backend,
+                "cell": "-",
+                "dtype": "-",
+                "plan": "-",
+                "pair": "worker crashed",
+                "max_abs": float("nan"),
+                "bit_identical": False,
+                "ok": False,
+                "error": tail,
+            }
+        )
     return rows
 
 
@@ -59,8 +81,10 @@ def _parity(args: argparse.Namespace) -> int:
         if r.get("error"):
             print(f"\n{r['backend']}: {r['error']}")
     worst = max((r["max_abs"] for r in rows if r["ok"]), default=0.0)
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks passed on {', '.join(backends)}; "
-          f"largest passing error {worst:.3g}. {'PASS' if not failed else 'FAIL'}")
+    print(
+        f"\n{len(rows) - len(failed)}/{len(rows)} checks passed on {', '.join(backends)}; "
+        f"largest passing error {worst:.3g}. {'PASS' if not failed else 'FAIL'}"
+    )
     if args.json:
         scenarios.write_json(args.json, rows)
     return 0 if rows and not failed else 1
@@ -75,7 +99,10 @@ def _worker(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("parity", "parity run on built-in defaults (the main job)"), ("_worker", argparse.SUPPRESS)):
+    for name, helptext in (
+        ("parity", "parity run on built-in defaults (the main job)"),
+        ("_worker", argparse.SUPPRESS),
+    ):
         p = sub.add_parser(name, help=helptext)
         if name == "_worker":
             p.add_argument("which")

@@ -47,7 +47,9 @@ def check_input(
                 + ("; for one stream pass stream=k" if len(shape) == 3 else "")
             )
         if shape[1] is not None and shape[1] != num_streams:
-            raise ValueError(f"{name} has the wrong stream count: expected {num_streams} streams, got {shape[1]} (shape {shape})")
+            raise ValueError(
+                f"{name} has the wrong stream count: expected {num_streams} streams, got {shape[1]} (shape {shape})"
+            )
     else:
         check_stream_index(stream, num_streams)
         if len(shape) != 3:
@@ -89,8 +91,10 @@ def check_reset_args(
         check_stream_index(s, num_streams)
     if mask_shape is not None:
         expected = (batch_size if batch_size is not None else "batch", num_streams)
-        if len(mask_shape) != 2 or mask_shape[1] != num_streams or (
-            batch_size is not None and mask_shape[0] != batch_size
+        if (
+            len(mask_shape) != 2
+            or mask_shape[1] != num_streams
+            or (batch_size is not None and mask_shape[0] != batch_size)
         ):
             raise ValueError(f"reset mask must have shape {expected}, got {tuple(mask_shape)}")
         if mask_dtype != "bool":

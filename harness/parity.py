@@ -61,7 +61,7 @@ def _run_chunked(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[list[np.n
     runner.reset()
     outputs, states, start = [], [], 0
     for n in plan:
-        outputs.append(runner.run(x[:, :, start:start + n]))
+        outputs.append(runner.run(x[:, :, start : start + n]))
         states.append(runner.states())
         start += n
     return outputs, states
@@ -79,16 +79,42 @@ def _run_whole_prefixes(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[np
 
 
 def _compare_step(
-    pair: str, kind: str, chunk: int, start: int, tolerance: Any,
-    out: np.ndarray, out_expected: np.ndarray, states: dict, states_expected: dict,
+    pair: str,
+    kind: str,
+    chunk: int,
+    start: int,
+    tolerance: Any,
+    out: np.ndarray,
+    out_expected: np.ndarray,
+    states: dict,
+    states_expected: dict,
 ) -> list[Comparison]:
-    rows = compare(out, out_expected, pair=pair, kind=kind, chunk=chunk, tensor="output", tolerance=tolerance,
-                   stream_axis=1, axis_names=("batch", "stream", "step", "unit"), offsets={"step": start})
+    rows = compare(
+        out,
+        out_expected,
+        pair=pair,
+        kind=kind,
+        chunk=chunk,
+        tensor="output",
+        tolerance=tolerance,
+        stream_axis=1,
+        axis_names=("batch", "stream", "step", "unit"),
+        offsets={"step": start},
+    )
     for name, value in states.items():
         if name not in states_expected:
             continue
-        rows += compare(value, states_expected[name], pair=pair, kind=kind, chunk=chunk, tensor=name,
-                        tolerance=tolerance, stream_axis=2, axis_names=("layer", "batch", "stream", "unit"))
+        rows += compare(
+            value,
+            states_expected[name],
+            pair=pair,
+            kind=kind,
+            chunk=chunk,
+            tensor=name,
+            tolerance=tolerance,
+            stream_axis=2,
+            axis_names=("layer", "batch", "stream", "unit"),
+        )
     return rows
 
 
@@ -134,8 +160,15 @@ def check_parity(
         outs, states = chunked[name]
         for i, start in enumerate(starts):
             comparisons += _compare_step(
-                f"{name} chunked vs whole", "same", i, start, same,
-                outs[i], whole[:, :, start:start + plan[i]], states[i], prefix_states[i],
+                f"{name} chunked vs whole",
+                "same",
+                i,
+                start,
+                same,
+                outs[i],
+                whole[:, :, start : start + plan[i]],
+                states[i],
+                prefix_states[i],
             )
     ref_outs, ref_states = chunked[reference]
     for name in models:
@@ -143,8 +176,9 @@ def check_parity(
             continue
         outs, states = chunked[name]
         for i, start in enumerate(starts):
-            comparisons += _compare_step(f"{name} vs {reference}", "cross", i, start, cross,
-                                         outs[i], ref_outs[i], states[i], ref_states[i])
+            comparisons += _compare_step(
+                f"{name} vs {reference}", "cross", i, start, cross, outs[i], ref_outs[i], states[i], ref_states[i]
+            )
     return ParityReport(comparisons, plan, dtype, reference)
 
 

@@ -63,10 +63,21 @@ def compare(
         worst = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
         names = [n for i, n in enumerate(axis_names) if i != stream_axis]
         where = {"chunk": chunk, "stream": s} | {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, worst)}
-        rows.append(Comparison(
-            pair, kind, chunk, tensor, s, float(d.max(initial=0.0)), float(np.nan_to_num(r).max(initial=0.0)),
-            int(b.sum()), int(b.size), tolerance, where,
-        ))
+        rows.append(
+            Comparison(
+                pair,
+                kind,
+                chunk,
+                tensor,
+                s,
+                float(d.max(initial=0.0)),
+                float(np.nan_to_num(r).max(initial=0.0)),
+                int(b.sum()),
+                int(b.size),
+                tolerance,
+                where,
+            )
+        )
     return rows
 
 
@@ -105,13 +116,22 @@ class ParityReport:
         rows = []
         for (pair, tensor), cs in groups.items():
             worst = max(cs, key=lambda c: c.max_abs)
-            rows.append({
-                "pair": pair, "tensor": tensor, "kind": worst.kind,
-                "max_abs": worst.max_abs, "max_rel": max(c.max_rel for c in cs),
-                "mismatched": sum(c.mismatched for c in cs), "total": sum(c.total for c in cs),
-                "atol": worst.tolerance.atol, "rtol": worst.tolerance.rtol,
-                "bit_identical": worst.max_abs == 0.0, "ok": all(c.ok for c in cs), "worst_at": worst.where,
-            })
+            rows.append(
+                {
+                    "pair": pair,
+                    "tensor": tensor,
+                    "kind": worst.kind,
+                    "max_abs": worst.max_abs,
+                    "max_rel": max(c.max_rel for c in cs),
+                    "mismatched": sum(c.mismatched for c in cs),
+                    "total": sum(c.total for c in cs),
+                    "atol": worst.tolerance.atol,
+                    "rtol": worst.tolerance.rtol,
+                    "bit_identical": worst.max_abs == 0.0,
+                    "ok": all(c.ok for c in cs),
+                    "worst_at": worst.where,
+                }
+            )
         return rows
 
     def table(self) -> str:
@@ -127,11 +147,18 @@ class ParityReport:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "ok": self.ok, "max_abs_error": self.max_abs_error, "dtype": self.dtype,
-            "reference": self.reference, "plan": self.plan, "summary": self.summary(),
-            "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
-        }, indent=1)
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "max_abs_error": self.max_abs_error,
+                "dtype": self.dtype,
+                "reference": self.reference,
+                "plan": self.plan,
+                "summary": self.summary(),
+                "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
+            },
+            indent=1,
+        )
 
     def failure_message(self) -> str:
         """A message in the style of ``torch.testing.assert_close`` for the worst failing comparison."""

@@ -46,8 +46,14 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int)
                 for row in report.summary():
                     if backend != "torch" and row["pair"].startswith("torch "):
                         continue
-                    yield {"backend": backend, "cell": cell, "dtype": dtype, "plan": plan, "chunks": len(report.plan),
-                           **{k: row[k] for k in ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")}}
+                    yield {
+                        "backend": backend,
+                        "cell": cell,
+                        "dtype": dtype,
+                        "plan": plan,
+                        "chunks": len(report.plan),
+                        **{k: row[k] for k in ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")},
+                    }
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -56,8 +62,10 @@ def format_rows(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         verdict = ("ok, bit-identical" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
-        lines.append(f"{r['backend']:<16} {r['cell']:<5} {r['dtype']:<8} {r['plan']:<7} {r['pair']:<36} "
-                     f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict}")
+        lines.append(
+            f"{r['backend']:<16} {r['cell']:<5} {r['dtype']:<8} {r['plan']:<7} {r['pair']:<36} "
+            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict}"
+        )
     return "\n".join(lines)
 
 

@@ -108,12 +108,18 @@ class MultiStateBase(nn.Module):
 
     def _check_x(self, x: torch.Tensor, stream: int | None) -> None:
         contract.check_input(
-            tuple(x.shape), _dtype_name(x.dtype), num_streams=self.num_streams,
-            input_size=self.input_size, batch_size=self.batch_size, stream=stream,
+            tuple(x.shape),
+            _dtype_name(x.dtype),
+            num_streams=self.num_streams,
+            input_size=self.input_size,
+            batch_size=self.batch_size,
+            stream=stream,
         )
         expected = self.rnn.weight_ih_l0.dtype
         if x.dtype != expected:
-            raise ValueError(f"input dtype must match the weights: expected {_dtype_name(expected)}, got {_dtype_name(x.dtype)}")
+            raise ValueError(
+                f"input dtype must match the weights: expected {_dtype_name(expected)}, got {_dtype_name(x.dtype)}"
+            )
 
     def _fused(self, x: torch.Tensor, states: State) -> tuple[torch.Tensor, State]:
         """Run ``self.rnn`` on ``x`` (N, T, F) from ``states`` (each (L, N, H))."""
@@ -149,8 +155,12 @@ class MultiStateBase(nn.Module):
         stateless = initial_state is not None
         if stateless:
             contract.check_input(
-                tuple(x.shape), _dtype_name(x.dtype), num_streams=self.num_streams,
-                input_size=self.input_size, batch_size=None, stream=stream,
+                tuple(x.shape),
+                _dtype_name(x.dtype),
+                num_streams=self.num_streams,
+                input_size=self.input_size,
+                batch_size=None,
+                stream=stream,
             )
             states = self._check_initial_state(initial_state, x.shape[0], stream)
         else:
@@ -197,7 +207,8 @@ class MultiStateBase(nn.Module):
             None if streams is None else list(streams),
             None if mask_t is None else tuple(mask_t.shape),
             None if mask_t is None else _dtype_name(mask_t.dtype),
-            num_streams=self.num_streams, batch_size=self.batch_size,
+            num_streams=self.num_streams,
+            batch_size=self.batch_size,
         )
         states = self._states()
         if streams is None and mask_t is None:
@@ -229,8 +240,11 @@ class MultiStateBase(nn.Module):
         weight = self.rnn.weight_ih_l0
         tensors = tuple(torch.as_tensor(s) for s in states)
         contract.check_states(
-            [tuple(t.shape) for t in tensors], expected_count=len(self.state_names),
-            num_layers=self.num_layers, num_streams=self.num_streams, units=self.hidden_size,
+            [tuple(t.shape) for t in tensors],
+            expected_count=len(self.state_names),
+            num_layers=self.num_layers,
+            num_streams=self.num_streams,
+            units=self.hidden_size,
             batch_size=self.fixed_batch_size,
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
@@ -264,5 +278,7 @@ class MultiStateRNN(MultiStateBase):
 
     rnn_class = nn.RNN
 
-    def __init__(self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object
+    ) -> None:
         super().__init__(input_size, hidden_size, num_streams, nonlinearity=nonlinearity, **kwargs)

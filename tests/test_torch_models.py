@@ -72,7 +72,10 @@ class HandRolledBandLoop:
         return torch.stack(outs, 1).numpy()
 
     def states(self) -> dict[str, np.ndarray]:
-        return {"h": torch.stack([h for h, _ in self.hc], 2).numpy(), "c": torch.stack([c for _, c in self.hc], 2).numpy()}
+        return {
+            "h": torch.stack([h for h, _ in self.hc], 2).numpy(),
+            "c": torch.stack([c for _, c in self.hc], 2).numpy(),
+        }
 
 
 @pytest.mark.parametrize("plan", ["halves", "random", "ones"])
@@ -135,7 +138,7 @@ def test_truncated_bptt_training_carries_state_and_trains(rng):
     before = [p.detach().clone() for p in model.parameters()]
     for start in range(0, T, 6):
         carried = states_of(model) if start else None
-        loss = torch.nn.functional.mse_loss(model(x[:, :, start:start + 6]), target[:, :, start:start + 6])
+        loss = torch.nn.functional.mse_loss(model(x[:, :, start : start + 6]), target[:, :, start : start + 6])
         opt.zero_grad()
         loss.backward()  # a second chunk would fail here if the state kept the previous graph
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -193,10 +196,16 @@ BAD_CALLS = {
     "streams": (lambda m: m(torch.zeros(B, S + 1, T, F)), "expected 3 streams, got 4"),
     "features": (lambda m: m(torch.zeros(B, S, T, F + 1)), "expected 5, got 6"),
     "batch": (lambda m: m(torch.zeros(B + 1, S, T, F)), "batch size 3 but the carried state"),
-    "integer dtype": (lambda m: m(torch.zeros(B, S, T, F, dtype=torch.int64)), "floating-point tensor, got dtype int64"),
+    "integer dtype": (
+        lambda m: m(torch.zeros(B, S, T, F, dtype=torch.int64)),
+        "floating-point tensor, got dtype int64",
+    ),
     "other float dtype": (lambda m: m(torch.zeros(B, S, T, F, dtype=torch.float64)), "expected float32, got float64"),
     "stream index": (lambda m: m(torch.zeros(B, T, F), stream=3), r"0 <= stream < 3, got 3"),
-    "mask shape": (lambda m: m.reset_states(mask=torch.ones(B, S + 1, dtype=torch.bool)), r"shape \(2, 3\), got \(2, 4\)"),
+    "mask shape": (
+        lambda m: m.reset_states(mask=torch.ones(B, S + 1, dtype=torch.bool)),
+        r"shape \(2, 3\), got \(2, 4\)",
+    ),
     "reset stream": (lambda m: m.reset_states(streams=[7]), "got 7"),
     "set_states shape": (lambda m: m.set_states([torch.zeros(1, B, S, H + 1)] * 2), "got \\(1, 2, 3, 8\\)"),
     "set_states count": (lambda m: m.set_states([torch.zeros(1, B, S, H)]), "expected 2 state tensor"),
