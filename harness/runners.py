@@ -7,6 +7,7 @@ the protocol passes through unchanged.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -87,13 +88,8 @@ def as_runner(model: Any) -> Runner:
     """Wrap ``model`` in the runner for its framework (runners pass through)."""
     if isinstance(model, Runner):
         return model
-    module = type(model).__module__
-    if hasattr(model, "rnn") and hasattr(model, "get_states") and not module.startswith("keras"):
-        try:
-            import torch
-
-            if isinstance(model, torch.nn.Module):
-                return TorchRunner(model)
-        except ImportError:
-            pass
-    return KerasRunner(model)
+    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
+        return KerasRunner(model)
+    if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):
+        return TorchRunner(model)
+    raise TypeError(f"cannot run {type(model).__name__}: expected a torch or Keras multi-state model, or a Runner")

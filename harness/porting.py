@@ -1,0 +1,281 @@
+"""Copy recurrent weights between torch and Keras objects, either direction.
+
+Supported objects: torch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (``bidirectional`` too)
+and ``models_torch`` multi-state modules; Keras ``LSTM``/``GRU``/``SimpleRNN``,
+``Bidirectional`` around one of them, and ``models_keras`` multi-state layers.
+Everything is read into one neutral form (torch's layout, see ``layouts``),
+checked against the destination in full, and only then written.
+
+Example:
+    >>> import torch, keras
+    >>> src = torch.nn.LSTM(4, 8, batch_first=True)
+    >>> dst = port_weights(src, keras.layers.LSTM(8))     # builds dst if needed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+import numpy as np
+
+from harness.layouts import LAYOUTS, cell_of_torch, to_keras, to_torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What must agree between source and destination. ``input_size`` None: not built yet, any size fits."""
+
+    cell: str
+    input_size: int | None
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    bias: bool
+    activation: str
+
+
+@dataclasses.dataclass
+class Weights:
+    """Weights in torch's layout; ``layers[i]`` is layer ``i // dirs``, direction ``i % dirs``."""
+
+    spec: Spec
+    layers: list[dict[str, np.ndarray]]
+
+
+# ---- torch side -------------------------------------------------------------------------------
+
+
+def _is_torch(obj: Any) -> bool:
+    return "torch" in sys.modules and isinstance(obj, sys.modules["torch"].nn.Module)
+
+
+def _torch_rnn(obj: Any) -> Any:
+    import torch
+
+    rnn = obj if isinstance(obj, torch.nn.RNNBase) else getattr(obj, "rnn", None)
+    if not isinstance(rnn, torch.nn.RNNBase):
+        raise TypeError(
+            f"cannot port weights of torch {type(obj).__name__}: expected nn.LSTM/GRU/RNN or a multi-state module"
+        )
+    if getattr(rnn, "proj_size", 0):
+        raise ValueError(f"torch LSTM with proj_size={rnn.proj_size} is not portable: Keras LSTM has no projection")
+    return rnn
+
+
+def _torch_spec(rnn: Any) -> Spec:
+    cell = cell_of_torch(type(rnn).__name__)
+    activation = rnn.nonlinearity if cell == "rnn" else "tanh"
+    return Spec(cell, rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bidirectional, rnn.bias, activation)
+
+
+def _torch_suffixes(spec: Spec) -> list[str]:
+    dirs = ("", "_reverse") if spec.bidirectional else ("",)
+    return [f"_l{layer}{d}" for layer in range(spec.num_layers) for d in dirs]
+
+
+def _read_torch(obj: Any) -> Weights:
+    rnn = _torch_rnn(obj)
+    spec = _torch_spec(rnn)
+    names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if spec.bias else ())
+    layers = [{n: getattr(rnn, n + s).detach().cpu().numpy() for n in names} for s in _torch_suffixes(spec)]
+    return Weights(spec, layers)
+
+
+def _write_torch(weights: Weights, obj: Any) -> None:
+    import torch
+
+    rnn = _torch_rnn(obj)
+    with torch.no_grad():
+        for suffix, layer in zip(_torch_suffixes(weights.spec), weights.layers):
+            for name, value in layer.items():
+                param = getattr(rnn, name + suffix)
+                param.copy_(torch.as_tensor(value, dtype=param.dtype))
+
+
+# ---- Keras side -------------------------------------------------------------------------------
+
+
+def _is_keras(obj: Any) -> bool:
+    return "keras" in sys.modules and isinstance(obj, sys.modules["keras"].layers.Layer)
+
+
+def _keras_cell_kind(layer: Any) -> str | None:
+    """ "lstm", "gru" or "rnn" for a Keras recurrent layer by its cell's class (subclasses too), else None."""
+    import keras
+
+    cells = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell, "rnn": keras.layers.SimpleRNNCell}
+    return next((kind for kind, cls in cells.items() if isinstance(getattr(layer, "cell", None), cls)), None)
+
+
+def _keras_parts(obj: Any) -> tuple[list[Any], bool]:
+    """The raw Keras recurrent layers of ``obj`` in neutral order, and whether it is bidirectional."""
+    import keras
+
+    from models_keras import MultiStateBase
+
+    if isinstance(obj, MultiStateBase):
+        return list(obj.rnn_layers), False
+    if isinstance(obj, keras.layers.Bidirectional):
+        return [obj.forward_layer, obj.backward_layer], True
+    if isinstance(obj, keras.layers.RNN) and _keras_cell_kind(obj):
+        return [obj], False
+    raise TypeError(
+        f"cannot port weights of Keras {type(obj).__name__}: expected LSTM/GRU/SimpleRNN, Bidirectional "
+        "or a multi-state layer"
+    )
+
+
+def _keras_spec(obj: Any) -> Spec:
+    import keras
+
+    parts, bidirectional = _keras_parts(obj)
+    cell = _keras_cell_kind(parts[0])
+    first = parts[0].cell
+    activation = first.activation.__name__
+    for part in parts:
+        for attr, expected in LAYOUTS[cell].keras_activations.items():
+            got = getattr(part.cell, attr).__name__
+            allowed = ("tanh", "relu") if cell == "rnn" else (expected,)
+            if got not in allowed:
+                raise ValueError(
+                    f"Keras {type(part).__name__} {attr}={got!r} has no torch equivalent: torch's cell uses "
+                    f"{' or '.join(map(repr, allowed))}"
+                )
+        if cell == "gru" and not part.cell.reset_after:
+            raise ValueError("Keras GRU with reset_after=False is not portable: torch's GRU computes reset_after=True")
+    if isinstance(obj, keras.layers.Bidirectional) or not hasattr(obj, "rnn_layers"):
+        input_size = parts[0].cell.kernel.shape[0] if parts[0].built else None
+    else:
+        input_size = obj.input_size
+    dirs = 2 if bidirectional else 1
+    return Spec(cell, input_size, first.units, len(parts) // dirs, bidirectional, first.use_bias, activation)
+
+
+def _read_keras(obj: Any) -> Weights:
+    import keras
+
+    spec = _keras_spec(obj)
+    if spec.input_size is None:
+        raise ValueError(f"Keras {type(obj).__name__} {obj.name!r} has no weights yet: build it first")
+    parts, _ = _keras_parts(obj)
+    layers = [to_torch(spec.cell, [keras.ops.convert_to_numpy(w) for w in p.cell.weights]) for p in parts]
+    return Weights(spec, layers)
+
+
+def _write_keras(weights: Weights, obj: Any) -> None:
+    spec = weights.spec
+    if not obj.built:
+        if hasattr(obj, "build_weights"):
+            obj.build_weights(spec.input_size)
+        else:
+            obj.build((None, None, spec.input_size))
+    parts, _ = _keras_parts(obj)
+    for part, layer in zip(parts, weights.layers):
+        for variable, value in zip(part.cell.weights, to_keras(spec.cell, layer)):
+            variable.assign(value.astype(variable.dtype))
+
+
+# ---- public ------------------------------------------------------------------------------------
+
+
+def _side(obj: Any) -> str:
+    if _is_keras(obj):  # first: on Keras's torch backend, layers are torch modules too
+        return "keras"
+    if _is_torch(obj):
+        return "torch"
+    raise TypeError(f"cannot port weights of {type(obj).__name__}: expected a torch module or a Keras layer")
+
+
+def read_weights(obj: Any) -> Weights:
+    """The weights of a torch or Keras object, in the neutral (torch) layout."""
+    return _read_torch(obj) if _side(obj) == "torch" else _read_keras(obj)
+
+
+def describe(obj: Any) -> Spec:
+    """The ``Spec`` of a torch or Keras object (refuses unportable configurations)."""
+    return _torch_spec(_torch_rnn(obj)) if _side(obj) == "torch" else _keras_spec(obj)
+
+
+def check_compatible(src: Spec, dst: Spec) -> None:
+    """Raise ``ValueError`` naming every field where ``dst`` cannot take ``src``'s weights."""
+    problems = [
+        f"{field.name}: source has {getattr(src, field.name)!r}, destination expects {getattr(dst, field.name)!r}"
+        for field in dataclasses.fields(Spec)
+        if getattr(dst, field.name) != getattr(src, field.name)
+        and not (field.name == "input_size" and dst.input_size is None)
+    ]
+    if problems:
+        raise ValueError("weights do not fit the destination: " + "; ".join(problems))
+
+
+def write_weights(weights: Weights, dst: Any) -> Any:
+    """Check ``weights`` against ``dst`` in full, then assign them; returns ``dst``."""
+    check_compatible(weights.spec, describe(dst))
+    (_write_torch if _side(dst) == "torch" else _write_keras)(weights, dst)
+    return dst
+
+
+def port_weights(src: Any, dst: Any) -> Any:
+    """Copy the recurrent weights of ``src`` into ``dst`` (torch <-> Keras, either way) and return ``dst``.
+
+    Everything is validated before anything is assigned: a refused port leaves ``dst`` untouched.
+    """
+    return write_weights(read_weights(src), dst)
+
+
+def keras_twin(model: Any, batch_size: int | None = None) -> Any:
+    """A ``models_keras`` layer configured like the ``models_torch`` ``model``, carrying its weights.
+
+    With ``batch_size``, a ``keras.Model`` around the layer (``Input(batch_shape=(B, S, None, F))``),
+    which runs through the compiled ``predict_on_batch`` path.
+    """
+    import keras
+
+    import models_keras
+
+    spec = describe(model)
+    cls = {
+        "lstm": models_keras.MultiStateLSTM,
+        "gru": models_keras.MultiStateGRU,
+        "rnn": models_keras.MultiStateSimpleRNN,
+    }
+    extra = {"activation": spec.activation} if spec.cell == "rnn" else {}
+    dtype = str(model.rnn.weight_ih_l0.dtype).removeprefix("torch.")
+    layer = cls[spec.cell](
+        spec.hidden_size,
+        model.num_streams,
+        num_layers=spec.num_layers,
+        use_bias=spec.bias,
+        batch_size=batch_size,
+        dtype=dtype,
+        **extra,
+    )
+    port_weights(model, layer)
+    if batch_size is None:
+        return layer
+    inputs = keras.Input(batch_shape=(batch_size, model.num_streams, None, spec.input_size), dtype=dtype)
+    return keras.Model(inputs, layer(inputs))
+
+
+def torch_twin(layer: Any) -> Any:
+    """A ``models_torch`` module configured like the ``models_keras`` ``layer``, carrying its weights."""
+    import torch
+
+    import models_torch
+
+    spec = describe(layer)
+    cls = {"lstm": models_torch.MultiStateLSTM, "gru": models_torch.MultiStateGRU, "rnn": models_torch.MultiStateRNN}
+    extra = {"nonlinearity": spec.activation} if spec.cell == "rnn" else {}
+    module = cls[spec.cell](
+        spec.input_size,
+        spec.hidden_size,
+        layer.num_streams,
+        num_layers=spec.num_layers,
+        bias=spec.bias,
+        batch_size=layer.batch_size,
+        dtype=getattr(torch, layer.variable_dtype),
+        **extra,
+    )
+    return port_weights(layer, module)

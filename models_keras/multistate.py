@@ -1,0 +1,269 @@
+"""Keras 3 recurrent layers that share weights across streams and keep a state per stream.
+
+Streams are folded into the batch: ``(B, S, T, F)`` becomes ``(B*S, T, F)``
+(row ``b*S + s``) and runs through ONE Keras ``LSTM``/``GRU``/``SimpleRNN`` call per
+layer, starting from the carried state. Carried states are non-trainable
+variables of shape ``(num_layers, batch, num_streams, units)``, assigned (with
+gradients stopped) at the end of every call, so ``predict``, ``fit`` and
+``evaluate`` carry them on TensorFlow, JAX and torch alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from harness import contract
+from models_keras import exact
+
+
+class MultiStateBase(keras.layers.Layer):
+    """One stack of Keras recurrent layers used on ``num_streams`` streams, each with its own state.
+
+    Subclasses name the Keras layer in ``rnn_class`` and the state tensors in
+    ``state_names``. Extra keyword arguments (``activation``, initializers, ...)
+    go to every inner recurrent layer.
+
+    Args:
+        units: size of the hidden state.
+        num_streams: number of parallel streams that share the weights.
+        num_layers: stacked recurrent layers.
+        use_bias: whether the inner layers use a bias.
+        return_sequences: ``(B, S, T, units)`` if True, else the last step ``(B, S, units)``.
+        batch_size: batch size of the carried state; otherwise taken from
+            ``Input(batch_shape=...)`` or the first call, and fixed from then on.
+
+    Call arguments:
+        inputs: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
+        stream: run only stream ``k``; the other streams' states stay as they are.
+    """
+
+    rnn_class: type[keras.layers.Layer]
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(
+        self,
+        units: int,
+        num_streams: int,
+        *,
+        num_layers: int = 1,
+        use_bias: bool = True,
+        return_sequences: bool = True,
+        batch_size: int | None = None,
+        name: str | None = None,
+        dtype: object = None,
+        trainable: bool = True,
+        **rnn_kwargs: object,
+    ) -> None:
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        if num_streams < 1 or num_layers < 1:
+            raise ValueError(f"num_streams and num_layers must be >= 1, got {num_streams} and {num_layers}")
+        _check_backend_dtype(self.dtype_policy.variable_dtype)
+        self.units = units
+        self.num_streams = num_streams
+        self.num_layers = num_layers
+        self.use_bias = use_bias
+        self.return_sequences = return_sequences
+        self.batch_size = batch_size
+        self.rnn_kwargs = rnn_kwargs
+        self.rnn_layers = [
+            self.rnn_class(
+                units,
+                use_bias=use_bias,
+                return_sequences=True,
+                return_state=True,
+                dtype=self.dtype_policy,
+                name=f"rnn_{i}",
+                **exact.safe_rnn_kwargs(rnn_kwargs),
+            )
+            for i in range(num_layers)
+        ]
+        self.input_size: int | None = None
+        self.state_variables: list[keras.Variable] = []
+
+    def build_weights(self, input_size: int) -> None:
+        """Build the inner layers' weights for ``input_size`` features (idempotent).
+
+        ``build`` calls it; weight porting calls it alone, so the carried state can
+        still take its batch size from the first call.
+        """
+        if self.input_size not in (None, input_size):
+            raise ValueError(f"{self.name} was built for {self.input_size} input features, got {input_size}")
+        self.input_size = input_size
+        for i, rnn in enumerate(self.rnn_layers):
+            if not rnn.built:
+                rnn.build((None, None, input_size if i == 0 else self.units))
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.build_weights(input_shape[-1])
+        self.batch_size = self.batch_size or input_shape[0]
+        if self.batch_size is not None:
+            shape = (self.num_layers, self.batch_size, self.num_streams, self.units)
+            self.state_variables = [
+                self.add_weight(shape=shape, initializer="zeros", trainable=False, name=f"state_{n}")
+                for n in self.state_names
+            ]
+
+    def _check(self, shape: Sequence[int | None], dtype: str, stream: int | None) -> None:
+        contract.check_input(
+            shape,
+            keras.backend.standardize_dtype(dtype),
+            num_streams=self.num_streams,
+            input_size=self.input_size,
+            batch_size=self.batch_size,
+            stream=stream,
+        )
+
+    def compute_output_spec(self, inputs: keras.KerasTensor, stream: int | None = None, training: bool | None = None):
+        self._check(inputs.shape, inputs.dtype, stream)
+        lead = inputs.shape[:-1] if self.return_sequences else inputs.shape[:-2]
+        return keras.KerasTensor(lead + (self.units,), dtype=self.compute_dtype)
+
+    def call(self, inputs, stream: int | None = None, training: bool | None = None):
+        self._check(inputs.shape, inputs.dtype, stream)
+        if not self.state_variables:
+            raise ValueError(
+                f"{self.name} needs a fixed batch size to carry state: pass batch_size= "
+                "or use keras.Input(batch_shape=(batch, ...))"
+            )
+        batch, streams, units = self.batch_size, self.num_streams, self.units
+        # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
+        carried = [ops.copy(v.value) for v in self.state_variables]
+        if stream is None:
+            x = ops.reshape(inputs, (batch * streams, -1, self.input_size))
+            initial = [ops.reshape(s, (self.num_layers, batch * streams, units)) for s in carried]
+        else:
+            x, initial = inputs, [s[:, :, stream] for s in carried]
+
+        finals = []
+        for i, rnn in enumerate(self.rnn_layers):
+            x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
+            finals.append(final)
+
+        for k, variable in enumerate(self.state_variables):
+            new = ops.stop_gradient(ops.stack([f[k] for f in finals]))
+            if stream is None:
+                variable.assign(ops.reshape(new, (self.num_layers, batch, streams, units)))
+            else:
+                variable.assign(ops.slice_update(variable.value, (0, 0, stream, 0), new[:, :, None]))
+
+        if not self.return_sequences:
+            x = x[:, -1]
+        if stream is None:
+            x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
+        return x
+
+    def reset_states(self, streams: Sequence[int] | None = None, mask: np.ndarray | None = None) -> None:
+        """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True."""
+        mask_np = None if mask is None else np.asarray(keras.ops.convert_to_numpy(mask))
+        contract.check_reset_args(
+            None if streams is None else list(streams),
+            None if mask_np is None else mask_np.shape,
+            None if mask_np is None else str(mask_np.dtype),
+            num_streams=self.num_streams,
+            batch_size=self.batch_size,
+        )
+        if not self.state_variables:
+            return
+        if streams is None and mask_np is None:
+            mask_np = np.ones((self.batch_size, self.num_streams), dtype=bool)
+        elif mask_np is None:
+            mask_np = np.zeros((self.batch_size, self.num_streams), dtype=bool)
+            mask_np[:, list(streams)] = True
+        keep = ops.convert_to_tensor(~mask_np[None, :, :, None], dtype=self.variable_dtype)
+        for v in self.state_variables:
+            v.assign(v.value * keep)
+
+    reset_state = reset_states
+
+    def get_states(self) -> tuple[np.ndarray, ...]:
+        """The carried states as numpy arrays, each ``(L, B, S, units)``: ``(h, c)`` for LSTM, ``(h,)`` otherwise."""
+        if not self.state_variables:
+            raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
+        return tuple(keras.ops.convert_to_numpy(v.value) for v in self.state_variables)
+
+    def set_states(self, states: Sequence[np.ndarray]) -> None:
+        """Replace the carried states (numpy arrays or tensors, each ``(L, B, S, units)``)."""
+        arrays = [np.asarray(keras.ops.convert_to_numpy(s)) for s in states]
+        contract.check_states(
+            [a.shape for a in arrays],
+            expected_count=len(self.state_names),
+            num_layers=self.num_layers,
+            num_streams=self.num_streams,
+            units=self.units,
+            batch_size=self.batch_size,
+        )
+        if not self.state_variables:
+            raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
+        for v, a in zip(self.state_variables, arrays):
+            v.assign(a.astype(self.variable_dtype))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "num_streams": self.num_streams,
+            "num_layers": self.num_layers,
+            "use_bias": self.use_bias,
+            "return_sequences": self.return_sequences,
+            "batch_size": self.batch_size,
+            **self.rnn_kwargs,
+        }
+
+
+def _check_backend_dtype(dtype: str) -> None:
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "float64 on the JAX backend needs JAX's x64 mode, otherwise JAX computes in float32: "
+                "set JAX_ENABLE_X64=1 or call jax.config.update('jax_enable_x64', True) before building the layer"
+            )
+
+
+@keras.saving.register_keras_serializable(package="multistate_rnn")
+class MultiStateLSTM(MultiStateBase):
+    """A shared Keras ``LSTM`` with an ``(h, c)`` state per stream.
+
+    Example:
+        >>> layer = MultiStateLSTM(units=8, num_streams=3)
+        >>> layer(np.zeros((2, 3, 10, 4), "float32")).shape
+        (2, 3, 10, 8)
+    """
+
+    rnn_class = keras.layers.LSTM
+    state_names = ("h", "c")
+
+
+@keras.saving.register_keras_serializable(package="multistate_rnn")
+class MultiStateGRU(MultiStateBase):
+    """A shared Keras ``GRU`` (``reset_after=True``, as torch computes it) with an ``h`` state per stream."""
+
+    rnn_class = keras.layers.GRU
+
+    def __init__(self, units: int, num_streams: int, **kwargs: object) -> None:
+        if not kwargs.get("reset_after", True):
+            raise ValueError("MultiStateGRU supports only reset_after=True (the form torch's GRU computes)")
+        super().__init__(units, num_streams, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="multistate_rnn")
+class MultiStateSimpleRNN(MultiStateBase):
+    """A shared Keras ``SimpleRNN`` (``activation="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
+
+    rnn_class = exact.SimpleRNN
+
+
+def multistate_layers(model: keras.layers.Layer) -> list[MultiStateBase]:
+    """Every multi-state layer in ``model`` (the model itself included), depth first."""
+    return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, MultiStateBase)]
+
+
+def reset_all_states(model: keras.layers.Layer) -> None:
+    """Zero the carried state of every multi-state layer in ``model``, e.g. between independent sequences."""
+    for layer in multistate_layers(model):
+        layer.reset_states()
