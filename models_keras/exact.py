@@ -4,7 +4,8 @@ Keras 3.15 computes some float64 ops in float32: on JAX ``ops.tanh`` (its
 ``result_type(x.dtype, float)`` gives float32), on torch ``ops.matmul`` (its
 ``result_type`` forces 64-bit dtypes to 32-bit). Plain Keras ``SimpleRNN`` in
 float64 then fails inside ``lax.scan`` on JAX (carry dtype mismatch) and is off
-by ~1e-7 on torch; LSTM/GRU lose float64 precision in ``tanh`` on JAX.
+by ~1e-7 on torch; LSTM/GRU lose float64 precision in ``tanh`` on JAX; and in
+JAX's x64 mode Keras's fused JAX LSTM/GRU without bias fail for float32.
 """
 
 from __future__ import annotations
@@ -28,11 +29,23 @@ def tanh(x):
     return ops.tanh(x)
 
 
-def safe_rnn_kwargs(rnn_kwargs: dict) -> dict:
-    """``rnn_kwargs`` with the default ``activation="tanh"`` replaced by the exact ``tanh`` on JAX."""
-    if keras.backend.backend() == "jax" and rnn_kwargs.get("activation", "tanh") == "tanh":
-        return {**rnn_kwargs, "activation": tanh}
-    return rnn_kwargs
+def safe_rnn_kwargs(rnn_class: type, use_bias: bool, rnn_kwargs: dict) -> dict:
+    """``rnn_kwargs`` for ``rnn_class`` adjusted around the JAX bugs.
+
+    The default ``activation="tanh"`` becomes the exact ``tanh``. Without a bias,
+    Keras's fused JAX LSTM/GRU make zero biases with ``jnp.zeros``, float64 in x64
+    mode, and ``lax.scan`` then refuses a float32 carry: use the generic loop there.
+    """
+    if keras.backend.backend() != "jax":
+        return rnn_kwargs
+    kwargs = dict(rnn_kwargs)
+    if kwargs.get("activation", "tanh") == "tanh":
+        kwargs["activation"] = tanh
+    import jax
+
+    if not use_bias and jax.config.jax_enable_x64 and issubclass(rnn_class, (keras.layers.LSTM, keras.layers.GRU)):
+        kwargs.setdefault("use_cudnn", False)
+    return kwargs
 
 
 class SimpleRNNCell(keras.layers.SimpleRNNCell):

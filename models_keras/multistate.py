@@ -77,7 +77,7 @@ class MultiStateBase(keras.layers.Layer):
                 return_state=True,
                 dtype=self.dtype_policy,
                 name=f"rnn_{i}",
-                **exact.safe_rnn_kwargs(rnn_kwargs),
+                **exact.safe_rnn_kwargs(self.rnn_class, use_bias, rnn_kwargs),
             )
             for i in range(num_layers)
         ]
@@ -132,8 +132,9 @@ class MultiStateBase(keras.layers.Layer):
         batch, streams, units = self.batch_size, self.num_streams, self.units
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
         carried = [ops.copy(v.value) for v in self.state_variables]
+        inputs = _assert_batch(inputs, batch)
         if stream is None:
-            x = ops.reshape(inputs, (batch * streams, -1, self.input_size))
+            x = ops.reshape(inputs, (batch * streams, ops.shape(inputs)[2], self.input_size))
             initial = [ops.reshape(s, (self.num_layers, batch * streams, units)) for s in carried]
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
@@ -212,6 +213,18 @@ class MultiStateBase(keras.layers.Layer):
             "batch_size": self.batch_size,
             **self.rnn_kwargs,
         }
+
+
+def _assert_batch(inputs, batch: int):
+    """``inputs``, checked for the batch size at run time where tracing left it unknown.
+
+    TensorFlow relaxes traced shapes to ``None`` on retracing, so the static check can miss a batch change.
+    """
+    if inputs.shape[0] is not None or keras.backend.backend() != "tensorflow":
+        return inputs
+    import tensorflow as tf
+
+    return tf.ensure_shape(inputs, (batch,) + tuple(inputs.shape[1:]))
 
 
 def _check_backend_dtype(dtype: str) -> None:
