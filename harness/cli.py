@@ -96,6 +96,37 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(args: argparse.Namespace) -> int:
+    from harness.convert import convert_file
+
+    try:
+        result = convert_file(
+            args.src, args.dst, num_streams=args.streams, batch_size=args.batch, nonlinearity=args.nonlinearity
+        )
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result.report.table())
+    verdict = "PASS" if result.report.ok else "FAIL"
+    print(f"\nported {args.src} -> {args.dst}; max abs error {result.report.max_abs_error:.3g}. {verdict}")
+    return 0 if result.report.ok else 1
+
+
+def _seed(args: argparse.Namespace) -> int:
+    import keras
+
+    from harness.seed import seed_errors
+
+    errors = seed_errors(steps=args.steps)
+    print(
+        f"Keras {keras.__version__}, backend {keras.backend.backend()}: one LSTM shared by 3 bands, "
+        f"{args.steps} steps predicted whole vs in two halves"
+    )
+    for name, error in errors.items():
+        print(f"  {name:<42} max abs error {error:.3g}")
+    return 0 if errors["multi-state layer (this project)"] <= 1e-6 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,5 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
         p.add_argument("--streams", type=int, default=3)
+    port = sub.add_parser("port", help="port a weight file between torch and Keras, then check parity")
+    port.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
+    port.add_argument("dst", help="destination file in the other framework's format")
+    port.add_argument("--streams", type=int, default=1, help="streams of the Keras model made from a torch file")
+    port.add_argument("--batch", type=int, default=1, help="batch size of the Keras model made from a torch file")
+    port.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
+    seed = sub.add_parser("seed", help="reproduce the original problem on the active Keras backend")
+    seed.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
-    return {"parity": _parity, "_worker": _worker}[args.command](args)
+    return {"parity": _parity, "_worker": _worker, "port": _port, "seed": _seed}[args.command](args)

@@ -225,6 +225,27 @@ def port_weights(src: Any, dst: Any) -> Any:
     return write_weights(read_weights(src), dst)
 
 
+def torch_class(cell: str) -> type:
+    """The ``models_torch`` class of ``cell`` ("lstm", "gru", "rnn")."""
+    import models_torch
+
+    return {"lstm": models_torch.MultiStateLSTM, "gru": models_torch.MultiStateGRU, "rnn": models_torch.MultiStateRNN}[
+        cell
+    ]
+
+
+def keras_class(cell: str) -> type:
+    """The ``models_keras`` class of ``cell`` ("lstm", "gru", "rnn")."""
+    import models_keras
+
+    classes = {
+        "lstm": models_keras.MultiStateLSTM,
+        "gru": models_keras.MultiStateGRU,
+        "rnn": models_keras.MultiStateSimpleRNN,
+    }
+    return classes[cell]
+
+
 def keras_twin(model: Any, batch_size: int | None = None) -> Any:
     """A ``models_keras`` layer configured like the ``models_torch`` ``model``, carrying its weights.
 
@@ -233,17 +254,10 @@ def keras_twin(model: Any, batch_size: int | None = None) -> Any:
     """
     import keras
 
-    import models_keras
-
     spec = describe(model)
-    cls = {
-        "lstm": models_keras.MultiStateLSTM,
-        "gru": models_keras.MultiStateGRU,
-        "rnn": models_keras.MultiStateSimpleRNN,
-    }
     extra = {"activation": spec.activation} if spec.cell == "rnn" else {}
     dtype = str(model.rnn.weight_ih_l0.dtype).removeprefix("torch.")
-    layer = cls[spec.cell](
+    layer = keras_class(spec.cell)(
         spec.hidden_size,
         model.num_streams,
         num_layers=spec.num_layers,
@@ -263,12 +277,9 @@ def torch_twin(layer: Any) -> Any:
     """A ``models_torch`` module configured like the ``models_keras`` ``layer``, carrying its weights."""
     import torch
 
-    import models_torch
-
     spec = describe(layer)
-    cls = {"lstm": models_torch.MultiStateLSTM, "gru": models_torch.MultiStateGRU, "rnn": models_torch.MultiStateRNN}
     extra = {"nonlinearity": spec.activation} if spec.cell == "rnn" else {}
-    module = cls[spec.cell](
+    module = torch_class(spec.cell)(
         spec.input_size,
         spec.hidden_size,
         layer.num_streams,

@@ -7,12 +7,11 @@ Each backend runs in its own process; ``run_backend`` yields one result row
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 
+from harness.files import atomic_path
 from harness.parity import PLANS, check_parity
 
 CELLS = ("lstm", "gru", "rnn")
@@ -23,11 +22,10 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0):
     """A seeded ``models_torch`` multi-state model of the default scenario."""
     import torch
 
-    import models_torch
+    from harness.porting import torch_class
 
     torch.manual_seed(seed)
-    cls = {"lstm": models_torch.MultiStateLSTM, "gru": models_torch.MultiStateGRU, "rnn": models_torch.MultiStateRNN}
-    return cls[cell](FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype))
+    return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype))
 
 
 def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int) -> Iterator[dict]:
@@ -40,7 +38,7 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int)
             if backend != "torch":
                 from harness.porting import keras_twin
 
-                models[backend] = keras_twin(models["torch"])
+                models[backend] = keras_twin(models["torch"], batch_size=BATCH)
             for plan in PLANS:
                 report = check_parity(models, x, plan, seed=1)
                 for row in report.summary():
@@ -71,7 +69,5 @@ def format_rows(rows: list[dict]) -> str:
 
 def write_json(path: str, rows: list[dict]) -> None:
     """Write ``rows`` to ``path`` atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({"ok": all(r["ok"] for r in rows), "rows": rows}, f, indent=1)
-    os.replace(f.name, path)

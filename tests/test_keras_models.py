@@ -9,7 +9,7 @@ import pytest
 from conftest import keras_backend, random_input
 from harness import assert_parity
 from models_keras import MultiStateGRU, MultiStateLSTM, MultiStateSimpleRNN, multistate_layers, reset_all_states
-from tests.keras_helpers import KERAS_CELLS, B, F, H, S, T, chunks_of, functional, the_layer, torch_and_keras
+from tests.keras_helpers import CELLS, B, F, H, S, T, chunks_of, functional, the_layer, torch_and_keras
 
 pytestmark = pytest.mark.keras
 
@@ -21,7 +21,7 @@ def assert_equal_arrays(a, b, atol: float = 0.0) -> None:
 
 @pytest.mark.parametrize("plan", ["halves", "random", "ones"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("cell", KERAS_CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 def test_keras_matches_torch_chunked_and_whole(cell, layers, plan, dtype, rng):
     module, model = torch_and_keras(cell, dtype, num_layers=layers)
     report = assert_parity({"torch": module, "keras": model}, random_input(rng, (B, S, T, F), dtype), plan)
@@ -253,7 +253,7 @@ def test_float64_on_jax_without_x64_is_a_clear_error():
     assert proc.returncode != 0 and "needs JAX's x64 mode" in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("cell", KERAS_CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 def test_save_and_load_keeps_weights_and_carried_state(cell, tmp_path, rng):
     """Documented: the carried state is saved with the model, so a reloaded model continues the stream."""
     model = functional(cell, num_layers=2)
