@@ -67,15 +67,22 @@ def _run_chunked(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[list[np.n
     return outputs, states
 
 
-def _run_whole_prefixes(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[np.ndarray, list[dict]]:
-    """The whole-sequence output, and the states after running each prefix that ends at a boundary."""
-    states, out, end = [], None, 0
-    for n in plan:
-        end += n
+def _run_whole_prefixes(runner: Any, x: np.ndarray, ends: list[int]) -> tuple[np.ndarray, dict[int, dict]]:
+    """The whole-sequence output, and the states after running whole each prefix ``x[:, :, :end]``."""
+    states, out = {}, None
+    for end in ends:
         runner.reset()
         out = runner.run(x[:, :, :end])
-        states.append(runner.states())
+        states[end] = runner.states()
     return out, states
+
+
+def _spread(boundaries: list[int], most: int | None) -> list[int]:
+    """At most ``most`` of ``boundaries``, evenly spread, the last always included."""
+    if most is None or len(boundaries) <= most:
+        return boundaries
+    picks = np.linspace(len(boundaries) - 1, 0, most).round().astype(int)
+    return sorted({boundaries[i] for i in picks})
 
 
 def _compare_step(
@@ -127,6 +134,7 @@ def check_parity(
     rtol: float | None = None,
     reference: str | None = None,
     seed: int = 0,
+    whole_state_checks: int | None = None,
 ) -> ParityReport:
     """Run every model whole and chunked; compare outputs and states at every boundary.
 
@@ -137,6 +145,10 @@ def check_parity(
         atol, rtol: override the defaults of DESIGN.md for both kinds of comparison.
         reference: the model the others are held against (default: the first).
         seed: seed of the "random" plan.
+        whole_state_checks: compare chunked-vs-whole states at this many boundaries
+            (evenly spread, the last included) instead of all: each costs one run of
+            the prefix, which JAX compiles anew for every length. Outputs and the
+            cross-model comparisons always cover every boundary.
     """
     if not models:
         raise ValueError("check_parity needs at least one model")
@@ -150,15 +162,17 @@ def check_parity(
         raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
     starts = np.cumsum([0] + plan[:-1])
+    ends = [int(e) for e in np.cumsum(plan)]
+    checked_ends = _spread(ends, whole_state_checks)
 
     chunked = {}
     comparisons: list[Comparison] = []
     for name, model in models.items():
         runner = as_runner(model)
         chunked[name] = _run_chunked(runner, x, plan)
-        whole, prefix_states = _run_whole_prefixes(runner, x, plan)
+        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends)
         outs, states = chunked[name]
-        for i, start in enumerate(starts):
+        for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(
                 f"{name} chunked vs whole",
                 "same",
@@ -166,9 +180,9 @@ def check_parity(
                 start,
                 same,
                 outs[i],
-                whole[:, :, start : start + plan[i]],
+                whole[:, :, start:end],
                 states[i],
-                prefix_states[i],
+                prefix_states.get(end, {}),
             )
     ref_outs, ref_states = chunked[reference]
     for name in models:
