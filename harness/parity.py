@@ -161,7 +161,7 @@ def check_parity(
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
-    starts = np.cumsum([0] + plan[:-1])
+    starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
     checked_ends = _spread(ends, whole_state_checks)
 

@@ -222,3 +222,27 @@ def test_bad_input_is_refused_and_state_unchanged(case, rng):
     with pytest.raises(ValueError, match=message):
         call(model)
     assert_bit_identical(model.get_states(), before)
+
+
+def test_training_streams_do_not_interact(rng):
+    """The second chunk's gradient of the shared weights is the sum of each stream's own (state carried)."""
+    model = make("lstm", "float64", num_layers=2)
+    x = torch.from_numpy(random_input(rng, (B, S, T, F), "float64"))
+    target = torch.from_numpy(random_input(rng, (B, S, T, H), "float64"))
+    chunks = [slice(0, 10), slice(10, T)]
+    for c in chunks:
+        model.zero_grad()
+        ((model(x[:, :, c]) - target[:, :, c]) ** 2).sum().backward()
+    together = [p.grad.clone() for p in model.parameters()]
+
+    alone = [torch.zeros_like(p) for p in model.parameters()]
+    for s in range(S):
+        state = None
+        for c in chunks:
+            model.rnn.zero_grad()
+            out, state = model.rnn(x[:, s, c], state)
+            ((out - target[:, s, c]) ** 2).sum().backward()
+            state = tuple(t.detach() for t in state)
+        alone = [a + p.grad for a, p in zip(alone, model.rnn.parameters())]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)

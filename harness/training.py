@@ -1,0 +1,155 @@
+"""Training parity: the same truncated-BPTT SGD run in torch and in Keras, compared step by step.
+
+Both sides start from the same weights (ported torch -> Keras), see the same
+chunks in the same order (state carried across chunks, reset at the start of
+each pass), minimise MSE with plain SGD, and are compared on every step's loss,
+the final weights and the final carried states.
+
+Torch keeps two biases (``bias_ih``, ``bias_hh``) where Keras LSTM/SimpleRNN keep
+one, their sum: plain SGD moves torch's sum twice as fast. For those cells the
+run holds torch's ``bias_hh`` fixed, so both sides train the same parameters.
+
+Keras 3.15's ``ops.mean`` and ``divide_no_nan`` compute float64 in float32 on JAX
+and torch (their ``result_type`` maps 64-bit to 32-bit dtypes), so Keras here
+minimises the sum of squares with the learning rate divided by the element
+count: the same SGD step as MSE, exact in float64.
+
+Example:
+    >>> report = check_training_parity(module, x, target, "halves", lr=0.1, steps=6)  # doctest: +SKIP
+    >>> report.ok, report.max_rel_loss_error                                          # doctest: +SKIP
+    (True, 3.1e-15)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from harness.layouts import LAYOUTS, to_keras
+from harness.parity import chunk_plan
+from harness.porting import describe, keras_twin, read_weights
+
+TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
+
+
+@dataclasses.dataclass
+class TrainingParityReport:
+    """Per-step losses on both sides and the largest relative differences found."""
+
+    torch_losses: list[float]
+    keras_losses: list[float]
+    max_rel_loss_error: float
+    max_rel_weight_error: float
+    max_abs_state_error: float
+    rtol: float
+    loss_rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.max_rel_loss_error <= self.loss_rtol
+            and max(self.max_rel_weight_error, self.max_abs_state_error) <= self.rtol
+        )
+
+    def table(self) -> str:
+        lines = [f"{'step':>4} {'torch loss':>14} {'keras loss':>14} {'rel diff':>10}"]
+        for i, (a, b) in enumerate(zip(self.torch_losses, self.keras_losses)):
+            lines.append(f"{i:>4} {a:>14.8g} {b:>14.8g} {abs(a - b) / max(abs(a), 1e-300):>10.2e}")
+        lines.append(
+            f"losses max rel diff {self.max_rel_loss_error:.2e} (allowed {self.loss_rtol:g}); final weights max "
+            f"rel diff {self.max_rel_weight_error:.2e}, carried states max abs diff {self.max_abs_state_error:.2e} "
+            f"(allowed {self.rtol:g}): {'ok' if self.ok else 'FAIL'}"
+        )
+        return "\n".join(lines)
+
+
+def _sum_of_squares_loss() -> Any:
+    import keras
+
+    class SumOfSquares(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return keras.ops.sum(keras.ops.square(y_pred - y_true), axis=-1)
+
+    return SumOfSquares(reduction="sum")
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+
+
+def check_training_parity(
+    torch_model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    chunks: Sequence[int] | str,
+    *,
+    lr: float = 0.1,
+    steps: int = 4,
+    rtol: float | None = None,
+) -> TrainingParityReport:
+    """Train ``torch_model`` and its Keras twin for ``steps`` SGD updates (one per chunk) and compare.
+
+    Args:
+        torch_model: a ``models_torch`` multi-state module; its Keras twin is made here.
+        x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy; dtype sets the precision).
+        chunks: chunk plan over ``T``; passes repeat it (state reset at each pass) until ``steps`` updates.
+        lr: SGD learning rate on both sides.
+        rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
+    """
+    import keras
+    import torch
+
+    dtype = str(x.dtype)
+    rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
+    spec = describe(torch_model)
+    model = keras_twin(torch_model, batch_size=x.shape[0])
+    floatx = keras.config.floatx()
+    keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
+    frozen = (
+        [] if LAYOUTS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
+    )
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=lr)
+
+    plan = chunk_plan(chunks, x.shape[2])
+    bounds = [(int(s), int(s + n)) for s, n in zip(np.cumsum([0] + plan[:-1]), plan)]
+    torch_losses, keras_losses = [], []
+    torch_model.train()
+    try:
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss=_sum_of_squares_loss())
+        for step in range(steps):
+            start, end = bounds[step % len(bounds)]
+            if start == 0:
+                torch_model.reset_states()
+                model.layers[-1].reset_states()
+            xc, yc = x[:, :, start:end], target[:, :, start:end]
+            loss = torch.nn.functional.mse_loss(torch_model(torch.from_numpy(xc)), torch.from_numpy(yc))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            torch_losses.append(loss.item())
+            model.optimizer.learning_rate.assign(lr / yc.size)
+            keras_losses.append(float(np.asarray(model.train_on_batch(xc, yc))) / yc.size)
+    finally:
+        keras.config.set_floatx(floatx)
+        for p in frozen:
+            p.requires_grad_(True)
+
+    torch_weights, keras_weights = read_weights(torch_model), read_weights(model.layers[-1])
+    weight_error = max(
+        _rel(k, t)
+        for tl, kl in zip(torch_weights.layers, keras_weights.layers)
+        for t, k in zip(to_keras(spec.cell, tl), to_keras(spec.cell, kl))
+    )
+    state_error = max(
+        float(np.max(np.abs(k - t.detach().numpy())))
+        for k, t in zip(model.layers[-1].get_states(), torch_model.get_states())
+    )
+    loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
+    # Keras's torch backend hands back the (float64) loss rounded to float32.
+    loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
+    return TrainingParityReport(torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol)

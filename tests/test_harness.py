@@ -1,0 +1,156 @@
+"""The parity engine, its reports and the command line (torch side; no Keras needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import random_input
+from harness import assert_parity, check_parity, chunk_plan
+from harness.cli import main
+from harness.porting import torch_class
+
+B, S, T, F, H = 2, 4, 16, 3, 5
+
+
+class PerStreamCopies:
+    """A per-stream loop where every stream has its own copy of the weights (a Runner)."""
+
+    def __init__(self, rnn: torch.nn.LSTM, streams: int) -> None:
+        self.copies = [torch.nn.LSTM(rnn.input_size, rnn.hidden_size, batch_first=True) for _ in range(streams)]
+        for c in self.copies:
+            c.load_state_dict(rnn.state_dict())
+        self.reset()
+
+    def reset(self) -> None:
+        self.hc = [None] * len(self.copies)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            outs = []
+            for s, lstm in enumerate(self.copies):
+                out, self.hc[s] = lstm(torch.from_numpy(x[:, s]), self.hc[s])
+                outs.append(out)
+        return torch.stack(outs, 1).numpy()
+
+    def states(self) -> dict[str, np.ndarray]:
+        return {n: torch.stack([hc[i] for hc in self.hc], 2).numpy() for i, n in enumerate("hc")}
+
+
+def test_engine_catches_a_planted_weight_error_and_names_the_stream(rng):
+    torch.manual_seed(0)
+    model = torch_class("lstm")(F, H, S)
+    copies = PerStreamCopies(model.rnn, S)
+    x = random_input(rng, (B, S, T, F))
+    assert check_parity({"ours": model, "copies": copies}, x, "random").ok
+    with torch.no_grad():
+        copies.copies[2].weight_hh_l0[5, 1] += 1e-3
+    report = check_parity({"ours": model, "copies": copies}, x, "random")
+    assert not report.ok
+    assert {c.stream for c in report.failures()} == {2}
+    assert {c.pair for c in report.failures()} == {"copies vs ours"}
+    with pytest.raises(
+        AssertionError, match=r"(?s)Mismatched elements: \d+ / \d+.*Greatest absolute difference: .* stream 2"
+    ):
+        assert_parity({"ours": model, "copies": copies}, x, "random")
+
+
+def test_report_table_and_json(rng):
+    torch.manual_seed(0)
+    model, other = torch_class("gru")(F, H, S), torch_class("gru")(F, H, S)
+    report = check_parity({"a": model, "b": other}, random_input(rng, (B, S, T, F)), "halves")
+    assert "FAIL" in report.table() and "ok (bit-identical)" in report.table()
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and data["plan"] == [8, 8]
+    worst = max(data["comparisons"], key=lambda c: c["max_abs"])
+    assert worst["max_abs"] == pytest.approx(report.max_abs_error)
+    assert set(worst["where"]) >= {"chunk", "stream", "unit"}
+
+
+def test_tolerance_override_is_used(rng):
+    torch.manual_seed(0)
+    model = torch_class("rnn")(F, H, S)
+    x = random_input(rng, (B, S, T, F))
+    noisy = PerturbedRunner(model, 1e-7)
+    assert not check_parity({"m": model, "noisy": noisy}, x, "halves", atol=1e-9).ok
+    assert check_parity({"m": model, "noisy": noisy}, x, "halves", atol=1e-6).ok
+
+
+class PerturbedRunner:
+    """Another model's runner whose outputs are off by ``eps``."""
+
+    def __init__(self, model, eps: float) -> None:
+        from harness.runners import TorchRunner
+
+        self.inner, self.eps = TorchRunner(model), eps
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def run(self, x):
+        return self.inner.run(x) + np.float32(self.eps)
+
+    def states(self):
+        return self.inner.states()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"), [([3, 3], "sum to 16"), ([0, 16], ">= 1"), ("thirds", "unknown chunk plan")]
+)
+def test_bad_chunk_plans_are_refused(chunks, message):
+    with pytest.raises(ValueError, match=message):
+        chunk_plan(chunks, 16)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    streams=st.integers(1, 4),
+    steps=st.integers(1, 20),
+    features=st.integers(1, 4),
+    units=st.integers(1, 6),
+    cell=st.sampled_from(["lstm", "gru", "rnn"]),
+    layers=st.integers(1, 2),
+    plan_seed=st.integers(0, 1000),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_property_chunked_equals_whole_for_any_shape_and_plan(
+    batch, streams, steps, features, units, cell, layers, plan_seed, dtype
+):
+    torch.manual_seed(plan_seed)
+    model = torch_class(cell)(features, units, streams, num_layers=layers, dtype=getattr(torch, dtype))
+    x = np.random.default_rng(plan_seed).standard_normal((batch, streams, steps, features)).astype(dtype)
+    assert_parity({"torch": model, "per-band loop": StreamLoop(model)}, x, "random", seed=plan_seed)
+
+
+class StreamLoop:
+    """The reference: the same module called once per stream (``stream=k``), in reverse order."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def reset(self) -> None:
+        self.model.reset_states()
+
+    def run(self, x):
+        with torch.no_grad():
+            outs = {k: self.model(torch.from_numpy(x[:, k]), stream=k) for k in reversed(range(x.shape[1]))}
+        return torch.stack([outs[k] for k in range(x.shape[1])], 1).numpy()
+
+    def states(self):
+        return {n: s.numpy() for n, s in zip(self.model.state_names, self.model.get_states())}
+
+
+def test_cli_parity_torch_writes_json(tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    code = main(["parity", "--backend", "torch", "--cell", "gru", "--dtype", "float64", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    assert data["ok"] and {r["plan"] for r in data["rows"]} == {"whole", "halves", "random", "ones"}
+    assert "PASS" in printed and "torch chunked vs whole" in printed
