@@ -30,10 +30,14 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """Drives a ``models_torch`` multi-state module in eval mode, without gradients."""
+    """Drives a ``models_torch`` multi-state module without gradients; on a GPU, with TF32 off."""
 
     def __init__(self, model: Any) -> None:
+        from harness.tolerances import disable_tf32
+
         self.model = model
+        if model.rnn.weight_ih_l0.is_cuda:
+            disable_tf32()
 
     def reset(self) -> None:
         self.model.reset_states()
