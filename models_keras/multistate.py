@@ -10,13 +10,14 @@ gradients stopped) at the end of every call, so ``predict``, ``fit`` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
-from harness import contract
+from harness import checkpoint, contract
 from models_keras import exact
 
 
@@ -42,6 +43,7 @@ class MultiStateBase(keras.layers.Layer):
     """
 
     rnn_class: type[keras.layers.Layer]
+    cell: str
     state_names: tuple[str, ...] = ("h",)
 
     def __init__(
@@ -202,6 +204,24 @@ class MultiStateBase(keras.layers.Layer):
         for v, a in zip(self.state_variables, arrays):
             v.assign(a.astype(self.variable_dtype))
 
+    def save_states(self, path: str | os.PathLike) -> None:
+        """Write the carried states to a framework-neutral ``.npz`` checkpoint (see ``harness.checkpoint``)."""
+        checkpoint.save_state_file(path, dict(zip(self.state_names, self.get_states())), self._checkpoint_meta())
+
+    def load_states(self, path: str | os.PathLike) -> None:
+        """Resume the streams saved by ``save_states`` (in Keras or in torch); a misfit is refused untouched."""
+        states = checkpoint.load_state_file(path, self._checkpoint_meta(), self.state_names)
+        self.set_states([states[n] for n in self.state_names])
+
+    def _checkpoint_meta(self) -> dict:
+        return {
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "num_streams": self.num_streams,
+            "units": self.units,
+            "batch_size": self.batch_size,
+        }
+
     def get_config(self) -> dict:
         return {
             **super().get_config(),
@@ -249,6 +269,7 @@ class MultiStateLSTM(MultiStateBase):
     """
 
     rnn_class = keras.layers.LSTM
+    cell = "lstm"
     state_names = ("h", "c")
 
 
@@ -257,6 +278,7 @@ class MultiStateGRU(MultiStateBase):
     """A shared Keras ``GRU`` (``reset_after=True``, as torch computes it) with an ``h`` state per stream."""
 
     rnn_class = keras.layers.GRU
+    cell = "gru"
 
     def __init__(self, units: int, num_streams: int, **kwargs: object) -> None:
         if not kwargs.get("reset_after", True):
@@ -269,6 +291,7 @@ class MultiStateSimpleRNN(MultiStateBase):
     """A shared Keras ``SimpleRNN`` (``activation="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
 
     rnn_class = exact.SimpleRNN
+    cell = "rnn"
 
 
 def multistate_layers(model: keras.layers.Layer) -> list[MultiStateBase]:

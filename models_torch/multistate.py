@@ -7,13 +7,14 @@ with the carried state as initial state, and is unfolded again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness import contract
+from harness import checkpoint, contract
 
 State = tuple[torch.Tensor, ...]
 
@@ -32,6 +33,7 @@ class MultiStateBase(nn.Module):
     """
 
     rnn_class: type[nn.RNNBase]
+    cell: str
     state_names: tuple[str, ...] = ("h",)
 
     def __init__(
@@ -249,6 +251,25 @@ class MultiStateBase(nn.Module):
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
 
+    def save_states(self, path: str | os.PathLike) -> None:
+        """Write the carried states to a framework-neutral ``.npz`` checkpoint (see ``harness.checkpoint``)."""
+        states = {n: s.detach().cpu().numpy() for n, s in zip(self.state_names, self.get_states())}
+        checkpoint.save_state_file(path, states, self._checkpoint_meta())
+
+    def load_states(self, path: str | os.PathLike) -> None:
+        """Resume the streams saved by ``save_states`` (in torch or in Keras); a misfit is refused untouched."""
+        states = checkpoint.load_state_file(path, self._checkpoint_meta(), self.state_names)
+        self.set_states([states[n] for n in self.state_names])
+
+    def _checkpoint_meta(self) -> dict:
+        return {
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "num_streams": self.num_streams,
+            "units": self.hidden_size,
+            "batch_size": self.fixed_batch_size,
+        }
+
     def extra_repr(self) -> str:
         return f"num_streams={self.num_streams}, batch_size={self.batch_size}"
 
@@ -264,6 +285,7 @@ class MultiStateLSTM(MultiStateBase):
     """
 
     rnn_class = nn.LSTM
+    cell = "lstm"
     state_names = ("h", "c")
 
 
@@ -271,12 +293,14 @@ class MultiStateGRU(MultiStateBase):
     """A shared ``nn.GRU`` with an ``h`` state per stream. See ``MultiStateLSTM``."""
 
     rnn_class = nn.GRU
+    cell = "gru"
 
 
 class MultiStateRNN(MultiStateBase):
     """A shared ``nn.RNN`` (``nonlinearity="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
 
     rnn_class = nn.RNN
+    cell = "rnn"
 
     def __init__(
         self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object
