@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from harness import checkpoint, contract
-from models_keras import exact
+from models_keras import checks, exact
 
 
 class MultiStateBase(keras.layers.Layer):
@@ -36,6 +36,9 @@ class MultiStateBase(keras.layers.Layer):
         return_sequences: ``(B, S, T, units)`` if True, else the last step ``(B, S, units)``.
         batch_size: batch size of the carried state; otherwise taken from
             ``Input(batch_shape=...)`` or the first call, and fixed from then on.
+        check_finite: refuse inputs holding NaN or Inf (off by default). Eager calls
+            and TensorFlow graphs raise; a compiled JAX step cannot raise, so there the
+            carried state is left as it was and the output shows the NaN.
 
     Call arguments:
         inputs: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
@@ -55,6 +58,7 @@ class MultiStateBase(keras.layers.Layer):
         use_bias: bool = True,
         return_sequences: bool = True,
         batch_size: int | None = None,
+        check_finite: bool = False,
         name: str | None = None,
         dtype: object = None,
         trainable: bool = True,
@@ -70,6 +74,7 @@ class MultiStateBase(keras.layers.Layer):
         self.use_bias = use_bias
         self.return_sequences = return_sequences
         self.batch_size = batch_size
+        self.check_finite = check_finite
         self.rnn_kwargs = rnn_kwargs
         self.rnn_layers = [
             self.rnn_class(
@@ -134,7 +139,8 @@ class MultiStateBase(keras.layers.Layer):
         batch, streams, units = self.batch_size, self.num_streams, self.units
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
         carried = [ops.copy(v.value) for v in self.state_variables]
-        inputs = _assert_batch(inputs, batch)
+        inputs = checks.at_run_time(inputs, batch, self.check_finite)
+        finite = ops.all(ops.isfinite(inputs)) if self.check_finite else None
         if stream is None:
             x = ops.reshape(inputs, (batch * streams, ops.shape(inputs)[2], self.input_size))
             initial = [ops.reshape(s, (self.num_layers, batch * streams, units)) for s in carried]
@@ -149,9 +155,10 @@ class MultiStateBase(keras.layers.Layer):
         for k, variable in enumerate(self.state_variables):
             new = ops.stop_gradient(ops.stack([f[k] for f in finals]))
             if stream is None:
-                variable.assign(ops.reshape(new, (self.num_layers, batch, streams, units)))
+                new = ops.reshape(new, (self.num_layers, batch, streams, units))
             else:
-                variable.assign(ops.slice_update(variable.value, (0, 0, stream, 0), new[:, :, None]))
+                new = ops.slice_update(variable.value, (0, 0, stream, 0), new[:, :, None])
+            variable.assign(new if finite is None else ops.where(finite, new, variable.value))
 
         if not self.return_sequences:
             x = x[:, -1]
@@ -220,6 +227,7 @@ class MultiStateBase(keras.layers.Layer):
             "num_streams": self.num_streams,
             "units": self.units,
             "batch_size": self.batch_size,
+            "check_finite": self.check_finite,
         }
 
     def get_config(self) -> dict:
@@ -231,20 +239,9 @@ class MultiStateBase(keras.layers.Layer):
             "use_bias": self.use_bias,
             "return_sequences": self.return_sequences,
             "batch_size": self.batch_size,
+            "check_finite": self.check_finite,
             **self.rnn_kwargs,
         }
-
-
-def _assert_batch(inputs, batch: int):
-    """``inputs``, checked for the batch size at run time where tracing left it unknown.
-
-    TensorFlow relaxes traced shapes to ``None`` on retracing, so the static check can miss a batch change.
-    """
-    if inputs.shape[0] is not None or keras.backend.backend() != "tensorflow":
-        return inputs
-    import tensorflow as tf
-
-    return tf.ensure_shape(inputs, (batch,) + tuple(inputs.shape[1:]))
 
 
 def _check_backend_dtype(dtype: str) -> None:

@@ -29,7 +29,9 @@ class MultiStateBase(nn.Module):
     Subclasses name the torch module in ``rnn_class`` and the state tensors in
     ``state_names``. Carried states are non-persistent buffers of shape
     ``(num_layers, batch, num_streams, hidden_size)``: ``.to(device)`` moves them,
-    ``state_dict()`` leaves them out.
+    ``state_dict()`` leaves them out. ``detach_states=False`` keeps the graph across
+    calls (full BPTT); ``check_finite=True`` refuses inputs holding NaN or Inf (off by
+    default: it costs a pass over the input and a device sync per call).
     """
 
     rnn_class: type[nn.RNNBase]
@@ -47,6 +49,7 @@ class MultiStateBase(nn.Module):
         dropout: float = 0.0,
         batch_size: int | None = None,
         detach_states: bool = True,
+        check_finite: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **rnn_kwargs: object,
@@ -70,6 +73,7 @@ class MultiStateBase(nn.Module):
         self.num_streams = num_streams
         self.fixed_batch_size = batch_size
         self.detach_states = detach_states
+        self.check_finite = check_finite
         for name in self.state_names:
             self.register_buffer(name, None, persistent=False)
         if batch_size is not None:
@@ -108,19 +112,23 @@ class MultiStateBase(nn.Module):
         self._store(states)
         return states
 
-    def _check_x(self, x: torch.Tensor, stream: int | None) -> None:
+    def _check_x(self, x: torch.Tensor, stream: int | None, batch_size: int | None) -> None:
         contract.check_input(
             tuple(x.shape),
             _dtype_name(x.dtype),
             num_streams=self.num_streams,
             input_size=self.input_size,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             stream=stream,
         )
         expected = self.rnn.weight_ih_l0.dtype
         if x.dtype != expected:
             raise ValueError(
                 f"input dtype must match the weights: expected {_dtype_name(expected)}, got {_dtype_name(x.dtype)}"
+            )
+        if self.check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"input holds NaN or Inf ({int((~torch.isfinite(x)).sum())} elements); state left as it was"
             )
 
     def _fused(self, x: torch.Tensor, states: State) -> tuple[torch.Tensor, State]:
@@ -155,18 +163,10 @@ class MultiStateBase(nn.Module):
             torch.Size([2, 3, 10, 8])
         """
         stateless = initial_state is not None
+        self._check_x(x, stream, None if stateless else self.batch_size)
         if stateless:
-            contract.check_input(
-                tuple(x.shape),
-                _dtype_name(x.dtype),
-                num_streams=self.num_streams,
-                input_size=self.input_size,
-                batch_size=None,
-                stream=stream,
-            )
             states = self._check_initial_state(initial_state, x.shape[0], stream)
         else:
-            self._check_x(x, stream)
             states = self._states() or self._zero_states(x.shape[0])
             if stream is not None:
                 states = tuple(s[:, :, stream] for s in states)
