@@ -127,6 +127,29 @@ def _seed(args: argparse.Namespace) -> int:
     return 0 if errors["multi-state layer (this project)"] <= 1e-6 else 1
 
 
+def _drift(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from harness.parity import check_parity
+    from harness.porting import keras_twin
+    from harness.scenarios import torch_model
+
+    module = torch_model(args.cell, 2, "float32")
+    x = np.random.default_rng(0).standard_normal((1, 2, args.steps, 4)).astype("float32")
+    models = {"torch": module}
+    if args.keras:
+        models["keras"] = keras_twin(module, batch_size=1)
+    plan = [args.chunk] * (args.steps // args.chunk) + ([args.steps % args.chunk] if args.steps % args.chunk else [])
+    report = check_parity(models, x, plan, whole_state_checks=2)
+    pairs = sorted({c.pair for c in report.comparisons})
+    print(f"{'step':>8} " + " ".join(f"{p:>28}" for p in pairs))
+    curves = {p: dict(report.curve(p)) for p in pairs}
+    for i, end in enumerate(np.cumsum(plan)):
+        print(f"{end:>8} " + " ".join(f"{curves[p].get(i, float('nan')):>28.3g}" for p in pairs))
+    print(f"max abs error {report.max_abs_error:.3g}: {'PASS' if report.ok else 'FAIL'}")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,5 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     port.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
     seed = sub.add_parser("seed", help="reproduce the original problem on the active Keras backend")
     seed.add_argument("--steps", type=int, default=20)
+    drift = sub.add_parser("drift", help="error curve of a long run in chunks (float32), torch and Keras")
+    drift.add_argument("--steps", type=int, default=10_000)
+    drift.add_argument("--chunk", type=int, default=1_000)
+    drift.add_argument("--cell", choices=list(scenarios.CELLS), default="lstm")
+    drift.add_argument("--no-keras", dest="keras", action="store_false", help="torch alone")
     args = parser.parse_args(argv)
-    return {"parity": _parity, "_worker": _worker, "port": _port, "seed": _seed}[args.command](args)
+    commands = {"parity": _parity, "_worker": _worker, "port": _port, "seed": _seed, "drift": _drift}
+    return commands[args.command](args)

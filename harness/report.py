@@ -105,6 +105,14 @@ class ParityReport:
     def max_abs_error(self) -> float:
         return max((c.max_abs for c in self.comparisons), default=0.0)
 
+    def curve(self, pair: str, tensor: str = "output") -> list[tuple[int, float]]:
+        """``(chunk, max abs error over streams)`` at every chunk boundary: how an error grows with time."""
+        worst: dict[int, float] = {}
+        for c in self.comparisons:
+            if c.pair == pair and c.tensor == tensor:
+                worst[c.chunk] = max(worst.get(c.chunk, 0.0), c.max_abs)
+        return sorted(worst.items())
+
     def failures(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.ok]
 
