@@ -154,3 +154,17 @@ def test_cli_parity_torch_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["ok"] and {r["plan"] for r in data["rows"]} == {"whole", "halves", "random", "ones"}
     assert "PASS" in printed and "torch chunked vs whole" in printed
+
+
+def test_entry_point_refusals(tmp_path, capsys):
+    from harness.convert import convert_file
+    from harness.files import file_kind
+
+    with pytest.raises(ValueError, match="unsupported weight file 'w.onnx'"):
+        file_kind("w.onnx")
+    with pytest.raises(ValueError, match="are both torch files"):
+        convert_file(tmp_path / "a.pt", tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match=r"x must be \(batch, streams, time, features\)"):
+        check_parity({"m": torch_class("gru")(F, H, S)}, np.zeros((B, T, F), "float32"), "halves")
+    assert main(["port", str(tmp_path / "missing.pt"), str(tmp_path / "out.keras")]) == 1
+    assert "no such weight file" in capsys.readouterr().err

@@ -269,6 +269,11 @@ def test_save_and_load_keeps_weights_and_carried_state(cell, tmp_path, rng):
     np.testing.assert_array_equal(loaded.predict_on_batch(first), model.predict_on_batch(first))
 
 
+def test_gru_reset_after_false_is_refused():
+    with pytest.raises(ValueError, match="supports only reset_after=True"):
+        MultiStateGRU(H, S, reset_after=False)
+
+
 def test_config_round_trip():
     layer = MultiStateGRU(H, S, num_layers=2, use_bias=False, return_sequences=False, batch_size=B, name="g")
     again = MultiStateGRU.from_config(layer.get_config())
