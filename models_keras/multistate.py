@@ -227,7 +227,6 @@ class MultiStateBase(keras.layers.Layer):
             "num_streams": self.num_streams,
             "units": self.units,
             "batch_size": self.batch_size,
-            "check_finite": self.check_finite,
         }
 
     def get_config(self) -> dict:
@@ -239,6 +238,7 @@ class MultiStateBase(keras.layers.Layer):
             "use_bias": self.use_bias,
             "return_sequences": self.return_sequences,
             "batch_size": self.batch_size,
+            "check_finite": self.check_finite,
             "check_finite": self.check_finite,
             **self.rnn_kwargs,
         }

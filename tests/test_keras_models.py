@@ -275,9 +275,12 @@ def test_gru_reset_after_false_is_refused():
 
 
 def test_config_round_trip():
-    layer = MultiStateGRU(H, S, num_layers=2, use_bias=False, return_sequences=False, batch_size=B, name="g")
+    layer = MultiStateGRU(
+        H, S, num_layers=2, use_bias=False, return_sequences=False, batch_size=B, check_finite=True, name="g"
+    )
     again = MultiStateGRU.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
+    assert again.check_finite and again.num_layers == 2 and again.batch_size == B
 
 
 BAD_CALLS = {
