@@ -239,7 +239,6 @@ class MultiStateBase(keras.layers.Layer):
             "return_sequences": self.return_sequences,
             "batch_size": self.batch_size,
             "check_finite": self.check_finite,
-            "check_finite": self.check_finite,
             **self.rnn_kwargs,
         }
 
