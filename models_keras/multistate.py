@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from harness import checkpoint, contract
-from models_keras import checks, exact
+from models_keras import checks, exact, torch_kernels
 
 
 class MultiStateBase(keras.layers.Layer):
@@ -39,6 +39,9 @@ class MultiStateBase(keras.layers.Layer):
         check_finite: refuse inputs holding NaN or Inf (off by default). Eager calls
             and TensorFlow graphs raise; a compiled JAX step cannot raise, so there the
             carried state is left as it was and the output shows the NaN.
+        fused: on the torch backend, run the whole stack as one fused torch RNN call
+            where the configuration allows (see ``torch_kernels``); False forces the
+            generic per-layer Keras path.
 
     Call arguments:
         inputs: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
@@ -59,6 +62,7 @@ class MultiStateBase(keras.layers.Layer):
         return_sequences: bool = True,
         batch_size: int | None = None,
         check_finite: bool = False,
+        fused: bool = True,
         name: str | None = None,
         dtype: object = None,
         trainable: bool = True,
@@ -75,6 +79,7 @@ class MultiStateBase(keras.layers.Layer):
         self.return_sequences = return_sequences
         self.batch_size = batch_size
         self.check_finite = check_finite
+        self.fused = fused
         self.rnn_kwargs = rnn_kwargs
         self.rnn_layers = [
             self.rnn_class(
@@ -147,13 +152,13 @@ class MultiStateBase(keras.layers.Layer):
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
 
-        finals = []
-        for i, rnn in enumerate(self.rnn_layers):
-            x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
-            finals.append(final)
+        if torch_kernels.serves(self):
+            x, finals = torch_kernels.run(self, x, initial, training=bool(training))
+        else:
+            x, finals = self._run_layers(x, initial, training)
 
-        for k, variable in enumerate(self.state_variables):
-            new = ops.stop_gradient(ops.stack([f[k] for f in finals]))
+        for variable, final in zip(self.state_variables, finals):
+            new = ops.stop_gradient(final)
             if stream is None:
                 new = ops.reshape(new, (self.num_layers, batch, streams, units))
             else:
@@ -165,6 +170,14 @@ class MultiStateBase(keras.layers.Layer):
         if stream is None:
             x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
         return x
+
+    def _run_layers(self, x, initial: list, training: bool | None) -> tuple[object, list]:
+        """The generic path: the Keras layers one after another. Returns the output and each state ``(L, N, H)``."""
+        finals = []
+        for i, rnn in enumerate(self.rnn_layers):
+            x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
+            finals.append(final)
+        return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
 
     def reset_states(self, streams: Sequence[int] | None = None, mask: np.ndarray | None = None) -> None:
         """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True."""
@@ -239,6 +252,7 @@ class MultiStateBase(keras.layers.Layer):
             "return_sequences": self.return_sequences,
             "batch_size": self.batch_size,
             "check_finite": self.check_finite,
+            "fused": self.fused,
             **self.rnn_kwargs,
         }
 

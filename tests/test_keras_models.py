@@ -315,3 +315,32 @@ def test_bad_batch_in_predict_is_refused_and_state_unchanged(rng):
         model.predict_on_batch(random_input(rng, (B + 1, S, T, F)))
     print(error.value)
     assert_equal_arrays(the_layer(model).get_states(), before)
+
+
+@pytest.mark.parametrize(
+    ("cell", "options", "fused"),
+    [
+        ("lstm", {}, True),
+        ("gru", {"num_layers": 2, "use_bias": False}, True),
+        ("rnn", {"activation": "relu"}, True),
+        ("lstm", {"fused": False}, False),
+        ("gru", {"dropout": 0.1}, False),
+        ("lstm", {"recurrent_activation": "hard_sigmoid"}, False),
+        ("rnn", {"activation": "sigmoid"}, False),
+    ],
+)
+def test_fused_torch_path_or_generic_fallback_keeps_parity(cell, options, fused, rng):
+    """The torch backend's fused path serves what it can; the rest falls back, and chunked == whole either way."""
+    from models_keras import torch_kernels
+
+    model = functional(cell, **options)
+    assert torch_kernels.serves(the_layer(model)) == (fused and keras_backend() == "torch")
+    x = random_input(rng, (B, S, T, F))
+    whole = model.predict_on_batch(x)
+    reset_all_states(model)
+    chunked = np.concatenate([model.predict_on_batch(c) for c in chunks_of(x, 5)], 2)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
+    generic = functional(cell, **{**options, "fused": False})
+    generic.set_weights(model.get_weights())
+    reset_all_states(generic)
+    np.testing.assert_allclose(generic.predict_on_batch(x), whole, atol=1e-6, rtol=0)
