@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from harness import checkpoint, contract
-from models_keras import checks, exact, torch_kernels
+from models_keras import checks, exact, fast_paths
 
 
 class MultiStateBase(keras.layers.Layer):
@@ -39,9 +39,9 @@ class MultiStateBase(keras.layers.Layer):
         check_finite: refuse inputs holding NaN or Inf (off by default). Eager calls
             and TensorFlow graphs raise; a compiled JAX step cannot raise, so there the
             carried state is left as it was and the output shows the NaN.
-        fused: on the torch backend, run the whole stack as one fused torch RNN call
-            where the configuration allows (see ``torch_kernels``); False forces the
-            generic per-layer Keras path.
+        fused: take the backend's fast path where the configuration allows (one fused
+            torch RNN call on the torch backend, XLA on TensorFlow; see ``fast_paths``);
+            False forces the generic per-layer Keras path.
 
     Call arguments:
         inputs: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
@@ -152,10 +152,7 @@ class MultiStateBase(keras.layers.Layer):
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
 
-        if torch_kernels.serves(self):
-            x, finals = torch_kernels.run(self, x, initial, training=bool(training))
-        else:
-            x, finals = self._run_layers(x, initial, training)
+        x, finals = fast_paths.runner(self, training)(x, initial, training)
 
         for variable, final in zip(self.state_variables, finals):
             new = ops.stop_gradient(final)

@@ -318,23 +318,24 @@ def test_bad_batch_in_predict_is_refused_and_state_unchanged(rng):
 
 
 @pytest.mark.parametrize(
-    ("cell", "options", "fused"),
+    ("cell", "options", "on_torch", "on_tensorflow"),
     [
-        ("lstm", {}, True),
-        ("gru", {"num_layers": 2, "use_bias": False}, True),
-        ("rnn", {"activation": "relu"}, True),
-        ("lstm", {"fused": False}, False),
-        ("gru", {"dropout": 0.1}, False),
-        ("lstm", {"recurrent_activation": "hard_sigmoid"}, False),
-        ("rnn", {"activation": "sigmoid"}, False),
+        ("lstm", {}, "torch-fused", "tf-xla"),
+        ("gru", {"num_layers": 2, "use_bias": False}, "torch-fused", "tf-xla"),
+        ("rnn", {"activation": "relu"}, "torch-fused", "tf-xla"),
+        ("lstm", {"fused": False}, "generic", "generic"),
+        ("gru", {"dropout": 0.1}, "generic", "generic"),
+        ("lstm", {"recurrent_activation": "hard_sigmoid"}, "generic", "tf-xla"),
+        ("rnn", {"activation": "sigmoid"}, "generic", "tf-xla"),
     ],
 )
-def test_fused_torch_path_or_generic_fallback_keeps_parity(cell, options, fused, rng):
-    """The torch backend's fused path serves what it can; the rest falls back, and chunked == whole either way."""
-    from models_keras import torch_kernels
+def test_fast_path_or_generic_fallback_keeps_parity(cell, options, on_torch, on_tensorflow, rng):
+    """Each backend's fast path serves what it can, the rest falls back; results agree with the generic path."""
+    from models_keras import fast_paths
 
     model = functional(cell, **options)
-    assert torch_kernels.serves(the_layer(model)) == (fused and keras_backend() == "torch")
+    expected = {"torch": on_torch, "tensorflow": on_tensorflow}.get(keras_backend(), "generic")
+    assert fast_paths.path_name(the_layer(model)) == expected
     x = random_input(rng, (B, S, T, F))
     whole = model.predict_on_batch(x)
     reset_all_states(model)

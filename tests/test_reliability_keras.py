@@ -9,7 +9,7 @@ import torch
 from conftest import keras_backend, random_input
 from harness import check_parity
 from harness.porting import keras_twin, torch_class
-from models_keras import MultiStateLSTM, torch_kernels
+from models_keras import MultiStateLSTM, fast_paths
 from tests.keras_helpers import B, F, H, S, functional, the_layer
 
 pytestmark = pytest.mark.keras
@@ -23,8 +23,8 @@ def test_error_mid_computation_leaves_state_bit_identical(rng, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("planted failure in the second layer")
 
-    monkeypatch.setattr(layer.rnn_layers[1], "call", fail)  # the generic path
-    monkeypatch.setattr(torch_kernels, "run", fail)  # the fused path of the torch backend
+    monkeypatch.setattr(layer.rnn_layers[1], "call", fail)  # the generic and XLA paths
+    monkeypatch.setattr(fast_paths, "_run_torch", fail)  # the fused path of the torch backend
     with pytest.raises(RuntimeError, match="planted failure"):
         layer(random_input(rng, (B, S, 3, F)))
     for a, b in zip(layer.get_states(), before):
