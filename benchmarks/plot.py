@@ -1,0 +1,78 @@
+"""The report's figure: the scaling sweep, and each kind of ratio with its target line."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+from matplotlib import ticker  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+
+TARGET_LINES = {  # kind -> (target, where it applies)
+    "overhead": ((report.OVERHEAD, ""),),
+    "loop": ((report.LOOP_CPU_S8, " at S=8 on CPU"), (report.LOOP_GPU, " on GPU")),
+    "keras-vs-torch": ((report.KERAS_VS_TORCH_CPU, " on CPU"),),
+}
+DIRECTION = {"overhead": "lower is better", "loop": "higher is better", "keras-vs-torch": "lower is better"}
+
+
+def _case_label(case: report.CaseKey) -> str:
+    job, cell, shape, device = case
+    return f"{job} {cell} {device}\n{shape}"
+
+
+def _scaling(ax: plt.Axes, results: report.Results) -> None:
+    """Cost per stream-step against the number of streams, one line per implementation (log-log)."""
+    for name, values in report.scaling_series(results).items():
+        streams = sorted(values)
+        ax.plot(streams, [values[s] for s in streams], marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="streams S (B=1, T=16)", ylabel="µs per stream-step")
+    ax.set_title("Scaling sweep: cost per stream-step (lower is better)", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+def _minor_label(value: float, _position: int) -> str:
+    """Label the minor log ticks at 2 and 5 times a power of ten only, so they stay readable."""
+    return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in (2, 5) else ""
+
+
+def _bars(ax: plt.Axes, kind: str, found: list[report.Ratio], colors: dict[str, str]) -> None:
+    """Grouped bars of one kind of ratio on a log scale: one group per case, one bar per series."""
+    mine = [r for r in found if r.kind == kind]
+    cases = list(dict.fromkeys(r.case for r in mine))
+    series = [name for name in colors if any(r.series == name for r in mine)]
+    width = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        points = [(cases.index(r.case) + i * width, r.value) for r in mine if r.series == name]
+        ax.bar([x for x, _ in points], [y for _, y in points], width, label=name, color=colors[name])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+    devices = {case[3] for case in cases}
+    for target, where in TARGET_LINES[kind]:
+        if target is not report.LOOP_GPU or "gpu" in devices:
+            ax.axhline(target.bound, color="black", linestyle="--", linewidth=1)
+            text = f"target {target}{where}"
+            ax.annotate(text, (0, target.bound), xytext=(2, 3), textcoords="offset points", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], [_case_label(c) for c in cases], rotation=90)
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set_title(f"{report.KINDS[kind]} ({DIRECTION[kind]})", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+def save(results: report.Results, path: pathlib.Path) -> None:
+    """Write the 2x2 figure (scaling sweep and the three ratio kinds) to ``path`` as PNG."""
+    fig, axes = plt.subplots(2, 2, figsize=(16, 12))
+    _scaling(axes[0, 0], results)
+    found = report.ratios(results)
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r.series for r in found))}
+    for ax, kind in zip(axes.flat[1:], report.KINDS):
+        _bars(ax, kind, found, colors)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
