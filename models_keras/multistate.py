@@ -2,7 +2,8 @@
 
 Streams are folded into the batch: ``(B, S, T, F)`` becomes ``(B*S, T, F)``
 (row ``b*S + s``) and runs through ONE Keras ``LSTM``/``GRU``/``SimpleRNN`` call per
-layer, starting from the carried state. Carried states are non-trainable
+layer (or one fused call for the whole stack, see ``fast_paths``), starting from the
+carried state. Carried states are non-trainable
 variables of shape ``(num_layers, batch, num_streams, units)``, assigned (with
 gradients stopped) at the end of every call, so ``predict``, ``fit`` and
 ``evaluate`` carry them on TensorFlow, JAX and torch alike.
