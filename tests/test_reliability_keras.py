@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import keras_backend, random_input
 from harness import check_parity
@@ -64,3 +67,39 @@ def test_long_run_drift_torch_vs_keras_is_bounded():
     )
     curve = report.curve("keras vs torch")
     assert report.ok and max(e for _, e in curve) <= 1e-5, curve
+
+
+KERAS_OPERATIONS = st.one_of(
+    st.tuples(st.just("stacked"), st.sampled_from([1, 3])),
+    st.tuples(st.just("stream"), st.sampled_from([1, 3]), st.integers(0, S - 1)),
+    st.tuples(st.just("reset mask"), st.lists(st.booleans(), min_size=B * S, max_size=B * S)),
+    st.tuples(st.just("bad stream"), st.integers(S, S + 2)),
+)
+
+
+@settings(max_examples=8, deadline=None)
+@given(cell=st.sampled_from(["lstm", "gru", "rnn"]), operations=st.lists(KERAS_OPERATIONS, min_size=1, max_size=8))
+def test_fuzz_keras_layer_follows_its_torch_twin(cell, operations):
+    """Interleaved stacked and per-stream calls, masked resets and refused calls: Keras tracks torch."""
+    torch.manual_seed(0)
+    module = torch_class(cell)(F, H, S, batch_size=B)
+    layer = keras_twin(module, batch_size=B).layers[-1]
+    rng = np.random.default_rng(0)
+    for op in operations:
+        if op[0] == "reset mask":
+            mask = np.array(op[1]).reshape(B, S)
+            module.reset_states(mask=mask)
+            layer.reset_states(mask=mask)
+            continue
+        if op[0] == "bad stream":
+            with pytest.raises(ValueError):
+                layer(np.zeros((B, 2, F), "float32"), stream=op[1])
+            continue
+        shape = (B, S, op[1], F) if op[0] == "stacked" else (B, op[1], F)
+        x = rng.standard_normal(shape).astype("float32")
+        stream = None if op[0] == "stacked" else op[2]
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x), stream=stream).numpy()
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, stream=stream)), expected, atol=1e-5, rtol=0)
+    for got, want in zip(layer.get_states(), module.get_states()):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
