@@ -27,7 +27,6 @@ class CellLayout:
     """
 
     torch_class: str
-    keras_class: str
     gates: int
     keras_order: tuple[int, ...]
     split_bias: bool
@@ -35,11 +34,9 @@ class CellLayout:
 
 
 LAYOUTS = {
-    "lstm": CellLayout(
-        "LSTM", "LSTM", 4, (0, 1, 2, 3), False, {"activation": "tanh", "recurrent_activation": "sigmoid"}
-    ),
-    "gru": CellLayout("GRU", "GRU", 3, (1, 0, 2), True, {"activation": "tanh", "recurrent_activation": "sigmoid"}),
-    "rnn": CellLayout("RNN", "SimpleRNN", 1, (0,), False, {"activation": "tanh"}),
+    "lstm": CellLayout("LSTM", 4, (0, 1, 2, 3), False, {"activation": "tanh", "recurrent_activation": "sigmoid"}),
+    "gru": CellLayout("GRU", 3, (1, 0, 2), True, {"activation": "tanh", "recurrent_activation": "sigmoid"}),
+    "rnn": CellLayout("RNN", 1, (0,), False, {"activation": "tanh"}),
 }
 
 
