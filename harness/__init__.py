@@ -1,28 +1,46 @@
 """Weight porting and parity checking between the torch and Keras multi-state models.
 
-Torch and Keras are imported lazily, so a user with only one of them installed
-can still use the parts that need only that one.
+The names below load on first use (PEP 562), so ``import harness.spec`` (what the
+model packages do) loads neither the engine nor a framework; torch and Keras are
+imported only by the parts that need them.
+
+Example:
+    >>> import harness
+    >>> harness.chunk_plan("halves", 5)
+    [2, 3]
 """
 
-from harness.parity import PLANS, assert_parity, check_parity, chunk_plan
-from harness.porting import port_weights
-from harness.report import Comparison, ParityReport
-from harness.runners import Runner, as_runner
-from harness.tolerances import Tolerance, default_tolerance
-from harness.training import TrainingParityReport, check_training_parity
+from __future__ import annotations
 
-__all__ = [
-    "PLANS",
-    "Comparison",
-    "ParityReport",
-    "Runner",
-    "Tolerance",
-    "TrainingParityReport",
-    "as_runner",
-    "assert_parity",
-    "check_parity",
-    "check_training_parity",
-    "chunk_plan",
-    "default_tolerance",
-    "port_weights",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "PLANS": "parity",
+    "assert_parity": "parity",
+    "check_parity": "parity",
+    "chunk_plan": "parity",
+    "port_weights": "porting",
+    "keras_twin": "porting",
+    "torch_twin": "porting",
+    "Comparison": "report",
+    "ParityReport": "report",
+    "Runner": "runners",
+    "as_runner": "runners",
+    "Tolerance": "tolerances",
+    "default_tolerance": "tolerances",
+    "TrainingParityReport": "training",
+    "check_training_parity": "training",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"harness.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

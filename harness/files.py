@@ -5,7 +5,7 @@ Reads are safe (``torch.load(weights_only=True)``, safetensors, Keras
 it; writes are atomic (a temporary file beside the target, then a rename).
 
 Example:
-    >>> module = torch_module_from_file("lstm.pt", num_streams=3)     # doctest: +SKIP
+    >>> module = torch_module_from_state(read_torch_file("lstm.pt"), num_streams=3)  # doctest: +SKIP
     >>> write_keras_file(keras_twin(module, batch_size=1), "lstm.keras")  # doctest: +SKIP
 """
 
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.layouts import LAYOUTS
+from harness.spec.atomic import atomic_path
+from harness.spec.cells import CELLS, cell_of_gates
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 KERAS_SUFFIXES = (".keras", ".weights.h5")
@@ -35,22 +36,6 @@ def file_kind(path: str | os.PathLike) -> str:
     if name.endswith(KERAS_SUFFIXES):
         return "keras"
     raise ValueError(f"unsupported weight file {name!r}: expected one of {TORCH_SUFFIXES + KERAS_SUFFIXES}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary path beside ``path`` (same suffix) that replaces ``path`` only if the block succeeds."""
-    target = Path(path)
-    suffix = next((s for s in KERAS_SUFFIXES if target.name.endswith(s)), target.suffix)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.close(fd)
-    os.unlink(tmp)  # writers such as Keras refuse to overwrite; let them create it
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -122,7 +107,7 @@ def torch_module_from_state(
     weight_ih, weight_hh = state[keys["weight_ih", "0", None]], state[keys["weight_hh", "0", None]]
     hidden = weight_hh.shape[1]
     gates = weight_ih.shape[0] // hidden
-    cell = next((c for c, layout in LAYOUTS.items() if layout.gates == gates), None)
+    cell = cell_of_gates(gates)
     if cell is None:
         raise ValueError(f"weight_ih_l0 has {weight_ih.shape[0]} rows for hidden size {hidden}: not 4, 3 or 1 gates")
     module = torch_class(cell)(
@@ -194,7 +179,7 @@ def multistate_spec_from_keras_weights(path: str | os.PathLike) -> dict[str, int
         raise ValueError(f"{path} does not hold one multi-state layer's weights (found groups {sorted(groups)})")
     (input_size, cols), (units, _) = cells[0][:2]
     layers, batch, streams, _ = states[0][0]
-    cell = next((c for c, layout in LAYOUTS.items() if layout.gates * units == cols), None)
+    cell = cell_of_gates(cols // units) if cols % units == 0 else None
     if cell is None or len(cells) != layers:
         raise ValueError(f"{path}: cannot tell the cell from a kernel of shape {(input_size, cols)}")
     return {

@@ -3,7 +3,7 @@
 Supported objects: torch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (``bidirectional`` too)
 and ``models_torch`` multi-state modules; Keras ``LSTM``/``GRU``/``SimpleRNN``,
 ``Bidirectional`` around one of them, and ``models_keras`` multi-state layers.
-Everything is read into one neutral form (torch's layout, see ``layouts``),
+Everything is read into one neutral form (torch's layout, see ``harness.spec.cells``),
 checked against the destination in full, and only then written.
 
 Example:
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.layouts import LAYOUTS, cell_of_torch, to_keras, to_torch
+from harness.spec.cells import CELLS, cell_of_torch, to_keras, to_torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +105,8 @@ def _keras_cell_kind(layer: Any) -> str | None:
     """ "lstm", "gru" or "rnn" for a Keras recurrent layer by its cell's class (subclasses too), else None."""
     import keras
 
-    cells = {"lstm": keras.layers.LSTMCell, "gru": keras.layers.GRUCell, "rnn": keras.layers.SimpleRNNCell}
-    return next((kind for kind, cls in cells.items() if isinstance(getattr(layer, "cell", None), cls)), None)
+    cell = getattr(layer, "cell", None)
+    return next((k for k, c in CELLS.items() if isinstance(cell, getattr(keras.layers, c.keras_class + "Cell"))), None)
 
 
 def _keras_parts(obj: Any) -> tuple[list[Any], bool]:
@@ -135,9 +135,8 @@ def _keras_spec(obj: Any) -> Spec:
     first = parts[0].cell
     activation = first.activation.__name__
     for part in parts:
-        for attr, expected in LAYOUTS[cell].keras_activations.items():
+        for attr, allowed in CELLS[cell].activations.items():
             got = getattr(part.cell, attr).__name__
-            allowed = ("tanh", "relu") if cell == "rnn" else (expected,)
             if got not in allowed:
                 raise ValueError(
                     f"Keras {type(part).__name__} {attr}={got!r} has no torch equivalent: torch's cell uses "
@@ -229,21 +228,14 @@ def torch_class(cell: str) -> type:
     """The ``models_torch`` class of ``cell`` ("lstm", "gru", "rnn")."""
     import models_torch
 
-    return {"lstm": models_torch.MultiStateLSTM, "gru": models_torch.MultiStateGRU, "rnn": models_torch.MultiStateRNN}[
-        cell
-    ]
+    return getattr(models_torch, CELLS[cell].torch_multistate)
 
 
 def keras_class(cell: str) -> type:
     """The ``models_keras`` class of ``cell`` ("lstm", "gru", "rnn")."""
     import models_keras
 
-    classes = {
-        "lstm": models_keras.MultiStateLSTM,
-        "gru": models_keras.MultiStateGRU,
-        "rnn": models_keras.MultiStateSimpleRNN,
-    }
-    return classes[cell]
+    return getattr(models_keras, CELLS[cell].keras_multistate)
 
 
 def keras_twin(model: Any, batch_size: int | None = None) -> Any:

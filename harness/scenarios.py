@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from harness.files import atomic_path
+from harness.spec.atomic import atomic_path
 from harness.parity import PLANS, check_parity
 
 CELLS = ("lstm", "gru", "rnn")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.layouts import LAYOUTS, to_keras
+from harness.spec.cells import CELLS, to_keras
 from harness.parity import chunk_plan
 from harness.porting import describe, keras_twin, read_weights
 
@@ -109,7 +109,7 @@ def check_training_parity(
     floatx = keras.config.floatx()
     keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
     frozen = (
-        [] if LAYOUTS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
+        [] if CELLS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
     )
     for p in frozen:
         p.requires_grad_(False)

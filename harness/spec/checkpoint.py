@@ -3,7 +3,8 @@
 The file holds each state tensor ``(L, B, S, H)`` by name (``h``, ``c``) and a
 JSON ``meta`` entry (cell, layers, batch, streams, units, dtype), so a stream
 stopped in torch can resume in Keras and the other way round. Loading never
-unpickles (``allow_pickle=False``); writing is atomic.
+unpickles (``allow_pickle=False``); writing is atomic. ``StateCheckpoints`` gives
+both model packages their ``save_states``/``load_states``.
 
 Example:
     >>> torch_lstm.save_states("streams.npz")       # doctest: +SKIP
@@ -17,7 +18,7 @@ import os
 
 import numpy as np
 
-from harness.files import atomic_path
+from harness.spec.atomic import atomic_path
 
 FORMAT = "multistate-rnn/states/1"
 MATCHING = ("cell", "num_layers", "num_streams", "units")
@@ -55,3 +56,30 @@ def load_state_file(path: str | os.PathLike, expected: dict, names: tuple[str, .
     if problems:
         raise ValueError(f"state checkpoint {path} does not fit this model: " + "; ".join(problems))
     return states
+
+
+class StateCheckpoints:
+    """``save_states``/``load_states`` for a multi-state model of either framework.
+
+    The model provides ``cell``, ``state_names``, ``num_layers``, ``num_streams``, ``units``,
+    ``declared_batch_size`` (None where the batch is not fixed), ``numpy_states()`` and
+    ``set_states()``.
+    """
+
+    def save_states(self, path: str | os.PathLike) -> None:
+        """Write the carried states to a framework-neutral ``.npz`` checkpoint, atomically."""
+        save_state_file(path, dict(zip(self.state_names, self.numpy_states())), self._checkpoint_meta())
+
+    def load_states(self, path: str | os.PathLike) -> None:
+        """Resume the streams saved by ``save_states`` (in either framework); a misfit is refused untouched."""
+        states = load_state_file(path, self._checkpoint_meta(), self.state_names)
+        self.set_states([states[n] for n in self.state_names])
+
+    def _checkpoint_meta(self) -> dict:
+        return {
+            "cell": self.cell,
+            "num_layers": self.num_layers,
+            "num_streams": self.num_streams,
+            "units": self.units,
+            "batch_size": self.declared_batch_size,
+        }
