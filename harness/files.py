@@ -14,15 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.spec.atomic import atomic_path
-from harness.spec.cells import CELLS, cell_of_gates
+from harness.spec.cells import cell_of_gates
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 KERAS_SUFFIXES = (".keras", ".weights.h5")

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from harness.spec.atomic import atomic_path
 from harness.parity import PLANS, check_parity
+from harness.spec.atomic import atomic_path
 
 CELLS = ("lstm", "gru", "rnn")
 BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2

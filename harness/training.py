@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec.cells import CELLS, to_keras
 from harness.parity import chunk_plan
 from harness.porting import describe, keras_twin, read_weights
+from harness.spec.cells import CELLS, to_keras
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
 
@@ -108,9 +108,7 @@ def check_training_parity(
     model = keras_twin(torch_model, batch_size=x.shape[0])
     floatx = keras.config.floatx()
     keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
-    frozen = (
-        [] if CELLS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
-    )
+    frozen = [] if CELLS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
     for p in frozen:
         p.requires_grad_(False)
     optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=lr)

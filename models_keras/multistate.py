@@ -11,22 +11,28 @@ gradients stopped) at the end of every call, so ``predict``, ``fit`` and
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import functools
+import threading
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
-from harness import checkpoint, contract
+from harness.spec import contract
+from harness.spec.cells import CELLS
+from harness.spec.checkpoint import StateCheckpoints
 from models_keras import checks, exact, fast_paths
 
+# Guards the read-modify-write of one stream's slice in eager ``stream=k`` calls from several threads.
+_STATE_LOCK = threading.Lock()
 
-class MultiStateBase(keras.layers.Layer):
+
+class MultiStateBase(StateCheckpoints, keras.layers.Layer):
     """One stack of Keras recurrent layers used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name the Keras layer in ``rnn_class`` and the state tensors in
-    ``state_names``. Extra keyword arguments (``activation``, initializers, ...)
+    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``harness.spec.cells``)
+    and the Keras layer in ``rnn_class``. Extra keyword arguments (``activation``, initializers, ...)
     go to every inner recurrent layer.
 
     Args:
@@ -51,7 +57,6 @@ class MultiStateBase(keras.layers.Layer):
 
     rnn_class: type[keras.layers.Layer]
     cell: str
-    state_names: tuple[str, ...] = ("h",)
 
     def __init__(
         self,
@@ -96,6 +101,17 @@ class MultiStateBase(keras.layers.Layer):
         ]
         self.input_size: int | None = None
         self.state_variables: list[keras.Variable] = []
+        # Plain attribute, outside Keras/TensorFlow tracking; freed with the layer (no global cache).
+        object.__setattr__(self, "_xla_run", None)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return CELLS[self.cell].state_names
+
+    @property
+    def declared_batch_size(self) -> int | None:
+        """The batch size of the carried state (fixed once known)."""
+        return self.batch_size
 
     def build_weights(self, input_size: int) -> None:
         """Build the inner layers' weights for ``input_size`` features (idempotent).
@@ -114,9 +130,12 @@ class MultiStateBase(keras.layers.Layer):
         self.build_weights(input_shape[-1])
         self.batch_size = self.batch_size or input_shape[0]
         if self.batch_size is not None:
+            if self.batch_size < 1:
+                raise ValueError(f"{self.name} needs a batch of at least one row, got batch size {self.batch_size}")
             shape = (self.num_layers, self.batch_size, self.num_streams, self.units)
+            # autocast=False: under a mixed policy the state stays in the variable dtype and is assigned there.
             self.state_variables = [
-                self.add_weight(shape=shape, initializer="zeros", trainable=False, name=f"state_{n}")
+                self.add_weight(shape=shape, initializer="zeros", trainable=False, autocast=False, name=f"state_{n}")
                 for n in self.state_names
             ]
 
@@ -144,7 +163,7 @@ class MultiStateBase(keras.layers.Layer):
             )
         batch, streams, units = self.batch_size, self.num_streams, self.units
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
-        carried = [ops.copy(v.value) for v in self.state_variables]
+        carried = [ops.cast(ops.copy(v.value), self.compute_dtype) for v in self.state_variables]
         inputs = checks.at_run_time(inputs, batch, self.check_finite)
         finite = ops.all(ops.isfinite(inputs)) if self.check_finite else None
         if stream is None:
@@ -153,21 +172,37 @@ class MultiStateBase(keras.layers.Layer):
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
 
-        x, finals = fast_paths.runner(self, training)(x, initial, training)
+        x, finals = self._recurrence(training)(x, initial, training)
 
         for variable, final in zip(self.state_variables, finals):
-            new = ops.stop_gradient(final)
+            new = ops.cast(ops.stop_gradient(final), variable.dtype)
             if stream is None:
-                new = ops.reshape(new, (self.num_layers, batch, streams, units))
+                variable.assign(self._unless_non_finite(finite, ops.reshape(new, variable.shape), variable))
             else:
-                new = ops.slice_update(variable.value, (0, 0, stream, 0), new[:, :, None])
-            variable.assign(new if finite is None else ops.where(finite, new, variable.value))
+                with _STATE_LOCK:
+                    updated = ops.slice_update(variable.value, (0, 0, stream, 0), new[:, :, None])
+                    variable.assign(self._unless_non_finite(finite, updated, variable))
 
         if not self.return_sequences:
             x = x[:, -1]
         if stream is None:
             x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
         return x
+
+    @staticmethod
+    def _unless_non_finite(finite, new, variable):
+        return new if finite is None else ops.where(finite, new, variable.value)
+
+    def _recurrence(self, training: bool | None) -> Callable:
+        """``run(x, initial, training) -> (output, [state (L, N, H), ...])`` on this call's path."""
+        path = fast_paths.path_name(self, training)
+        if path == "torch-fused":
+            return functools.partial(fast_paths.run_torch, self)
+        if path == "tf-xla" and not fast_paths.symbolic():
+            if self._xla_run is None:
+                object.__setattr__(self, "_xla_run", fast_paths.xla(self._run_layers))
+            return self._xla_run
+        return self._run_layers
 
     def _run_layers(self, x, initial: list, training: bool | None) -> tuple[object, list]:
         """The generic path: the Keras layers one after another. Returns the output and each state ``(L, N, H)``."""
@@ -178,7 +213,10 @@ class MultiStateBase(keras.layers.Layer):
         return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
 
     def reset_states(self, streams: Sequence[int] | None = None, mask: np.ndarray | None = None) -> None:
-        """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True."""
+        """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True.
+
+        Zeros are assigned (not multiplied in), so a reset also clears NaN or Inf.
+        """
         mask_np = None if mask is None else np.asarray(keras.ops.convert_to_numpy(mask))
         contract.check_reset_args(
             None if streams is None else list(streams),
@@ -194,9 +232,9 @@ class MultiStateBase(keras.layers.Layer):
         elif mask_np is None:
             mask_np = np.zeros((self.batch_size, self.num_streams), dtype=bool)
             mask_np[:, list(streams)] = True
-        keep = ops.convert_to_tensor(~mask_np[None, :, :, None], dtype=self.variable_dtype)
+        cleared = ops.convert_to_tensor(mask_np[None, :, :, None])
         for v in self.state_variables:
-            v.assign(v.value * keep)
+            v.assign(ops.where(cleared, ops.zeros_like(v.value), v.value))
 
     reset_state = reset_states
 
@@ -205,6 +243,8 @@ class MultiStateBase(keras.layers.Layer):
         if not self.state_variables:
             raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
         return tuple(keras.ops.convert_to_numpy(v.value) for v in self.state_variables)
+
+    numpy_states = get_states
 
     def set_states(self, states: Sequence[np.ndarray]) -> None:
         """Replace the carried states (numpy arrays or tensors, each ``(L, B, S, units)``)."""
@@ -221,24 +261,6 @@ class MultiStateBase(keras.layers.Layer):
             raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
         for v, a in zip(self.state_variables, arrays):
             v.assign(a.astype(self.variable_dtype))
-
-    def save_states(self, path: str | os.PathLike) -> None:
-        """Write the carried states to a framework-neutral ``.npz`` checkpoint (see ``harness.checkpoint``)."""
-        checkpoint.save_state_file(path, dict(zip(self.state_names, self.get_states())), self._checkpoint_meta())
-
-    def load_states(self, path: str | os.PathLike) -> None:
-        """Resume the streams saved by ``save_states`` (in Keras or in torch); a misfit is refused untouched."""
-        states = checkpoint.load_state_file(path, self._checkpoint_meta(), self.state_names)
-        self.set_states([states[n] for n in self.state_names])
-
-    def _checkpoint_meta(self) -> dict:
-        return {
-            "cell": self.cell,
-            "num_layers": self.num_layers,
-            "num_streams": self.num_streams,
-            "units": self.units,
-            "batch_size": self.batch_size,
-        }
 
     def get_config(self) -> dict:
         return {
@@ -278,7 +300,6 @@ class MultiStateLSTM(MultiStateBase):
 
     rnn_class = keras.layers.LSTM
     cell = "lstm"
-    state_names = ("h", "c")
 
 
 @keras.saving.register_keras_serializable(package="multistate_rnn")
@@ -303,7 +324,12 @@ class MultiStateSimpleRNN(MultiStateBase):
 
 
 def multistate_layers(model: keras.layers.Layer) -> list[MultiStateBase]:
-    """Every multi-state layer in ``model`` (the model itself included), depth first."""
+    """Every multi-state layer in ``model`` (the model itself included), depth first.
+
+    Keras 3 has no public walk over nested layers (``Model.layers`` lists only the top
+    level, and layers held by a subclassed layer are tracked privately), so this uses
+    ``Layer._flatten_layers``; ``tests/test_keras_models.py`` fails loudly if it moves.
+    """
     return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, MultiStateBase)]
 
 

@@ -2,41 +2,48 @@
 
 Streams are folded into the batch: ``(B, S, T, F)`` becomes ``(B*S, T, F)``
 (row ``b*S + s``), runs through ONE fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call
-with the carried state as initial state, and is unfolded again.
+with the carried state as initial state (``segments.run``), and is unfolded again.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from harness import checkpoint, contract
+from harness.spec import contract
+from harness.spec.cells import CELLS
+from harness.spec.checkpoint import StateCheckpoints
+from models_torch import segments
 
 State = tuple[torch.Tensor, ...]
+Array = torch.Tensor | np.ndarray
+
+# Guards the read-modify-write of one stream's slice (``stream=k`` calls from several threads).
+# One lock for all modules: a module holding a lock could no longer be deep-copied or pickled.
+_STATE_LOCK = threading.Lock()
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-class MultiStateBase(nn.Module):
+class MultiStateBase(StateCheckpoints, nn.Module):
     """One recurrent layer (``self.rnn``) used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name the torch module in ``rnn_class`` and the state tensors in
-    ``state_names``. Carried states are non-persistent buffers of shape
-    ``(num_layers, batch, num_streams, hidden_size)``: ``.to(device)`` moves them,
-    ``state_dict()`` leaves them out. ``detach_states=False`` keeps the graph across
-    calls (full BPTT); ``check_finite=True`` refuses inputs holding NaN or Inf (off by
-    default: it costs a pass over the input and a device sync per call).
+    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``harness.spec.cells``).
+    Carried states, each ``(num_layers, batch, num_streams, hidden_size)``, are kept as plain
+    tensors, not buffers: ``.to(device)`` moves them (``_apply``), ``state_dict()`` leaves
+    them out, and ``DistributedDataParallel`` does not broadcast rank 0's state over the
+    other ranks' streams. They keep the weights' dtype under ``torch.autocast``.
+    ``detach_states=False`` keeps the graph across calls (full BPTT); ``check_finite=True``
+    refuses inputs holding NaN or Inf (off by default: it costs a pass and a device sync).
     """
 
-    rnn_class: type[nn.RNNBase]
     cell: str
-    state_names: tuple[str, ...] = ("h",)
 
     def __init__(
         self,
@@ -57,7 +64,10 @@ class MultiStateBase(nn.Module):
         super().__init__()
         if num_streams < 1:
             raise ValueError(f"num_streams must be >= 1, got {num_streams}")
-        self.rnn = self.rnn_class(
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rnn_class = getattr(nn, CELLS[self.cell].torch_class)
+        self.rnn = rnn_class(
             input_size,
             hidden_size,
             num_layers=num_layers,
@@ -71,13 +81,16 @@ class MultiStateBase(nn.Module):
         if getattr(self.rnn, "proj_size", 0) or self.rnn.bidirectional:
             raise ValueError("multi-state layers support neither proj_size > 0 nor bidirectional=True")
         self.num_streams = num_streams
-        self.fixed_batch_size = batch_size
+        self.declared_batch_size = batch_size
         self.detach_states = detach_states
         self.check_finite = check_finite
-        for name in self.state_names:
-            self.register_buffer(name, None, persistent=False)
+        self._carried: State | None = None
         if batch_size is not None:
-            self._zero_states(batch_size)
+            self._store(self._zeros(batch_size))
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return CELLS[self.cell].state_names
 
     @property
     def input_size(self) -> int:
@@ -87,6 +100,8 @@ class MultiStateBase(nn.Module):
     def hidden_size(self) -> int:
         return self.rnn.hidden_size
 
+    units = hidden_size
+
     @property
     def num_layers(self) -> int:
         return self.rnn.num_layers
@@ -94,25 +109,31 @@ class MultiStateBase(nn.Module):
     @property
     def batch_size(self) -> int | None:
         """Batch size of the carried state, or None before the first call."""
-        first = getattr(self, self.state_names[0])
-        return None if first is None else first.shape[1]
+        return None if self._carried is None else self._carried[0].shape[1]
 
-    def _states(self) -> State | None:
-        states = tuple(getattr(self, name) for name in self.state_names)
-        return None if states[0] is None else states
+    @property
+    def fixed_batch_size(self) -> int | None:
+        """The ``batch_size=`` given at construction (None: taken from the first call)."""
+        return self.declared_batch_size
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MultiStateBase:
+        super()._apply(fn, recurse)
+        if self._carried is not None:
+            self._carried = tuple(fn(s) for s in self._carried)
+        return self
 
     def _store(self, states: State) -> None:
-        for name, value in zip(self.state_names, states):
-            setattr(self, name, value.detach() if self.detach_states else value)
+        dtype = self.rnn.weight_ih_l0.dtype  # not autocast's
+        self._carried = tuple((s.detach() if self.detach_states else s).to(dtype) for s in states)
 
-    def _zero_states(self, batch_size: int) -> State:
+    def _zeros(self, batch_size: int) -> State:
         weight = self.rnn.weight_ih_l0
         shape = (self.num_layers, batch_size, self.num_streams, self.hidden_size)
-        states = tuple(weight.new_zeros(shape) for _ in self.state_names)
-        self._store(states)
-        return states
+        return tuple(weight.new_zeros(shape) for _ in self.state_names)
 
     def _check_x(self, x: torch.Tensor, stream: int | None, batch_size: int | None) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         contract.check_input(
             tuple(x.shape),
             _dtype_name(x.dtype),
@@ -131,17 +152,32 @@ class MultiStateBase(nn.Module):
                 f"input holds NaN or Inf ({int((~torch.isfinite(x)).sum())} elements); state left as it was"
             )
 
-    def _fused(self, x: torch.Tensor, states: State) -> tuple[torch.Tensor, State]:
-        """Run ``self.rnn`` on ``x`` (N, T, F) from ``states`` (each (L, N, H))."""
-        hx = tuple(s.contiguous() for s in states)
-        out, new = self.rnn(x, hx if len(hx) > 1 else hx[0])
-        return out, (new if isinstance(new, tuple) else (new,))
+    def _step_args(
+        self, x: torch.Tensor, resets: Array | None, lengths: Array | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``resets`` and ``lengths`` as tensors on ``x``'s device, folded to ``(N, T)`` and ``(N,)``."""
+        r = None if resets is None else torch.as_tensor(resets, device=x.device)
+        n = None if lengths is None else torch.as_tensor(lengths, device=x.device)
+        contract.check_step_args(
+            tuple(x.shape),
+            resets=None if r is None else (tuple(r.shape), _dtype_name(r.dtype)),
+            lengths=None
+            if n is None
+            else (tuple(n.shape), _dtype_name(n.dtype), *((int(n.min()), int(n.max())) if n.numel() else (0, 0))),
+        )
+        rows = x.shape[0] * (x.shape[1] if x.dim() == 4 else 1)
+        return (
+            None if r is None else r.reshape(rows, x.shape[-2]),
+            None if n is None else n.reshape(rows).long(),
+        )
 
     def forward(
         self,
         x: torch.Tensor,
         stream: int | None = None,
         *,
+        resets: Array | None = None,
+        lengths: Array | None = None,
         initial_state: Sequence[torch.Tensor] | None = None,
         return_state: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, State]:
@@ -150,12 +186,19 @@ class MultiStateBase(nn.Module):
         Args:
             x: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
             stream: run only stream ``k``; the other streams' states stay as they are.
+            resets: ``(B, S, T)`` bools (``(B, T)`` with ``stream``): where True, that stream's
+                state is zeroed before step t (an episode starts there).
+            lengths: ``(B, S)`` ints (``(B,)`` with ``stream``) in ``[0, T]``: steps ``>= length``
+                neither change that stream's state nor produce output (zeros there).
             initial_state: stateless use: start from these ``(L, B, S, H)`` states
                 (``(L, B, H)`` with ``stream``) and leave the carried state alone.
             return_state: also return the final states (same layout as ``initial_state``).
 
         Returns:
             ``(B, S, T, H)`` (``(B, T, H)`` with ``stream``), and the states if asked.
+
+        Every check runs before any carried state is touched: a refused or failed call
+        leaves every state as it was.
 
         Example:
             >>> m = MultiStateLSTM(4, 8, num_streams=3)
@@ -164,27 +207,40 @@ class MultiStateBase(nn.Module):
         """
         stateless = initial_state is not None
         self._check_x(x, stream, None if stateless else self.batch_size)
+        folded_resets, folded_lengths = self._step_args(x, resets, lengths)
         if stateless:
             states = self._check_initial_state(initial_state, x.shape[0], stream)
         else:
-            states = self._states() or self._zero_states(x.shape[0])
+            states = self._carried or self._zeros(x.shape[0])
             if stream is not None:
                 states = tuple(s[:, :, stream] for s in states)
 
         if stream is None:
             batch, streams, steps, features = x.shape
             folded = tuple(s.reshape(self.num_layers, batch * streams, self.hidden_size) for s in states)
-            out, new = self._fused(x.reshape(batch * streams, steps, features), folded)
+            out, new = segments.run(
+                self.rnn,
+                x.reshape(batch * streams, steps, features),
+                folded,
+                resets=folded_resets,
+                lengths=folded_lengths,
+            )
             out = out.reshape(batch, streams, steps, self.hidden_size)
             new = tuple(s.reshape(self.num_layers, batch, streams, self.hidden_size) for s in new)
             if not stateless:
                 self._store(new)
         else:
-            out, new = self._fused(x, states)
+            out, new = segments.run(self.rnn, x, states, resets=folded_resets, lengths=folded_lengths)
             if not stateless:
-                index = torch.tensor([stream], device=x.device)
-                self._store(tuple(old.index_copy(2, index, s.unsqueeze(2)) for old, s in zip(self._states(), new)))
+                self._store_stream(stream, new, x.shape[0])
         return (out, new) if return_state else out
+
+    def _store_stream(self, stream: int, new: State, batch: int) -> None:
+        """Write one stream's new state into the carried state, atomically against other threads."""
+        index = torch.tensor([stream], device=new[0].device)
+        with _STATE_LOCK:
+            current = self._carried or self._zeros(batch)
+            self._store(tuple(old.index_copy(2, index, s.unsqueeze(2).to(old.dtype)) for old, s in zip(current, new)))
 
     def _check_initial_state(self, initial_state: Sequence[torch.Tensor], batch: int, stream: int | None) -> State:
         states = tuple(initial_state)
@@ -194,15 +250,12 @@ class MultiStateBase(nn.Module):
             raise ValueError(f"initial_state must be {len(self.state_names)} tensor(s) of shape {expected}, got {got}")
         return states
 
-    def reset_states(
-        self,
-        streams: Sequence[int] | None = None,
-        mask: torch.Tensor | np.ndarray | None = None,
-    ) -> None:
+    def reset_states(self, streams: Sequence[int] | None = None, mask: Array | None = None) -> None:
         """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True.
 
-        With no arguments and no fixed ``batch_size``, the state is dropped, so the
-        next call may use another batch size.
+        Zeros are assigned (not multiplied in), so a reset also clears NaN or Inf. With no
+        arguments and no fixed ``batch_size``, the state is dropped, so the next call may
+        use another batch size.
         """
         mask_t = None if mask is None else torch.as_tensor(mask)
         contract.check_reset_args(
@@ -212,32 +265,30 @@ class MultiStateBase(nn.Module):
             num_streams=self.num_streams,
             batch_size=self.batch_size,
         )
-        states = self._states()
         if streams is None and mask_t is None:
-            if self.fixed_batch_size is not None:
-                self._zero_states(self.fixed_batch_size)
-            else:
-                for name in self.state_names:
-                    setattr(self, name, None)
+            self._carried = None if self.declared_batch_size is None else self._zeros(self.declared_batch_size)
             return
-        if states is None:
+        if self._carried is None:
             return
         if mask_t is None:
             mask_t = torch.zeros(self.batch_size, self.num_streams, dtype=torch.bool)
             mask_t[:, list(streams)] = True
-        keep = ~mask_t.to(states[0].device)[None, :, :, None]
-        self._store(tuple(s * keep for s in states))
+        cleared = mask_t.to(self._carried[0].device)[None, :, :, None]
+        self._store(tuple(torch.where(cleared, 0, s) for s in self._carried))
 
     def get_states(self) -> State:
         """The carried states, each ``(L, B, S, H)``: ``(h, c)`` for LSTM, ``(h,)`` otherwise."""
-        states = self._states()
-        if states is None:
+        if self._carried is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no state yet: call it once, pass batch_size=, or use set_states()"
             )
-        return tuple(s.clone() for s in states)
+        return tuple(s.clone() for s in self._carried)
 
-    def set_states(self, states: Sequence[torch.Tensor | np.ndarray]) -> None:
+    def numpy_states(self) -> tuple[np.ndarray, ...]:
+        """The carried states as numpy arrays (on the CPU, without graph)."""
+        return tuple(s.detach().cpu().numpy() for s in self.get_states())
+
+    def set_states(self, states: Sequence[Array]) -> None:
         """Replace the carried states with ``states`` (tensors or numpy arrays, each ``(L, B, S, H)``)."""
         weight = self.rnn.weight_ih_l0
         tensors = tuple(torch.as_tensor(s) for s in states)
@@ -247,28 +298,9 @@ class MultiStateBase(nn.Module):
             num_layers=self.num_layers,
             num_streams=self.num_streams,
             units=self.hidden_size,
-            batch_size=self.fixed_batch_size,
+            batch_size=self.declared_batch_size,
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
-
-    def save_states(self, path: str | os.PathLike) -> None:
-        """Write the carried states to a framework-neutral ``.npz`` checkpoint (see ``harness.checkpoint``)."""
-        states = {n: s.detach().cpu().numpy() for n, s in zip(self.state_names, self.get_states())}
-        checkpoint.save_state_file(path, states, self._checkpoint_meta())
-
-    def load_states(self, path: str | os.PathLike) -> None:
-        """Resume the streams saved by ``save_states`` (in torch or in Keras); a misfit is refused untouched."""
-        states = checkpoint.load_state_file(path, self._checkpoint_meta(), self.state_names)
-        self.set_states([states[n] for n in self.state_names])
-
-    def _checkpoint_meta(self) -> dict:
-        return {
-            "cell": self.cell,
-            "num_layers": self.num_layers,
-            "num_streams": self.num_streams,
-            "units": self.hidden_size,
-            "batch_size": self.fixed_batch_size,
-        }
 
     def extra_repr(self) -> str:
         return f"num_streams={self.num_streams}, batch_size={self.batch_size}"
@@ -284,22 +316,18 @@ class MultiStateLSTM(MultiStateBase):
         >>> parts = [lstm(torch.randn(2, 3, 25, 4)) for _ in range(2)]  # in chunks
     """
 
-    rnn_class = nn.LSTM
     cell = "lstm"
-    state_names = ("h", "c")
 
 
 class MultiStateGRU(MultiStateBase):
     """A shared ``nn.GRU`` with an ``h`` state per stream. See ``MultiStateLSTM``."""
 
-    rnn_class = nn.GRU
     cell = "gru"
 
 
 class MultiStateRNN(MultiStateBase):
     """A shared ``nn.RNN`` (``nonlinearity="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
 
-    rnn_class = nn.RNN
     cell = "rnn"
 
     def __init__(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -59,6 +61,8 @@ def check_input(
             )
     if shape[-1] is not None and shape[-1] != input_size:
         raise ValueError(f"{name} has the wrong feature size: expected {input_size}, got {shape[-1]} (shape {shape})")
+    if shape[0] is not None and shape[0] < 1:
+        raise ValueError(f"{name} must have a batch of at least one row, got shape {shape}")
     if shape[-2] is not None and shape[-2] < 1:
         raise ValueError(f"{name} must have at least one time step, got shape {shape}")
     if batch_size is not None and shape[0] is not None and shape[0] != batch_size:
@@ -70,8 +74,8 @@ def check_input(
 
 def check_stream_index(stream: object, num_streams: int) -> None:
     """Check that ``stream`` is an int in ``[0, num_streams)``."""
-    if isinstance(stream, bool) or not isinstance(stream, int) and not hasattr(stream, "__index__"):
-        raise ValueError(f"stream index must be an int, got {type(stream).__name__}")
+    if isinstance(stream, (bool, np.bool_)) or not isinstance(stream, (int, np.integer)):
+        raise ValueError(f"stream index must be a Python or numpy int, got {type(stream).__name__}: {stream!r}")
     if not 0 <= int(stream) < num_streams:
         raise ValueError(f"stream index out of range: expected 0 <= stream < {num_streams}, got {stream}")
 
@@ -119,3 +123,46 @@ def check_states(
         if tuple(shape) != expected:
             raise ValueError(f"state must have shape (layers, batch, streams, units) = {expected}, got {tuple(shape)}")
     return batch
+
+
+def check_step_args(
+    x_shape: Sequence[int | None],
+    *,
+    resets: tuple[Sequence[int | None], str] | None = None,
+    lengths: tuple[Sequence[int | None], str, int | None, int | None] | None = None,
+) -> None:
+    """Check per-step ``resets`` and per-stream ``lengths`` against the input shape ``x_shape``.
+
+    ``resets`` is ``(shape, dtype)`` and must be boolean of shape ``x_shape[:-1]``
+    (``(B, S, T)``, or ``(B, T)`` for one stream); ``lengths`` is ``(shape, dtype, min, max)``
+    (min/max None where the values are not known yet) and must be integers of shape
+    ``x_shape[:-2]`` (``(B, S)``, or ``(B,)``) in ``[0, T]``.
+
+    Example:
+        >>> check_step_args((2, 3, 10, 4), lengths=((2, 3), "int64", 0, 11))
+        Traceback (most recent call last):
+        ...
+        ValueError: lengths must lie in [0, 10] (the chunk's time steps), got values in [0, 11]
+    """
+    x_shape = tuple(x_shape)
+    if resets is not None:
+        shape, dtype = tuple(resets[0]), resets[1]
+        if not _fits(shape, x_shape[:-1]):
+            raise ValueError(f"resets must have shape {x_shape[:-1]} (the input's without features), got {shape}")
+        if dtype != "bool":
+            raise ValueError(f"resets must be boolean, got dtype {dtype}")
+    if lengths is not None:
+        shape, dtype, low, high = tuple(lengths[0]), lengths[1], lengths[2], lengths[3]
+        if not _fits(shape, x_shape[:-2]):
+            raise ValueError(f"lengths must have shape {x_shape[:-2]} (one per batch row and stream), got {shape}")
+        if not dtype.startswith(("int", "uint")):
+            raise ValueError(f"lengths must be integers, got dtype {dtype}")
+        steps = x_shape[-2]
+        if low is not None and (low < 0 or (steps is not None and high > steps)):
+            raise ValueError(
+                f"lengths must lie in [0, {steps}] (the chunk's time steps), got values in [{low}, {high}]"
+            )
+
+
+def _fits(shape: tuple, expected: tuple) -> bool:
+    return len(shape) == len(expected) and all(a is None or b is None or a == b for a, b in zip(shape, expected))
