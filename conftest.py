@@ -1,19 +1,12 @@
-"""Fixtures and helpers shared by the tests and the benchmarks."""
+"""Fixtures shared by the tests and the benchmarks (helpers live in ``tests/helpers.py``)."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 
 DTYPES = ("float32", "float64")
 SEED = 1234
-
-
-def keras_backend() -> str:
-    """The Keras backend this process runs (fixed at import time by KERAS_BACKEND)."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 @pytest.fixture
@@ -26,8 +19,3 @@ def rng() -> np.random.Generator:
 def dtype(request: pytest.FixtureRequest) -> str:
     """Runs a test once per supported float dtype."""
     return request.param
-
-
-def random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
-    """Standard-normal input of ``shape`` and ``dtype``."""
-    return rng.standard_normal(shape).astype(dtype)

@@ -8,9 +8,7 @@ import torch
 
 import models_keras
 from harness.porting import keras_class, keras_twin, torch_class
-
-B, S, T, F, H = 2, 3, 12, 4, 5
-CELLS = ("lstm", "gru", "rnn")
+from tests.helpers import B, F, H, S
 
 
 def torch_and_keras(cell: str, dtype: str = "float32", **kwargs) -> tuple[torch.nn.Module, keras.Model]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_input
 from harness.porting import torch_twin
-from tests.keras_helpers import CELLS, B, F, H, S, T, the_layer, torch_and_keras
+from tests.helpers import CELLS, B, F, H, S, T, random_input
+from tests.keras_helpers import the_layer, torch_and_keras
 
 pytestmark = pytest.mark.keras
 

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import random_input
 from harness import assert_parity, check_parity, chunk_plan
 from harness.cli import main
 from harness.porting import torch_class
+from tests.helpers import random_input
 
 B, S, T, F, H = 2, 4, 16, 3, 5
 

@@ -8,11 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import keras_backend, random_input
 from harness import assert_parity, check_training_parity
 from harness.cli import main
 from harness.porting import keras_twin, torch_class
-from tests.keras_helpers import CELLS, B, F, H, S
+from tests.helpers import CELLS, B, F, H, S, keras_backend, random_input
 
 pytestmark = pytest.mark.keras
 

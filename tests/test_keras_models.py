@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import keras_backend, random_input
 from harness import assert_parity
 from models_keras import MultiStateGRU, MultiStateLSTM, MultiStateSimpleRNN, multistate_layers, reset_all_states
-from tests.keras_helpers import CELLS, B, F, H, S, T, chunks_of, functional, the_layer, torch_and_keras
+from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
+from tests.keras_helpers import chunks_of, functional, the_layer, torch_and_keras
 
 pytestmark = pytest.mark.keras
 
@@ -154,7 +154,10 @@ def test_plain_shared_stateful_lstm_mixes_streams_and_ours_does_not(rng):
     assert errors["ours"] <= 1e-6, errors
 
 
-@pytest.mark.skipif(keras_backend() != "jax", reason="the JAX backend's bug")
+@pytest.mark.skipif(
+    keras_backend() != "jax",
+    reason="pins a JAX-backend bug of Keras 3.15: state variables untracked in predict (no upstream issue found)",
+)
 def test_jax_plain_stateful_rnn_does_not_carry_state_in_predict_and_ours_does(rng):
     x = random_input(rng, (1, 10, 4))
     inputs = keras.Input(batch_shape=(1, None, 4))
@@ -172,7 +175,10 @@ def test_jax_plain_stateful_rnn_does_not_carry_state_in_predict_and_ours_does(rn
     np.testing.assert_allclose(halves, whole, atol=1e-6, rtol=0)
 
 
-@pytest.mark.skipif(keras_backend() != "torch", reason="the torch backend's bug")
+@pytest.mark.skipif(
+    keras_backend() != "torch",
+    reason="pins keras-team/keras#23462 (torch backend: stateful LSTM in-place copy; fixed by PR #23464)",
+)
 def test_torch_backend_plain_stateful_lstm_cannot_train_and_ours_can(rng):
     inputs = keras.Input(batch_shape=(1, None, 4))
     plain = keras.Model(inputs, keras.layers.LSTM(3, stateful=True, return_sequences=True)(inputs))
@@ -184,7 +190,7 @@ def test_torch_backend_plain_stateful_lstm_cannot_train_and_ours_can(rng):
     except RuntimeError as e:
         assert "inplace operation" in str(e)
     else:
-        pytest.fail(f"Keras {keras.__version__} on torch now trains a stateful LSTM: update the README")
+        pytest.fail(f"Keras {keras.__version__} on torch trains a stateful LSTM (keras#23462 fixed): update the README")
 
     ours = functional("lstm")
     ours.compile("sgd", "mse")
@@ -281,30 +287,6 @@ def test_config_round_trip():
     again = MultiStateGRU.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
     assert again.check_finite and again.num_layers == 2 and again.batch_size == B
-
-
-BAD_CALLS = {
-    "rank": (lambda m: m(np.zeros((B, S, T), "float32")), "must have rank 4"),
-    "rank per stream": (lambda m: m(np.zeros((B, S, T, F), "float32"), stream=0), "must have rank 3"),
-    "streams": (lambda m: m(np.zeros((B, S + 1, T, F), "float32")), "expected 3 streams, got 4"),
-    "features": (lambda m: m(np.zeros((B, S, T, F + 1), "float32")), "expected 4, got 5"),
-    "batch": (lambda m: m(np.zeros((B + 1, S, T, F), "float32")), "batch size 3 but the carried state"),
-    "integer dtype": (lambda m: m(np.zeros((B, S, T, F), "int32")), "floating-point tensor, got dtype int32"),
-    "stream index": (lambda m: m(np.zeros((B, T, F), "float32"), stream=-1), r"0 <= stream < 3, got -1"),
-    "mask shape": (lambda m: m.reset_states(mask=np.ones((B + 1, S), bool)), r"shape \(2, 3\), got \(3, 3\)"),
-    "set_states shape": (lambda m: m.set_states([np.zeros((1, B, S, H + 1))] * 2), r"got \(1, 2, 3, 6\)"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_CALLS)
-def test_bad_input_is_refused_and_state_unchanged(case, rng):
-    layer = MultiStateLSTM(H, S)
-    layer(random_input(rng, (B, S, T, F)))
-    before = layer.get_states()
-    call, message = BAD_CALLS[case]
-    with pytest.raises(ValueError, match=message):
-        call(layer)
-    assert_equal_arrays(layer.get_states(), before)
 
 
 def test_bad_batch_in_predict_is_refused_and_state_unchanged(rng):

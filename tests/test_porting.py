@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import keras_backend, random_input
 from harness import assert_parity
 from harness.convert import convert_file
 from harness.files import read_torch_file, write_torch_file
 from harness.porting import keras_twin, port_weights, torch_twin
 from models_keras import exact
 from models_torch import MultiStateRNN
-from tests.keras_helpers import CELLS, B, F, H, S, T, torch_and_keras
+from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
+from tests.keras_helpers import torch_and_keras
 
 pytestmark = pytest.mark.keras
 

@@ -8,11 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import random_input
 from harness import check_parity
 from harness.porting import torch_class
-
-B, S, F, H = 2, 3, 4, 5
+from tests.helpers import B, F, H, PerStreamLoop, S, random_input
 
 
 def test_error_mid_computation_leaves_state_bit_identical(rng, monkeypatch):
@@ -56,26 +54,6 @@ def test_long_run_drift_is_bounded_torch():
     assert len(curve) == 10 and max(e for _, e in curve) <= 1e-6, curve
 
 
-class BandLoop:
-    """Reference for fuzzing: the shared ``nn`` module looped over streams with a list of states."""
-
-    def __init__(self, rnn: torch.nn.Module, streams: int) -> None:
-        self.rnn, self.state = rnn, [None] * streams
-
-    def call(self, x: torch.Tensor, stream: int) -> torch.Tensor:
-        out, self.state[stream] = self.rnn(x, self.state[stream])
-        return out
-
-    def reset(self, batch_rows: np.ndarray, stream: int) -> None:
-        """Zero the state of ``stream`` in the batch rows that are True."""
-        if self.state[stream] is None:
-            return
-        keep = torch.from_numpy(~batch_rows)[None, :, None].to(torch.float64)
-        parts = self.state[stream] if isinstance(self.state[stream], tuple) else (self.state[stream],)
-        zeroed = tuple(p * keep for p in parts)
-        self.state[stream] = zeroed if isinstance(self.state[stream], tuple) else zeroed[0]
-
-
 OPERATIONS = st.one_of(
     st.tuples(st.just("stacked"), st.integers(1, 4)),
     st.tuples(st.just("stream"), st.integers(1, 4), st.integers(0, S - 1)),
@@ -92,7 +70,7 @@ def test_fuzz_interleaved_api_calls_match_the_per_stream_loop(cell, operations):
     """Any interleaving of stacked calls, per-stream calls, resets and refused calls equals the hand loop."""
     torch.manual_seed(0)
     model = torch_class(cell)(F, H, S, dtype=torch.float64, batch_size=B)
-    loop = BandLoop(model.rnn, S)
+    loop = PerStreamLoop(model.rnn, S)
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for op in operations:
@@ -112,7 +90,7 @@ def test_fuzz_interleaved_api_calls_match_the_per_stream_loop(cell, operations):
                     mask = np.array(op[1]).reshape(B, S)
                     model.reset_states(mask=mask)
                 for s in range(S):
-                    loop.reset(mask[:, s], s)
+                    loop.reset_rows(mask[:, s], s)
                 continue
             else:
                 with pytest.raises(ValueError):

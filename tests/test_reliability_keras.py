@@ -9,11 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import keras_backend, random_input
 from harness import check_parity
 from harness.porting import keras_twin, torch_class
 from models_keras import MultiStateLSTM, fast_paths
-from tests.keras_helpers import B, F, H, S, functional, the_layer
+from tests.helpers import B, F, H, S, keras_backend, random_input
+from tests.keras_helpers import functional, the_layer
 
 pytestmark = pytest.mark.keras
 
