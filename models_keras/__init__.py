@@ -4,7 +4,7 @@ Example:
     >>> import numpy as np
     >>> from models_keras import MultiStateLSTM
     >>> lstm = MultiStateLSTM(units=8, num_streams=3)
-    >>> lstm(np.zeros((2, 3, 10, 4), "float32")).shape
+    >>> tuple(lstm(np.zeros((2, 3, 10, 4), "float32")).shape)
     (2, 3, 10, 8)
 """
 

@@ -19,7 +19,7 @@ def tanh(x):
     """``tanh`` computed in ``x``'s own dtype on every backend.
 
     Example:
-        >>> tanh(keras.ops.zeros((2,), dtype="float32")).shape
+        >>> tuple(tanh(keras.ops.zeros((2,), dtype="float32")).shape)
         (2,)
     """
     if keras.backend.backend() == "jax":

@@ -294,7 +294,7 @@ class MultiStateLSTM(MultiStateBase):
 
     Example:
         >>> layer = MultiStateLSTM(units=8, num_streams=3)
-        >>> layer(np.zeros((2, 3, 10, 4), "float32")).shape
+        >>> tuple(layer(np.zeros((2, 3, 10, 4), "float32")).shape)
         (2, 3, 10, 8)
     """
 

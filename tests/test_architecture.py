@@ -1,0 +1,98 @@
+"""The layers of the repository and their allowed arrows (docs/architecture.md), and the doctests of its modules."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROJECT = ("harness", "models_torch", "models_keras", "benchmarks", "tests")
+FRAMEWORKS = ("torch", "keras", "tensorflow", "jax")
+
+# What each layer may import, among the project's packages and the frameworks (any import, lazy ones too).
+ALLOWED = {
+    "harness.spec": set(),
+    "models_torch": {"harness.spec", "torch"},
+    "models_keras": {"harness.spec", "keras", "tensorflow", "jax", "torch"},
+    "harness": {"harness", "harness.spec", "models_torch", "models_keras", *FRAMEWORKS},
+}
+
+
+def _layer(module: str) -> str:
+    return "harness.spec" if module.startswith("harness.spec") else module.split(".")[0]
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every project package or framework that ``path`` imports, as a layer name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] in PROJECT + FRAMEWORKS:
+                found.add(_layer(name) if name.split(".")[0] in PROJECT else name.split(".")[0])
+    return found
+
+
+def _modules(layer: str) -> list[pathlib.Path]:
+    files = sorted((ROOT / layer.replace(".", "/")).rglob("*.py"))
+    return [f for f in files if layer != "harness" or "spec" not in f.parts]
+
+
+@pytest.mark.parametrize("layer", ALLOWED)
+def test_imports_only_point_down(layer):
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(_imports(path) - ALLOWED[layer] - {layer})
+        for path in _modules(layer)
+        if _imports(path) - ALLOWED[layer] - {layer}
+    }
+    assert not wrong, f"imports against the arrows of docs/architecture.md: {wrong}"
+
+
+def _loaded_by(statement: str) -> set[str]:
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    code = f"import sys; {statement}; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_importing_a_model_package_loads_no_other_framework_and_no_engine():
+    torch_side = _loaded_by("import models_torch")
+    assert not {"keras", "jax", "tensorflow", "harness.parity", "harness.porting"} & torch_side
+    keras_side = _loaded_by("import models_keras")
+    assert not {"torch", "models_torch", "harness.parity", "harness.porting", "harness.training"} & keras_side
+
+
+DOCTESTED = [
+    "harness",
+    "harness.spec.cells",
+    "harness.spec.contract",
+    "harness.spec.atomic",
+    "harness.parity",
+    "harness.tolerances",
+    "models_torch",
+    "models_torch.multistate",
+    "models_torch.segments",
+]
+
+
+@pytest.mark.parametrize("name", DOCTESTED)
+def test_doctests(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no doctest to run"
+    assert result.failed == 0
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", ["models_keras", "models_keras.multistate", "models_keras.exact"])
+def test_keras_doctests(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
