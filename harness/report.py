@@ -229,14 +229,16 @@ class ParityReport:
 
     def table(self) -> str:
         """A console table: one line per (pair, tensor)."""
-        head = f"{'pair':<34} {'tensor':<9} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13}  result"
+        rows = self.summary()
+        width = max([9] + [len(r["tensor"]) for r in rows])
+        head = f"{'pair':<34} {'tensor':<{width}} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13}  result"
         lines = [head, "-" * len(head)]
-        for r in self.summary():
+        for r in rows:
             verdict = ("ok (bit-identical)" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
             verdict += f": {r['problem']}" if r["problem"] else ""
             lines.append(
-                f"{r['pair']:<34} {r['tensor']:<9} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} {r['atol']:>8.0e} "
-                f"{r['mismatched']:>6}/{r['total']:<6}  {verdict}"
+                f"{r['pair']:<34} {r['tensor']:<{width}} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} "
+                f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6}  {verdict}"
             )
         return "\n".join(lines)
 
