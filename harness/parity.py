@@ -5,6 +5,11 @@ its output and every carried state against (a) the same model run whole up to
 that boundary ("same": chunked vs whole) and (b) the reference model's chunked
 run at that boundary ("cross").
 
+State matching is strict: both sides must expose the same state names with the
+same shapes (after ``state_map`` renames a model's states to the reference's);
+a state one side lacks or of another shape is a failing row ("missing:h",
+"unexpected:x", or the name with a shape problem), never skipped.
+
 Example:
     >>> import numpy as np, torch
     >>> from models_torch import MultiStateLSTM
@@ -21,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from harness.report import Comparison, ParityReport, compare
+from harness.report import Comparison, ParityReport, compare, mismatch
 from harness.runners import as_runner
 from harness.tolerances import default_tolerance
 
 PLANS = ("whole", "halves", "random", "ones")
+WHOLE_STATE_CHECKS = 8
+"""Default number of boundaries whose states are also checked against a whole run of the prefix."""
 
 
 def chunk_plan(chunks: Sequence[int] | str, steps: int, seed: int = 0) -> list[int]:
@@ -57,23 +64,36 @@ def chunk_plan(chunks: Sequence[int] | str, steps: int, seed: int = 0) -> list[i
     return plan
 
 
-def _run_chunked(runner: Any, x: np.ndarray, plan: list[int]) -> tuple[list[np.ndarray], list[dict]]:
+def _renamed(states: dict[str, np.ndarray], names: Mapping[str, str], model: str) -> dict[str, np.ndarray]:
+    """``states`` under the reference's names (``names``: this model's name -> the reference's)."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in states.items():
+        new = names.get(name, name)
+        if new in out:
+            raise ValueError(f"state_map of {model!r} gives two of its states the name {new!r}")
+        out[new] = np.asarray(value)
+    return out
+
+
+def _run_chunked(runner: Any, x: np.ndarray, plan: list[int], names: Mapping[str, str], model: str) -> tuple:
     runner.reset()
     outputs, states, start = [], [], 0
     for n in plan:
         outputs.append(runner.run(x[:, :, start : start + n]))
-        states.append(runner.states())
+        states.append(_renamed(runner.states(), names, model))
         start += n
     return outputs, states
 
 
-def _run_whole_prefixes(runner: Any, x: np.ndarray, ends: list[int]) -> tuple[np.ndarray, dict[int, dict]]:
+def _run_whole_prefixes(
+    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str
+) -> tuple[np.ndarray, dict[int, dict]]:
     """The whole-sequence output, and the states after running whole each prefix ``x[:, :, :end]``."""
     states, out = {}, None
     for end in ends:
         runner.reset()
         out = runner.run(x[:, :, :end])
-        states[end] = runner.states()
+        states[end] = _renamed(runner.states(), names, model)
     return out, states
 
 
@@ -85,20 +105,81 @@ def _spread(boundaries: list[int], most: int | None) -> list[int]:
     return sorted({boundaries[i] for i in picks})
 
 
+def _compare_states(
+    pair: str,
+    kind: str,
+    chunk: int,
+    step: int,
+    tolerance: Any,
+    states: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+    sides: tuple[str, str],
+) -> list[Comparison]:
+    """Every state on either side, layer by layer and stream by stream; a name on one side only fails."""
+    actual_side, expected_side = sides
+    rows = []
+    for name, value in expected.items():
+        if name not in states:
+            rows.append(
+                mismatch(
+                    pair=pair,
+                    kind=kind,
+                    chunk=chunk,
+                    tensor=f"missing:{name}",
+                    tolerance=tolerance,
+                    problem=f"{expected_side} has state {name!r} {tuple(value.shape)}, {actual_side} has none "
+                    f"(its states: {sorted(states)}; pass state_map= if it names them differently)",
+                    size=value.size,
+                )
+            )
+            continue
+        rows += compare(
+            states[name],
+            value,
+            pair=pair,
+            kind=kind,
+            chunk=chunk,
+            tensor=name,
+            tolerance=tolerance,
+            stream_axis=2,
+            layer_axis=0,
+            axis_names=("layer", "batch", "stream", "unit"),
+            at={"step": step},
+        )
+    for name, value in states.items():
+        if name not in expected:
+            rows.append(
+                mismatch(
+                    pair=pair,
+                    kind=kind,
+                    chunk=chunk,
+                    tensor=f"unexpected:{name}",
+                    tolerance=tolerance,
+                    problem=f"{actual_side} has state {name!r} {tuple(value.shape)}, {expected_side} has none "
+                    f"(its states: {sorted(expected)}; pass state_map= if it names them differently)",
+                    size=value.size,
+                )
+            )
+    return rows
+
+
 def _compare_step(
     pair: str,
     kind: str,
     chunk: int,
     start: int,
+    end: int,
     tolerance: Any,
     out: np.ndarray,
     out_expected: np.ndarray,
     states: dict,
-    states_expected: dict,
+    states_expected: dict | None,
+    sides: tuple[str, str],
 ) -> list[Comparison]:
+    """Output and (unless ``states_expected`` is None) every carried state at one boundary."""
     rows = compare(
-        out,
-        out_expected,
+        np.asarray(out),
+        np.asarray(out_expected),
         pair=pair,
         kind=kind,
         chunk=chunk,
@@ -108,20 +189,8 @@ def _compare_step(
         axis_names=("batch", "stream", "step", "unit"),
         offsets={"step": start},
     )
-    for name, value in states.items():
-        if name not in states_expected:
-            continue
-        rows += compare(
-            value,
-            states_expected[name],
-            pair=pair,
-            kind=kind,
-            chunk=chunk,
-            tensor=name,
-            tolerance=tolerance,
-            stream_axis=2,
-            axis_names=("layer", "batch", "stream", "unit"),
-        )
+    if states_expected is not None:
+        rows += _compare_states(pair, kind, chunk, end - 1, tolerance, states, states_expected, sides)
     return rows
 
 
@@ -134,7 +203,8 @@ def check_parity(
     rtol: float | None = None,
     reference: str | None = None,
     seed: int = 0,
-    whole_state_checks: int | None = None,
+    whole_state_checks: int | None = WHOLE_STATE_CHECKS,
+    state_map: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ParityReport:
     """Run every model whole and chunked; compare outputs and states at every boundary.
 
@@ -146,12 +216,33 @@ def check_parity(
         reference: the model the others are held against (default: the first).
         seed: seed of the "random" plan.
         whole_state_checks: compare chunked-vs-whole states at this many boundaries
-            (evenly spread, the last included) instead of all: each costs one run of
-            the prefix, which JAX compiles anew for every length. Outputs and the
-            cross-model comparisons always cover every boundary.
+            (default 8, evenly spread, the last included): each costs one run of the
+            prefix (quadratic in T; JAX compiles anew for every length). ``None``
+            checks every boundary (the full check, on request). Outputs and the
+            cross-model comparisons, states included, always cover every boundary.
+        state_map: model name -> {that model's state name: the reference's name}, for
+            models that name their states differently. Without it, states must carry
+            the same names (and shapes) on both sides, or the report fails.
+
+    Raises:
+        ValueError: bad ``x``, plan, ``reference``, ``whole_state_checks`` (< 1) or ``state_map``.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from models_torch import MultiStateGRU
+        >>> model = MultiStateGRU(3, 4, num_streams=2)
+        >>> x = np.zeros((1, 2, 6, 3), "float32")
+        >>> check_parity({"a": model, "b": model}, x, "halves", state_map={"b": {"hidden": "h"}}).ok
+        True
     """
     if not models:
         raise ValueError("check_parity needs at least one model")
+    if whole_state_checks is not None and (
+        isinstance(whole_state_checks, bool) or not isinstance(whole_state_checks, int) or whole_state_checks < 1
+    ):
+        raise ValueError(
+            f"whole_state_checks must be an int >= 1 (boundaries to check) or None (all), got {whole_state_checks!r}"
+        )
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be (batch, streams, time, features), got shape {x.shape}")
@@ -160,6 +251,11 @@ def check_parity(
     reference = reference or next(iter(models))
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
+    state_map = dict(state_map or {})
+    if set(state_map) - set(models):
+        raise ValueError(f"state_map names {sorted(set(state_map) - set(models))}, not among the models {list(models)}")
+    if state_map.get(reference):
+        raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
@@ -168,9 +264,9 @@ def check_parity(
     chunked = {}
     comparisons: list[Comparison] = []
     for name, model in models.items():
-        runner = as_runner(model)
-        chunked[name] = _run_chunked(runner, x, plan)
-        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends)
+        runner, names = as_runner(model), state_map.get(name, {})
+        chunked[name] = _run_chunked(runner, x, plan, names, name)
+        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends, names, name)
         outs, states = chunked[name]
         for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(
@@ -178,20 +274,32 @@ def check_parity(
                 "same",
                 i,
                 start,
+                end,
                 same,
                 outs[i],
                 whole[:, :, start:end],
                 states[i],
-                prefix_states.get(end, {}),
+                prefix_states.get(end),
+                ("the chunked run", "the whole run"),
             )
     ref_outs, ref_states = chunked[reference]
     for name in models:
         if name == reference:
             continue
         outs, states = chunked[name]
-        for i, start in enumerate(starts):
+        for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(
-                f"{name} vs {reference}", "cross", i, start, cross, outs[i], ref_outs[i], states[i], ref_states[i]
+                f"{name} vs {reference}",
+                "cross",
+                i,
+                start,
+                end,
+                cross,
+                outs[i],
+                ref_outs[i],
+                states[i],
+                ref_states[i],
+                (repr(name), repr(reference)),
             )
     return ParityReport(comparisons, plan, dtype, reference)
 

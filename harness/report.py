@@ -1,4 +1,9 @@
-"""What a parity run found: one ``Comparison`` per (pair, boundary, tensor, stream), gathered in a ``ParityReport``."""
+"""What a parity run found: a ``ParityReport`` of ``Comparison`` rows, one per (pair, boundary, tensor, layer, stream).
+
+A tensor that one side lacks, or that has another shape on each side, is a failing
+``Comparison`` of its own (``mismatch``): it carries ``problem``, counts every element
+as mismatched, and is the worst failure of its report.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +18,54 @@ from harness.tolerances import Tolerance
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """One tensor of one stream at one chunk boundary, ``actual`` held against ``expected``.
+    """One tensor of one stream (and, for states, one layer) at one chunk boundary, ``actual`` vs ``expected``.
 
     ``where`` locates the worst absolute difference: chunk, stream, step (absolute
-    time index; for states, the step at the boundary), unit, and batch / layer.
+    time index; for states, the last step before the boundary), unit, batch, and
+    for states the layer of the row. A structural failure (``problem`` set: a tensor
+    missing on one side, or of another shape) has ``stream`` None, ``max_abs`` inf,
+    and every element counted as mismatched.
     """
 
     pair: str
     kind: str
     chunk: int
     tensor: str
-    stream: int
+    stream: int | None
     max_abs: float
     max_rel: float
     mismatched: int
     total: int
     tolerance: Tolerance
     where: dict[str, int]
+    problem: str = ""
 
     @property
     def ok(self) -> bool:
         return self.mismatched == 0
+
+    @property
+    def layer(self) -> int | None:
+        """The layer this row covers (states only; None for outputs and structural failures)."""
+        return self.where.get("layer")
+
+
+def mismatch(
+    *, pair: str, kind: str, chunk: int, tensor: str, tolerance: Tolerance, problem: str, size: int
+) -> Comparison:
+    """A failing ``Comparison`` for a tensor that cannot be compared element by element.
+
+    Example:
+        >>> from harness.tolerances import Tolerance
+        >>> row = mismatch(pair="b vs a", kind="cross", chunk=0, tensor="missing:h",
+        ...                tolerance=Tolerance(1e-5, 0.0), problem="a has state 'h', b has none", size=24)
+        >>> row.ok, row.mismatched, row.max_abs
+        (False, 24, inf)
+    """
+    size = max(int(size), 1)
+    return Comparison(
+        pair, kind, chunk, tensor, None, float("inf"), float("inf"), size, size, tolerance, {"chunk": chunk}, problem
+    )
 
 
 def compare(
@@ -48,28 +80,60 @@ def compare(
     stream_axis: int,
     axis_names: Sequence[str],
     offsets: dict[str, int] | None = None,
+    layer_axis: int | None = None,
+    at: dict[str, int] | None = None,
 ) -> list[Comparison]:
-    """Compare two arrays stream by stream; ``axis_names`` names each axis for the location report."""
+    """Compare two arrays stream by stream (and layer by layer, given ``layer_axis``).
+
+    ``axis_names`` names each axis for the location report, ``offsets`` shifts the
+    reported index of an axis (e.g. a chunk's first time step) and ``at`` adds fixed
+    entries to ``where``. Arrays of different shapes give one failing ``mismatch`` row.
+
+    Example:
+        >>> from harness.tolerances import Tolerance
+        >>> a = np.zeros((2, 1, 3, 4)); b = a.copy(); b[1, 0, 2, 3] = 1e-3
+        >>> rows = compare(a, b, pair="x", kind="same", chunk=0, tensor="h", tolerance=Tolerance(1e-6, 0.0),
+        ...                stream_axis=2, axis_names=("layer", "batch", "stream", "unit"), layer_axis=0)
+        >>> [(r.stream, r.layer, r.ok) for r in rows]
+        [(0, 0, True), (0, 1, True), (1, 0, True), (1, 1, True), (2, 0, True), (2, 1, False)]
+        >>> rows[-1].where
+        {'chunk': 0, 'stream': 2, 'layer': 1, 'batch': 0, 'unit': 3}
+    """
     if actual.shape != expected.shape:
-        raise ValueError(f"{pair} {tensor} at chunk {chunk}: shape {actual.shape} vs expected {expected.shape}")
+        return [
+            mismatch(
+                pair=pair,
+                kind=kind,
+                chunk=chunk,
+                tensor=tensor,
+                tolerance=tolerance,
+                problem=f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}",
+                size=max(actual.size, expected.size),
+            )
+        ]
     actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
     diff = np.abs(actual64 - expected64)
     diff[np.isnan(diff)] = np.inf
     rel = diff / np.where(expected64 == 0, np.inf, np.abs(expected64))
     bad = ~(diff <= tolerance.atol + tolerance.rtol * np.abs(expected64))
+    split = [stream_axis] + ([] if layer_axis is None else [layer_axis])
+    names = [n for i, n in enumerate(axis_names) if i not in split]
+    diff, rel, bad = (np.moveaxis(a, split, list(range(len(split)))) for a in (diff, rel, bad))
     rows = []
-    for s in range(actual.shape[stream_axis]):
-        d, r, b = (np.take(a, s, axis=stream_axis) for a in (diff, rel, bad))
+    for index in np.ndindex(*diff.shape[: len(split)]):
+        d, r, b = diff[index], rel[index], bad[index]
         worst = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
-        names = [n for i, n in enumerate(axis_names) if i != stream_axis]
-        where = {"chunk": chunk, "stream": s} | {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, worst)}
+        where = {"chunk": chunk, "stream": int(index[0])} | (at or {})
+        if layer_axis is not None:
+            where["layer"] = int(index[1])
+        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, worst)}
         rows.append(
             Comparison(
                 pair,
                 kind,
                 chunk,
                 tensor,
-                s,
+                int(index[0]),
                 float(d.max(initial=0.0)),
                 float(np.nan_to_num(r).max(initial=0.0)),
                 int(b.sum()),
@@ -116,6 +180,26 @@ class ParityReport:
     def failures(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.ok]
 
+    def first_failure(self) -> Comparison | None:
+        """Where to look first: the failure at the earliest boundary, states before outputs, lowest layer first.
+
+        Errors flow forward in time, from a carried state into the next chunk's
+        outputs and from a lower layer into the ones above, so the earliest failing
+        boundary, and there a structural failure, else the lowest failing layer's
+        state, is nearest the cause. Ties go to the largest error, then the lowest stream.
+
+        Example:
+            >>> report = check_parity({"ref": model, "bad": faulty}, x, [3, 3])  # doctest: +SKIP
+            >>> f = report.first_failure(); f.chunk, f.tensor, f.stream, f.layer  # doctest: +SKIP
+            (1, 'c', 2, 0)
+        """
+
+        def order(c: Comparison) -> tuple:
+            state_first = 0 if c.problem else 1 if c.tensor != "output" else 2
+            return (c.chunk, state_first, c.layer or 0, -c.max_abs, c.stream or 0)
+
+        return min(self.failures(), key=order, default=None)
+
     def summary(self) -> list[dict]:
         """One row per (pair, tensor): worst error over boundaries and streams, and whether bit-identical."""
         groups: dict[tuple[str, str], list[Comparison]] = {}
@@ -138,19 +222,23 @@ class ParityReport:
                     "bit_identical": worst.max_abs == 0.0,
                     "ok": all(c.ok for c in cs),
                     "worst_at": worst.where,
+                    "problem": next((c.problem for c in cs if c.problem), ""),
                 }
             )
         return rows
 
     def table(self) -> str:
         """A console table: one line per (pair, tensor)."""
-        head = f"{'pair':<34} {'tensor':<7} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13}  result"
+        rows = self.summary()
+        width = max([9] + [len(r["tensor"]) for r in rows])
+        head = f"{'pair':<34} {'tensor':<{width}} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13}  result"
         lines = [head, "-" * len(head)]
-        for r in self.summary():
+        for r in rows:
             verdict = ("ok (bit-identical)" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
+            verdict += f": {r['problem']}" if r["problem"] else ""
             lines.append(
-                f"{r['pair']:<34} {r['tensor']:<7} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} {r['atol']:>8.0e} "
-                f"{r['mismatched']:>6}/{r['total']:<6}  {verdict}"
+                f"{r['pair']:<34} {r['tensor']:<{width}} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} "
+                f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6}  {verdict}"
             )
         return "\n".join(lines)
 
@@ -169,17 +257,34 @@ class ParityReport:
         )
 
     def failure_message(self) -> str:
-        """A message in the style of ``torch.testing.assert_close`` for the worst failing comparison."""
+        """A message in the style of ``torch.testing.assert_close``: the worst failure, then the first one."""
         bad = self.failures()
         if not bad:
             return "parity holds"
         worst = max(bad, key=lambda c: c.max_abs)
-        where = ", ".join(f"{k} {v}" for k, v in worst.where.items())
-        return (
+        first = self.first_failure()
+        lines = [
             f"Parity failed: {len(bad)} of {len(self.comparisons)} comparisons out of tolerance "
-            f"(plan {self.plan}, {self.dtype}).\n"
-            f"Worst: {worst.pair}, tensor {worst.tensor!r}, chunk {worst.chunk}, stream {worst.stream}.\n"
-            f"Mismatched elements: {worst.mismatched} / {worst.total} ({100 * worst.mismatched / worst.total:.1f}%)\n"
-            f"Greatest absolute difference: {worst.max_abs:.6g} at {where} (up to {worst.tolerance.atol:g} allowed)\n"
-            f"Greatest relative difference: {worst.max_rel:.6g} (up to {worst.tolerance.rtol:g} allowed)"
-        )
+            f"(plan {self.plan}, {self.dtype}).",
+            f"Worst: {_locate(worst)}.",
+        ]
+        if worst.problem:
+            lines.append(f"Problem: {worst.problem}")
+        else:
+            where = ", ".join(f"{k} {v}" for k, v in worst.where.items())
+            lines += [
+                f"Mismatched elements: {worst.mismatched} / {worst.total} "
+                f"({100 * worst.mismatched / worst.total:.1f}%)",
+                f"Greatest absolute difference: {worst.max_abs:.6g} at {where} "
+                f"(up to {worst.tolerance.atol:g} allowed)",
+                f"Greatest relative difference: {worst.max_rel:.6g} (up to {worst.tolerance.rtol:g} allowed)",
+            ]
+        if first is not None and first is not worst:
+            lines.append(f"First: {_locate(first)}, max abs {first.max_abs:.6g}.")
+        return "\n".join(lines)
+
+
+def _locate(c: Comparison) -> str:
+    layer = "" if c.layer is None else f", layer {c.layer}"
+    stream = "" if c.stream is None else f", stream {c.stream}"
+    return f"{c.pair}, tensor {c.tensor!r}, chunk {c.chunk}{stream}{layer}"

@@ -54,6 +54,19 @@ class TrainingParityReport:
             and max(self.max_rel_weight_error, self.max_abs_state_error) <= self.rtol
         )
 
+    @property
+    def first_bad_step(self) -> int | None:
+        """The first SGD step whose torch and Keras losses differ by more than ``loss_rtol`` (None: none do).
+
+        Example:
+            >>> TrainingParityReport([1.0, 2.0], [1.0, 2.5], 0.2, 0.0, 0.0, 1e-9, 1e-9).first_bad_step
+            1
+        """
+        for step, (a, b) in enumerate(zip(self.torch_losses, self.keras_losses)):
+            if not abs(a - b) <= self.loss_rtol * max(abs(a), 1e-300):
+                return step
+        return None
+
     def table(self) -> str:
         lines = [f"{'step':>4} {'torch loss':>14} {'keras loss':>14} {'rel diff':>10}"]
         for i, (a, b) in enumerate(zip(self.torch_losses, self.keras_losses)):

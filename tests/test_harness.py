@@ -125,7 +125,9 @@ def test_property_chunked_equals_whole_for_any_shape_and_plan(
     torch.manual_seed(plan_seed)
     model = torch_class(cell)(features, units, streams, num_layers=layers, dtype=getattr(torch, dtype))
     x = np.random.default_rng(plan_seed).standard_normal((batch, streams, steps, features)).astype(dtype)
-    assert_parity({"torch": model, "per-band loop": StreamLoop(model)}, x, "random", seed=plan_seed)
+    assert_parity(
+        {"torch": model, "per-band loop": StreamLoop(model)}, x, "random", seed=plan_seed, whole_state_checks=None
+    )
 
 
 class StreamLoop:
@@ -168,3 +170,140 @@ def test_entry_point_refusals(tmp_path, capsys):
         check_parity({"m": torch_class("gru")(F, H, S)}, np.zeros((B, T, F), "float32"), "halves")
     assert main(["port", str(tmp_path / "missing.pt"), str(tmp_path / "out.keras")]) == 1
     assert "no such weight file" in capsys.readouterr().err
+
+
+class RenamedStates:
+    """A runner of ``model`` whose states are renamed, offset by ``shift`` and optionally trimmed or dropped."""
+
+    def __init__(self, model, names: dict[str, str], shift: float = 0.0, drop=(), trim: bool = False) -> None:
+        from harness.runners import TorchRunner
+
+        self.inner, self.names, self.shift, self.drop, self.trim = TorchRunner(model), names, shift, drop, trim
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def run(self, x):
+        return self.inner.run(x)
+
+    def states(self):
+        return {
+            self.names.get(n, n): (s[..., :-1] if self.trim else s) + self.shift
+            for n, s in self.inner.states().items()
+            if n not in self.drop
+        }
+
+
+def _strict_case(rng, cell="lstm"):
+    torch.manual_seed(0)
+    return torch_class(cell)(F, H, S), random_input(rng, (B, S, T, F))
+
+
+def test_states_named_differently_fail_even_when_off_by_1e3(rng):
+    model, x = _strict_case(rng)
+    renamed = RenamedStates(model, {"h": "hidden", "c": "cell"}, shift=1e3)
+    report = check_parity({"ref": model, "renamed": renamed}, x, "halves")
+    assert not report.ok
+    tensors = {c.tensor for c in report.failures()}
+    assert tensors == {"missing:h", "missing:c", "unexpected:hidden", "unexpected:cell"}
+    first = report.first_failure()
+    assert first.problem and first.chunk == 0 and first.pair == "renamed vs ref"
+    assert "has state 'h'" in report.failure_message() or "has state 'c'" in report.failure_message()
+    assert "missing:" in report.failure_message() and "state_map" in report.failure_message()
+    assert "FAIL: 'ref' has state" in report.table()
+
+
+def test_state_map_matches_them_and_then_the_1e3_is_caught(rng):
+    model, x = _strict_case(rng)
+    names = {"renamed": {"hidden": "h", "cell": "c"}}
+    assert check_parity(
+        {"ref": model, "renamed": RenamedStates(model, {"h": "hidden", "c": "cell"})}, x, "halves", state_map=names
+    ).ok
+    report = check_parity(
+        {"ref": model, "renamed": RenamedStates(model, {"h": "hidden", "c": "cell"}, shift=1e3)},
+        x,
+        "halves",
+        state_map=names,
+    )
+    assert not report.ok and {c.tensor for c in report.failures()} == {"h", "c"}
+    assert report.max_abs_error == pytest.approx(1e3)
+    assert all(not c.problem for c in report.comparisons)
+
+
+def test_a_missing_state_fails(rng):
+    model, x = _strict_case(rng)
+    report = check_parity({"ref": model, "no c": RenamedStates(model, {}, drop=("c",))}, x, [4, 4, 8])
+    assert not report.ok
+    assert {(c.tensor, c.chunk) for c in report.failures()} == {("missing:c", i) for i in range(3)}
+    assert "'ref' has state 'c' (1, 2, 4, 5), 'no c' has none" in report.failure_message()
+    # the reference lacking a state the model has fails too
+    report = check_parity({"no c": RenamedStates(model, {}, drop=("c",)), "ref": model}, x, "halves")
+    assert {c.tensor for c in report.failures()} == {"unexpected:c"}
+
+
+def test_a_state_of_another_shape_fails_without_crashing(rng):
+    model, x = _strict_case(rng, "gru")
+    report = check_parity({"ref": model, "trimmed": RenamedStates(model, {}, trim=True)}, x, "halves")
+    assert not report.ok
+    (first,) = {(c.tensor, c.problem) for c in report.failures()}
+    assert first == ("h", "shape (1, 2, 4, 4), expected (1, 2, 4, 5)")
+    assert "Problem: shape (1, 2, 4, 4), expected (1, 2, 4, 5)" in report.failure_message()
+    with pytest.raises(AssertionError, match="tensor 'h'"):
+        assert_parity({"ref": model, "trimmed": RenamedStates(model, {}, trim=True)}, x, "halves")
+
+
+def test_states_of_two_multistate_layers_are_matched_per_layer(rng):
+    """Runners with several multi-state layers name states ``layer.h``; each name must match on both sides."""
+    model, x = _strict_case(rng, "gru")
+    two = RenamedStates(model, {"h": "first.h"})
+    report = check_parity({"two": two, "one": RenamedStates(model, {"h": "second.h"})}, x, "halves")
+    assert {c.tensor for c in report.failures()} == {"missing:first.h", "unexpected:second.h"}
+    assert check_parity({"two": two, "one": RenamedStates(model, {"h": "first.h"})}, x, "halves").ok
+
+
+def test_bad_state_map_and_whole_state_checks_are_refused(rng):
+    model, x = _strict_case(rng, "gru")
+    with pytest.raises(ValueError, match=r"state_map names \['other'\]"):
+        check_parity({"a": model}, x, "halves", state_map={"other": {"h": "h"}})
+    with pytest.raises(ValueError, match="is the reference"):
+        check_parity({"a": model, "b": model}, x, "halves", state_map={"a": {"h": "x"}})
+    with pytest.raises(ValueError, match="gives two of its states the name 'h'"):
+        check_parity({"a": model, "b": _LSTMish(model)}, x, "halves", state_map={"b": {"g": "h"}})
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"whole_state_checks must be an int >= 1 .* or None \(all\)"):
+            check_parity({"a": model}, x, "halves", whole_state_checks=bad)
+
+
+class _LSTMish(RenamedStates):
+    def __init__(self, model) -> None:
+        super().__init__(model, {})
+
+    def states(self):
+        (h,) = self.inner.states().values()
+        return {"h": h, "g": h}
+
+
+class _CountingRunner(RenamedStates):
+    def __init__(self, model) -> None:
+        super().__init__(model, {})
+        self.lengths: list[int] = []
+
+    def run(self, x):
+        self.lengths.append(x.shape[2])
+        return super().run(x)
+
+
+def test_whole_state_checks_default_is_8_spread_boundaries_and_none_means_all(rng):
+    model = torch_class("gru")(F, H, S)
+    x = random_input(rng, (1, S, 40, F))
+    runner = _CountingRunner(model)
+    report = check_parity({"m": runner}, x, "ones")
+    prefixes = runner.lengths[40:]
+    assert len(prefixes) == 8 and prefixes[-1] == 40
+    assert {c.chunk for c in report.comparisons if c.tensor == "output"} == set(range(40))
+    state_chunks = {c.chunk for c in report.comparisons if c.tensor == "h"}
+    assert state_chunks == {n - 1 for n in prefixes}
+    runner.lengths.clear()
+    report = check_parity({"m": runner}, x, "ones", whole_state_checks=None)
+    assert runner.lengths[40:] == list(range(1, 41))
+    assert {c.chunk for c in report.comparisons if c.tensor == "h"} == set(range(40))
