@@ -3,7 +3,8 @@
 Torch ``.pt``/``.pth``/``.safetensors`` <-> Keras ``.keras``/``.weights.h5``. The
 architecture is read off the source (parameter names and shapes); the written
 file is read back into a fresh model and held against the source model by the
-parity engine on random input.
+parity engine on random input. Only a file that passed takes the destination's
+name: a refusal or a failed check leaves nothing behind.
 
 Example:
     >>> result = convert_file("lstm.pt", "lstm.keras", num_streams=3)   # doctest: +SKIP
@@ -23,6 +24,7 @@ from harness import files
 from harness.parity import check_parity
 from harness.porting import describe, keras_twin, torch_class, torch_twin
 from harness.report import ParityReport
+from harness.spec.atomic import atomic_path, check_writable
 
 
 @dataclasses.dataclass
@@ -32,6 +34,14 @@ class ConvertResult:
     torch_model: Any
     keras_model: Any
     report: ParityReport
+
+
+class ParityFailed(ValueError):
+    """The ported file did not reproduce the source; it was not written. ``result`` holds the report."""
+
+    def __init__(self, result: ConvertResult, dst: str | os.PathLike) -> None:
+        super().__init__(f"the ported model differs from the source; {dst} was not written")
+        self.result = result
 
 
 def _keras_like(spec: dict, nonlinearity: str) -> Any:
@@ -72,12 +82,35 @@ def convert_file(
     """Port ``src`` to ``dst`` (the other framework's format), then check parity of the reloaded result.
 
     ``num_streams``, ``batch_size`` and ``nonlinearity`` describe the Keras model made
-    from a torch file (a state_dict does not hold them).
+    from a torch file (a state_dict does not hold them). Raises ``ParityFailed`` (and
+    writes nothing) if the reloaded destination differs from the source.
     """
     kinds = files.file_kind(src), files.file_kind(dst)
     if kinds[0] == kinds[1]:
         raise ValueError(f"{src} and {dst} are both {kinds[0]} files: port between torch and Keras")
-    if kinds[0] == "torch":
+    for name, value in (("num_streams", num_streams), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_writable(dst)
+    with atomic_path(dst) as tmp:
+        result = _convert(src, tmp, kinds[0], num_streams, batch_size, nonlinearity, steps, seed)
+        if not result.report.ok:
+            raise ParityFailed(result, dst)
+    return result
+
+
+def _convert(
+    src: str | os.PathLike,
+    dst: str,
+    kind: str,
+    num_streams: int,
+    batch_size: int,
+    nonlinearity: str,
+    steps: int,
+    seed: int,
+) -> ConvertResult:
+    """Write ``dst`` from ``src`` (of framework ``kind``), read it back and check it against the source."""
+    if kind == "torch":
         module = files.torch_module_from_state(
             files.read_torch_file(src), num_streams, nonlinearity=nonlinearity, batch_size=batch_size
         )

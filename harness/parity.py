@@ -212,7 +212,7 @@ def check_parity(
         models: name -> torch/Keras multi-state model, Keras model, or ``Runner``.
         x: input ``(B, S, T, F)`` as a numpy array; its dtype picks the default tolerances.
         chunks: chunk lengths, or a plan name from ``PLANS``.
-        atol, rtol: override the defaults of DESIGN.md for both kinds of comparison.
+        atol, rtol: override the defaults of docs/contract.md for both kinds of comparison.
         reference: the model the others are held against (default: the first).
         seed: seed of the "random" plan.
         whole_state_checks: compare chunked-vs-whole states at this many boundaries

@@ -1,4 +1,4 @@
-"""Default parity tolerances by comparison kind and dtype (the table in DESIGN.md).
+"""Default parity tolerances by comparison kind and dtype (the table in docs/contract.md).
 
 Example:
     >>> default_tolerance("cross", "float32")

@@ -42,7 +42,7 @@ def test_property_torch_and_keras_agree(streams, steps, units, cell, layers, see
     torch.manual_seed(seed)
     module = torch_class(cell)(F, units, streams, num_layers=layers)
     x = np.random.default_rng(seed).standard_normal((B, streams, steps, F)).astype("float32")
-    assert_parity({"torch": module, "keras": keras_twin(module)}, x, "random", seed=seed)
+    assert_parity({"torch": module, "keras": keras_twin(module)}, x, "random", seed=seed, whole_state_checks=None)
 
 
 def test_cli_seed_shows_the_problem_and_the_fix(capsys):

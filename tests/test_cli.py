@@ -1,0 +1,124 @@
+"""The command line refuses bad input with a clear message and exit status 1, and leaves no file behind."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.files import write_torch_file
+from tests.helpers import F, H
+
+pytestmark = pytest.mark.keras  # porting a torch file writes a Keras one
+
+
+@pytest.fixture
+def lstm_pt(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "lstm.pt"
+    write_torch_file(torch.nn.LSTM(F, H, batch_first=True).state_dict(), path)
+    return path
+
+
+def _port(capsys, *args) -> tuple[int, str]:
+    status = main(["port", *map(str, args)])
+    return status, capsys.readouterr().err
+
+
+def _files(folder) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_port_writes_a_verified_file(lstm_pt, tmp_path, capsys):
+    status, _ = _port(capsys, lstm_pt, tmp_path / "out.keras", "--streams", 2, "--batch", 2)
+    assert status == 0 and (tmp_path / "out.keras").exists()
+    assert _files(tmp_path) == {"lstm.pt", "out.keras"}
+
+
+def _proj_size(tmp_path):
+    path = tmp_path / "proj.pt"
+    write_torch_file(torch.nn.LSTM(F, H, proj_size=2, batch_first=True).state_dict(), path)
+    return path
+
+
+def _truncated(tmp_path):
+    path = tmp_path / "cut.pt"
+    write_torch_file(torch.nn.GRU(F, H, batch_first=True).state_dict(), tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    os.unlink(tmp_path / "whole.pt")
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _pickle_payload(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight_ih_l0": print}, f)
+    return path
+
+
+SOURCES = {  # README rows 17, 21, 22, 23
+    "proj_size": (_proj_size, "out.keras", "proj_size"),
+    "truncated file": (_truncated, "out.keras", "cannot read"),
+    "pickle payload": (_pickle_payload, "out.keras", "cannot read"),
+    "unknown suffix": (lambda p: p / "w.onnx", "out.keras", "unsupported weight file"),
+    "same framework": (lambda p: p / "a.pt", "b.safetensors", "are both torch files"),
+    "missing file": (lambda p: p / "missing.pt", "out.keras", "no such weight file"),
+}
+
+
+@pytest.mark.parametrize("case", SOURCES)
+def test_bad_source_is_refused(case, tmp_path, capsys):
+    make, out, message = SOURCES[case]
+    src = make(tmp_path)
+    before = _files(tmp_path)
+    status, err = _port(capsys, src, tmp_path / out)
+    assert status == 1 and message in err, err
+    assert _files(tmp_path) == before
+
+
+def test_bad_options_are_refused(lstm_pt, tmp_path, capsys):
+    for option in (["--batch", "-1"], ["--batch", "0"], ["--streams", "0"]):
+        status, err = _port(capsys, lstm_pt, tmp_path / "out.keras", *option)
+        assert status == 1 and "must be a positive integer" in err, err
+    assert _files(tmp_path) == {"lstm.pt"}
+
+
+@pytest.mark.parametrize(("dst", "message"), [("locked/out.keras", "not writable"), ("kept.keras", "read-only")])
+def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, capsys, monkeypatch):
+    """The refusal reads the permission bits (``os.access``), faked here so that it holds when CI runs as root."""
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "kept.keras").write_text("the user's file")
+    denied = {str(tmp_path / "locked"), str(tmp_path / "kept.keras")}
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) not in denied)
+    status, err = _port(capsys, lstm_pt, tmp_path / dst)
+    assert status == 1 and message in err, err
+    assert (tmp_path / "kept.keras").read_text() == "the user's file"
+    assert _files(tmp_path / "locked") == set()
+
+
+@pytest.mark.parametrize("dst", ["folder.keras", "no/such/folder/out.keras"])
+def test_bad_destination_paths_are_refused(dst, lstm_pt, tmp_path, capsys):
+    (tmp_path / "folder.keras").mkdir()
+    status, err = _port(capsys, lstm_pt, tmp_path / dst)
+    assert status == 1 and "cannot write" in err, err
+
+
+def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monkeypatch):
+    """Planted fault: the written file is corrupted before the check; the check fails and nothing is left."""
+    from harness import files
+
+    write = files.write_keras_file
+
+    def corrupt(model, path):
+        layer = model.layers[-1]
+        layer.rnn_layers[0].cell.kernel.assign(layer.rnn_layers[0].cell.kernel * 1.01)
+        write(model, path)
+
+    monkeypatch.setattr(files, "write_keras_file", corrupt)
+    status, err = _port(capsys, lstm_pt, tmp_path / "out.keras")
+    assert status == 1 and "was not written" in err, err
+    assert _files(tmp_path) == {"lstm.pt"}
