@@ -7,6 +7,7 @@ the protocol passes through unchanged.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,6 +93,10 @@ def as_runner(model: Any) -> Runner:
     """Wrap ``model`` in the runner for its framework (runners pass through)."""
     if isinstance(model, Runner):
         return model
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
+        from harness.exported import OnnxRunner
+
+        return OnnxRunner(model)
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         return KerasRunner(model)
     if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):
