@@ -22,16 +22,20 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def installed_backends() -> list[str]:
-    """``torch`` (the reference) plus every Keras backend whose framework is importable."""
+    """``torch`` (the reference), every Keras backend whose framework is importable, and ``onnx`` with its extra."""
     found = ["torch"] if importlib.util.find_spec("torch") else []
     if importlib.util.find_spec("keras"):
         found += [f"keras-{b}" for b in KERAS_BACKENDS if importlib.util.find_spec(b)]
+    if found and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        found.append("onnx")
     return found
 
 
 def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     """Run one backend's scenarios in a fresh process (the Keras backend is fixed at import)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend.removeprefix("keras-"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if backend.startswith("keras-"):
+        env["KERAS_BACKEND"] = backend.removeprefix("keras-")
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
     cmd = [
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "_worker":
             p.add_argument("which")
         else:
-            p.add_argument("--backend", nargs="+", choices=["torch"] + [f"keras-{b}" for b in KERAS_BACKENDS])
+            p.add_argument("--backend", nargs="+", choices=["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], "onnx"])
             p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
         p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])

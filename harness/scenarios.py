@@ -7,7 +7,10 @@ Each backend runs in its own process; ``run_backend`` yields one result row
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,30 +32,48 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0):
     return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype))
 
 
-def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int) -> Iterator[dict]:
-    """Parity rows for ``backend`` ("torch" alone, or "keras-<name>" against torch)."""
-    rng = np.random.default_rng(0)
-    for cell in cells:
-        for dtype in dtypes:
-            x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
-            models = {"torch": torch_model(cell, streams, dtype)}
-            if backend != "torch":
-                from harness.porting import keras_twin
+def _twin(backend: str, module: Any, folder: str) -> Any:
+    """The model held against the torch ``module``: its Keras twin, or its exported ONNX file."""
+    if backend == "onnx":
+        from harness.export import export
 
-                models[backend] = keras_twin(models["torch"], batch_size=BATCH)
-            for plan in PLANS:
-                report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
-                for row in report.summary():
-                    if backend != "torch" and row["pair"].startswith("torch "):
-                        continue
-                    yield {
-                        "backend": backend,
-                        "cell": cell,
-                        "dtype": dtype,
-                        "plan": plan,
-                        "chunks": len(report.plan),
-                        **{k: row[k] for k in ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")},
-                    }
+        path = os.path.join(folder, f"{module.cell}.onnx")
+        export(module, path, batch_size=BATCH)
+        return path
+    from harness.porting import keras_twin
+
+    return keras_twin(module, batch_size=BATCH)
+
+
+def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int) -> Iterator[dict]:
+    """Parity rows for ``backend`` ("torch" alone, "keras-<name>" or "onnx" against torch).
+
+    ONNX runs float32 only (onnxruntime's recurrent kernels have no float64).
+    """
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="multistate-parity-") as folder:
+        for cell in cells:
+            for dtype in dtypes:
+                x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
+                if backend == "onnx" and dtype != "float32":
+                    continue
+                models = {"torch": torch_model(cell, streams, dtype)}
+                if backend != "torch":
+                    models[backend] = _twin(backend, models["torch"], folder)
+                yield from _rows(backend, cell, dtype, models, x)
+
+
+def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray) -> Iterator[dict]:
+    """One row per (plan, pair, tensor); the torch reference's own rows only for the torch backend."""
+    for plan in PLANS:
+        report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
+        for row in report.summary():
+            if backend != "torch" and row["pair"].startswith("torch "):
+                continue
+            kept = ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")
+            yield {"backend": backend, "cell": cell, "dtype": dtype, "plan": plan, "chunks": len(report.plan)} | {
+                k: row[k] for k in kept
+            }
 
 
 def format_rows(rows: list[dict]) -> str:
