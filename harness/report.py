@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -243,17 +244,21 @@ class ParityReport:
         return "\n".join(lines)
 
     def to_json(self) -> str:
+        """The whole report as strict JSON (a non-finite error, e.g. of a missing state, is written as a string)."""
         return json.dumps(
-            {
-                "ok": self.ok,
-                "max_abs_error": self.max_abs_error,
-                "dtype": self.dtype,
-                "reference": self.reference,
-                "plan": self.plan,
-                "summary": self.summary(),
-                "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
-            },
+            _finite_or_text(
+                {
+                    "ok": self.ok,
+                    "max_abs_error": self.max_abs_error,
+                    "dtype": self.dtype,
+                    "reference": self.reference,
+                    "plan": self.plan,
+                    "summary": self.summary(),
+                    "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
+                }
+            ),
             indent=1,
+            allow_nan=False,
         )
 
     def failure_message(self) -> str:
@@ -288,3 +293,14 @@ def _locate(c: Comparison) -> str:
     layer = "" if c.layer is None else f", layer {c.layer}"
     stream = "" if c.stream is None else f", stream {c.stream}"
     return f"{c.pair}, tensor {c.tensor!r}, chunk {c.chunk}{stream}{layer}"
+
+
+def _finite_or_text(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by its text ("inf", "nan"), for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_or_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_text(v) for v in value]
+    return value

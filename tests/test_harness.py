@@ -239,6 +239,8 @@ def test_a_missing_state_fails(rng):
     # the reference lacking a state the model has fails too
     report = check_parity({"no c": RenamedStates(model, {}, drop=("c",)), "ref": model}, x, "halves")
     assert {c.tensor for c in report.failures()} == {"unexpected:c"}
+    data = json.loads(report.to_json(), parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+    assert data["ok"] is False and data["max_abs_error"] == "inf"
 
 
 def test_a_state_of_another_shape_fails_without_crashing(rng):
