@@ -117,49 +117,41 @@ def _compare_states(
 ) -> list[Comparison]:
     """Every state on either side, layer by layer and stream by stream; a name on one side only fails."""
     actual_side, expected_side = sides
-    rows = []
-    for name, value in expected.items():
-        if name not in states:
-            rows.append(
-                mismatch(
-                    pair=pair,
-                    kind=kind,
-                    chunk=chunk,
-                    tensor=f"missing:{name}",
-                    tolerance=tolerance,
-                    problem=f"{expected_side} has state {name!r} {tuple(value.shape)}, {actual_side} has none "
-                    f"(its states: {sorted(states)}; pass state_map= if it names them differently)",
-                    size=value.size,
-                )
-            )
-            continue
-        rows += compare(
-            states[name],
-            value,
-            pair=pair,
-            kind=kind,
-            chunk=chunk,
-            tensor=name,
-            tolerance=tolerance,
-            stream_axis=2,
-            layer_axis=0,
-            axis_names=("layer", "batch", "stream", "unit"),
-            at={"step": step},
+
+    def one_sided(tensor: str, name: str, value: np.ndarray, has: str, lacks: str, its: dict) -> Comparison:
+        problem = (
+            f"{has} has state {name!r} {tuple(value.shape)}, {lacks} has none "
+            f"(its states: {sorted(its)}; pass state_map= if it names them differently)"
         )
-    for name, value in states.items():
-        if name not in expected:
-            rows.append(
-                mismatch(
-                    pair=pair,
-                    kind=kind,
-                    chunk=chunk,
-                    tensor=f"unexpected:{name}",
-                    tolerance=tolerance,
-                    problem=f"{actual_side} has state {name!r} {tuple(value.shape)}, {expected_side} has none "
-                    f"(its states: {sorted(expected)}; pass state_map= if it names them differently)",
-                    size=value.size,
-                )
+        return mismatch(
+            pair=pair, kind=kind, chunk=chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
+        )
+
+    rows = [
+        one_sided(f"missing:{name}", name, value, expected_side, actual_side, states)
+        for name, value in expected.items()
+        if name not in states
+    ]
+    for name, value in expected.items():
+        if name in states:
+            rows += compare(
+                states[name],
+                value,
+                pair=pair,
+                kind=kind,
+                chunk=chunk,
+                tensor=name,
+                tolerance=tolerance,
+                stream_axis=2,
+                layer_axis=0,
+                axis_names=("layer", "batch", "stream", "unit"),
+                at={"step": step},
             )
+    rows += [
+        one_sided(f"unexpected:{name}", name, value, actual_side, expected_side, expected)
+        for name, value in states.items()
+        if name not in expected
+    ]
     return rows
 
 
