@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 
@@ -38,12 +39,14 @@ def default_tolerance(kind: str, dtype: str, atol: float | None = None, rtol: fl
 
 
 def disable_tf32() -> None:
-    """Turn TF32 off in torch (and TensorFlow, when loaded) so GPU parity runs are not ~1e-3 off."""
-    import sys
+    """Deprecated, to be deleted: use ``harness.precision.full_precision_matmul``, which also restores.
+
+    Kept only while ``harness/runners.py`` (``TorchRunner.__init__``) still imports it; switches TF32
+    off for good in torch and TensorFlow (when loaded), as it always did.
+    """
+    from harness.precision import _tf_set, _torch_set
 
     if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        _torch_set(sys.modules["torch"], allow_tf32=False)
     if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].config.experimental.enable_tensor_float_32_execution(False)
+        _tf_set(sys.modules["tensorflow"], allow_tf32=False)
