@@ -1,17 +1,21 @@
 """The built-in parity scenarios of ``python -m harness parity``: which models, inputs and plans.
 
 Each backend runs in its own process; ``run_backend`` yields one result row
-(a plain dict) per (cell, dtype, plan, compared pair).
+(a plain dict) per (cell, dtype, plan, compared pair). The torch reference is built on
+``device`` ("cpu" or "cuda"); every row names each model's device, and the checks run
+with full float32 matmuls (``harness.precision.full_precision_matmul``: no TF32 on a GPU).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from harness.parity import PLANS, check_parity
+from harness.precision import full_precision_matmul
 from harness.spec.atomic import atomic_path
 
 CELLS = ("lstm", "gru", "rnn")
@@ -19,29 +23,57 @@ BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2
 WHOLE_STATE_CHECKS = 8  # boundaries where chunked-vs-whole states are compared (each costs a prefix run)
 
 
-def torch_model(cell: str, streams: int, dtype: str, seed: int = 0):
-    """A seeded ``models_torch`` multi-state model of the default scenario."""
+def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str = "cpu"):
+    """A seeded ``models_torch`` multi-state model of the default scenario, on ``device``.
+
+    The weights are drawn on the CPU and then moved, so every device gets the same ones.
+
+    Example:
+        >>> torch_model("gru", 3, "float64").rnn.weight_hh_l0.device
+        device(type='cpu')
+    """
     import torch
 
     from harness.porting import torch_class
 
     torch.manual_seed(seed)
-    return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype))
+    return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
 
 
-def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int) -> Iterator[dict]:
-    """Parity rows for ``backend`` ("torch" alone, or "keras-<name>" against torch)."""
+def model_device(model: Any) -> str:
+    """Where ``model``'s weights live: a torch device ("cuda:0"), or the Keras backend's name for it.
+
+    Example:
+        >>> model_device(torch_model("rnn", 2, "float32"))
+        'cpu'
+    """
+    import sys
+
+    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
+        value = model.weights[0].value
+        if hasattr(value, "devices"):  # a JAX array
+            return ",".join(str(d) for d in value.devices())
+        return str(value.device).rsplit("device:", 1)[-1]  # torch: "cuda:0"; TensorFlow: ".../device:GPU:0"
+    return str(next(model.parameters()).device)
+
+
+def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu") -> Iterator[dict]:
+    """Parity rows for ``backend`` ("torch" alone, or "keras-<name>" against torch), the torch model on ``device``."""
+    if backend != "torch":
+        import keras  # noqa: F401  (loads the backend's framework before the precision switch below)
     rng = np.random.default_rng(0)
     for cell in cells:
         for dtype in dtypes:
             x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
-            models = {"torch": torch_model(cell, streams, dtype)}
+            models = {"torch": torch_model(cell, streams, dtype, device=device)}
             if backend != "torch":
                 from harness.porting import keras_twin
 
                 models[backend] = keras_twin(models["torch"], batch_size=BATCH)
+            devices = {name: model_device(m) for name, m in models.items()}
             for plan in PLANS:
-                report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
+                with full_precision_matmul():
+                    report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
                 for row in report.summary():
                     if backend != "torch" and row["pair"].startswith("torch "):
                         continue
@@ -51,19 +83,24 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int)
                         "dtype": dtype,
                         "plan": plan,
                         "chunks": len(report.plan),
+                        "device": devices,
                         **{k: row[k] for k in ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")},
                     }
 
 
 def format_rows(rows: list[dict]) -> str:
     """One console line per row, grouped by backend."""
-    head = f"{'backend':<16} {'cell':<5} {'dtype':<8} {'plan':<7} {'pair':<36} {'tensor':<7} {'max abs':>9}  result"
+    head = (
+        f"{'backend':<16} {'cell':<5} {'dtype':<8} {'plan':<7} {'pair':<36} {'tensor':<7} {'max abs':>9}  "
+        f"{'result':<17}  devices"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         verdict = ("ok, bit-identical" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
+        devices = ", ".join(f"{name}={device}" for name, device in r.get("device", {}).items()) or "-"
         lines.append(
             f"{r['backend']:<16} {r['cell']:<5} {r['dtype']:<8} {r['plan']:<7} {r['pair']:<36} "
-            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict}"
+            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict:<17}  {devices}"
         )
     return "\n".join(lines)
 
