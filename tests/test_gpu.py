@@ -68,11 +68,11 @@ def test_graph_step_replays_what_the_module_computes(dtype, rng):
     module, _ = cpu_and_cuda("lstm", dtype)
     module = module.cuda()
     reference = copy.deepcopy(module)
-    step = GraphStep(module, batch_size=B, chunk=1)
-    assert step.captured
     x = torch.from_numpy(random_input(rng, (B, S, 200, F), dtype)).cuda()
     worst = 0.0
     with full_precision_matmul(), torch.no_grad():
+        step = GraphStep(module, batch_size=B, chunk=1)  # captured inside: the graph keeps TF32 off
+        assert step.captured
         for t in range(200):
             if t == 120:
                 for m in (module, reference):
