@@ -19,3 +19,22 @@ def rng() -> np.random.Generator:
 def dtype(request: pytest.FixtureRequest) -> str:
     """Runs a test once per supported float dtype."""
     return request.param
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False where torch is not installed). Imports torch on first use."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where torch sees no CUDA device (torch is imported only if there are some)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -4,6 +4,7 @@ Example:
     python -m harness parity                       # every cell, plan, dtype and backend
     python -m harness parity --cell lstm --dtype float64 --backend torch jax --json out.json
     python -m harness export lstm.pt lstm.onnx --streams 31   # one streaming chunk, verified in onnxruntime
+    python -m harness parity --device cuda         # the torch reference on the GPU
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
         *args.cell,
         "--dtype",
         *args.dtype,
+        "--device",
+        args.device,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -71,7 +74,21 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def cuda_problem() -> str | None:
+    """Why ``--device cuda`` cannot run here, or None when torch sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
 def _parity(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and (problem := cuda_problem()):
+        print(f"error: --device cuda: {problem}", file=sys.stderr)
+        return 1
     backends = args.backend or installed_backends()
     rows: list[dict] = []
     for i, backend in enumerate(backends, 1):
@@ -96,7 +113,7 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    for row in scenarios.run_backend(args.which, args.cell, args.dtype, args.streams):
+    for row in scenarios.run_backend(args.which, args.cell, args.dtype, args.streams, device=args.device):
         print(json.dumps(row), flush=True)
     return 0
 
@@ -210,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
         p.add_argument("--streams", type=_positive, default=3)
+        p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the torch model runs")
     port = sub.add_parser("port", help="port a weight file between torch and Keras, then check parity")
     port.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     port.add_argument("dst", help="destination file in the other framework's format")

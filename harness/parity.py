@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.precision import full_precision_matmul
 from harness.report import Comparison, ParityReport, compare, mismatch
 from harness.runners import as_runner
 from harness.tolerances import default_tolerance
@@ -197,6 +198,7 @@ def check_parity(
     seed: int = 0,
     whole_state_checks: int | None = WHOLE_STATE_CHECKS,
     state_map: Mapping[str, Mapping[str, str]] | None = None,
+    allow_tf32: bool = False,
 ) -> ParityReport:
     """Run every model whole and chunked; compare outputs and states at every boundary.
 
@@ -215,6 +217,10 @@ def check_parity(
         state_map: model name -> {that model's state name: the reference's name}, for
             models that name their states differently. Without it, states must carry
             the same names (and shapes) on both sides, or the report fails.
+        allow_tf32: run with the frameworks' reduced-precision float32 matmuls (TF32 on a GPU)
+            to see what they cost; by default the check switches them off in every framework
+            involved and restores the user's settings afterwards (``report.matmul`` says which
+            settings were in force).
 
     Raises:
         ValueError: bad ``x``, plan, ``reference``, ``whole_state_checks`` (< 1) or ``state_map``.
@@ -249,10 +255,26 @@ def check_parity(
     if state_map.get(reference):
         raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
+
+    with full_precision_matmul(allow_tf32=allow_tf32) as matmul:
+        comparisons = _compare_all(models, x, plan, reference, state_map, same, cross, whole_state_checks)
+    return ParityReport(comparisons, plan, dtype, reference, matmul=matmul)
+
+
+def _compare_all(
+    models: Mapping[str, Any],
+    x: np.ndarray,
+    plan: list[int],
+    reference: str,
+    state_map: Mapping[str, Mapping[str, str]],
+    same: Any,
+    cross: Any,
+    whole_state_checks: int | None,
+) -> list[Comparison]:
+    """Run every model chunked (and whole, for the prefixes checked), and compare everything."""
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
     checked_ends = _spread(ends, whole_state_checks)
-
     chunked = {}
     comparisons: list[Comparison] = []
     for name, model in models.items():
@@ -293,7 +315,7 @@ def check_parity(
                 ref_states[i],
                 (repr(name), repr(reference)),
             )
-    return ParityReport(comparisons, plan, dtype, reference)
+    return comparisons
 
 
 def assert_parity(*args: Any, **kwargs: Any) -> ParityReport:

@@ -161,6 +161,7 @@ class ParityReport:
     plan: list[int]
     dtype: str
     reference: str
+    matmul: dict = dataclasses.field(default_factory=dict)  # the matmul precision settings in force
 
     @property
     def ok(self) -> bool:
@@ -241,6 +242,8 @@ class ParityReport:
                 f"{r['pair']:<34} {r['tensor']:<{width}} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} "
                 f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6}  {verdict}"
             )
+        if self.matmul:
+            lines.append("matmul settings in force: " + ", ".join(f"{k}={v}" for k, v in self.matmul.items()))
         return "\n".join(lines)
 
     def to_json(self) -> str:

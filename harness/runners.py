@@ -31,14 +31,13 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """Drives a ``models_torch`` multi-state module without gradients; on a GPU, with TF32 off."""
+    """Drives a ``models_torch`` multi-state module without gradients, on its device.
+
+    TF32 is switched off by ``check_parity`` (``harness.precision.full_precision_matmul``).
+    """
 
     def __init__(self, model: Any) -> None:
-        from harness.tolerances import disable_tf32
-
         self.model = model
-        if model.rnn.weight_ih_l0.is_cuda:
-            disable_tf32()
 
     def reset(self) -> None:
         self.model.reset_states()

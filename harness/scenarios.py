@@ -1,7 +1,9 @@
 """The built-in parity scenarios of ``python -m harness parity``: which models, inputs and plans.
 
 Each backend runs in its own process; ``run_backend`` yields one result row
-(a plain dict) per (cell, dtype, plan, compared pair).
+(a plain dict) per (cell, dtype, plan, compared pair). The torch reference is built on
+``device`` ("cpu" or "cuda"); every row names each model's device and the matmul settings in
+force (``check_parity`` runs with full float32 matmuls: no TF32 on a GPU).
 """
 
 from __future__ import annotations
@@ -22,14 +24,40 @@ BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2
 WHOLE_STATE_CHECKS = 8  # boundaries where chunked-vs-whole states are compared (each costs a prefix run)
 
 
-def torch_model(cell: str, streams: int, dtype: str, seed: int = 0):
-    """A seeded ``models_torch`` multi-state model of the default scenario."""
+def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str = "cpu"):
+    """A seeded ``models_torch`` multi-state model of the default scenario, on ``device``.
+
+    The weights are drawn on the CPU and then moved, so every device gets the same ones.
+
+    Example:
+        >>> torch_model("gru", 3, "float64").rnn.weight_hh_l0.device
+        device(type='cpu')
+    """
     import torch
 
     from harness.porting import torch_class
 
     torch.manual_seed(seed)
-    return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype))
+    return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
+
+
+def model_device(model: Any) -> str:
+    """Where ``model``'s weights live: a torch device ("cuda:0"), or the Keras backend's name for it.
+
+    Example:
+        >>> model_device(torch_model("rnn", 2, "float32"))
+        'cpu'
+    """
+    import sys
+
+    if isinstance(model, (str, os.PathLike)):
+        return "onnxruntime-cpu"
+    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
+        value = model.weights[0].value
+        if hasattr(value, "devices"):  # a JAX array
+            return ",".join(str(d) for d in value.devices())
+        return str(value.device).rsplit("device:", 1)[-1]  # torch: "cuda:0"; TensorFlow: ".../device:GPU:0"
+    return str(next(model.parameters()).device)
 
 
 def _twin(backend: str, module: Any, folder: str) -> Any:
@@ -45,8 +73,8 @@ def _twin(backend: str, module: Any, folder: str) -> Any:
     return keras_twin(module, batch_size=BATCH)
 
 
-def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int) -> Iterator[dict]:
-    """Parity rows for ``backend`` ("torch" alone, "keras-<name>" or "onnx" against torch).
+def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu") -> Iterator[dict]:
+    """Parity rows for ``backend`` ("torch" alone, "keras-<name>" or "onnx" against torch), torch on ``device``.
 
     ONNX runs float32 only (onnxruntime's recurrent kernels have no float64).
     """
@@ -57,7 +85,7 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int)
                 x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
                 if backend == "onnx" and dtype != "float32":
                     continue
-                models = {"torch": torch_model(cell, streams, dtype)}
+                models = {"torch": torch_model(cell, streams, dtype, device=device)}
                 if backend != "torch":
                     models[backend] = _twin(backend, models["torch"], folder)
                 yield from _rows(backend, cell, dtype, models, x)
@@ -65,26 +93,30 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int)
 
 def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray) -> Iterator[dict]:
     """One row per (plan, pair, tensor); the torch reference's own rows only for the torch backend."""
+    devices = {name: model_device(m) for name, m in models.items()}
     for plan in PLANS:
         report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
         for row in report.summary():
             if backend != "torch" and row["pair"].startswith("torch "):
                 continue
             kept = ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")
-            yield {"backend": backend, "cell": cell, "dtype": dtype, "plan": plan, "chunks": len(report.plan)} | {
-                k: row[k] for k in kept
-            }
+            head = {"backend": backend, "cell": cell, "dtype": dtype, "plan": plan, "chunks": len(report.plan)}
+            yield head | {"device": devices, "matmul": report.matmul} | {k: row[k] for k in kept}
 
 
 def format_rows(rows: list[dict]) -> str:
     """One console line per row, grouped by backend."""
-    head = f"{'backend':<16} {'cell':<5} {'dtype':<8} {'plan':<7} {'pair':<36} {'tensor':<7} {'max abs':>9}  result"
+    head = (
+        f"{'backend':<16} {'cell':<5} {'dtype':<8} {'plan':<7} {'pair':<36} {'tensor':<7} {'max abs':>9}  "
+        f"{'result':<17}  devices"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         verdict = ("ok, bit-identical" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
+        devices = ", ".join(f"{name}={device}" for name, device in r.get("device", {}).items()) or "-"
         lines.append(
             f"{r['backend']:<16} {r['cell']:<5} {r['dtype']:<8} {r['plan']:<7} {r['pair']:<36} "
-            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict}"
+            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict:<17}  {devices}"
         )
     return "\n".join(lines)
 

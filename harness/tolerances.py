@@ -35,15 +35,3 @@ def default_tolerance(kind: str, dtype: str, atol: float | None = None, rtol: fl
     except KeyError:
         raise ValueError(f"no default tolerance for kind={kind!r}, dtype={dtype!r}; pass atol= and rtol=") from None
     return Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
-
-
-def disable_tf32() -> None:
-    """Turn TF32 off in torch (and TensorFlow, when loaded) so GPU parity runs are not ~1e-3 off."""
-    import sys
-
-    if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].config.experimental.enable_tensor_float_32_execution(False)

@@ -5,6 +5,10 @@ chunks in the same order (state carried across chunks, reset at the start of
 each pass), minimise MSE with plain SGD, and are compared on every step's loss,
 the final weights and the final carried states.
 
+The torch module may live on any device: inputs and targets go to its device, results
+come back with ``.cpu()``. The run holds full float32 matmuls in every framework
+(``harness.precision.full_precision_matmul``: no TF32 on a GPU) and reports the settings.
+
 Torch keeps two biases (``bias_ih``, ``bias_hh``) where Keras LSTM/SimpleRNN keep
 one, their sum: plain SGD moves torch's sum twice as fast. For those cells the
 run holds torch's ``bias_hh`` fixed, so both sides train the same parameters.
@@ -30,6 +34,7 @@ import numpy as np
 
 from harness.parity import chunk_plan
 from harness.porting import describe, keras_twin, read_weights
+from harness.precision import full_precision_matmul
 from harness.spec.cells import CELLS, to_keras
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
@@ -46,6 +51,8 @@ class TrainingParityReport:
     max_abs_state_error: float
     rtol: float
     loss_rtol: float
+    device: str = "cpu"
+    matmul: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +83,7 @@ class TrainingParityReport:
             f"rel diff {self.max_rel_weight_error:.2e}, carried states max abs diff {self.max_abs_state_error:.2e} "
             f"(allowed {self.rtol:g}): {'ok' if self.ok else 'FAIL'}"
         )
+        lines.append(f"torch on {self.device}; matmul settings {self.matmul}")
         return "\n".join(lines)
 
 
@@ -106,15 +114,35 @@ def check_training_parity(
     """Train ``torch_model`` and its Keras twin for ``steps`` SGD updates (one per chunk) and compare.
 
     Args:
-        torch_model: a ``models_torch`` multi-state module; its Keras twin is made here.
+        torch_model: a ``models_torch`` multi-state module, on any device; its Keras twin is made here.
         x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy; dtype sets the precision).
         chunks: chunk plan over ``T``; passes repeat it (state reset at each pass) until ``steps`` updates.
         lr: SGD learning rate on both sides.
         rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
     """
+    import keras  # noqa: F401  (loads the Keras backend's framework first, so that the switch covers it)
+    import torch  # noqa: F401
+
+    with full_precision_matmul() as matmul:
+        report = _train_and_compare(torch_model, x, target, chunks, lr=lr, steps=steps, rtol=rtol)
+    report.matmul = matmul
+    return report
+
+
+def _train_and_compare(
+    torch_model: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    chunks: Sequence[int] | str,
+    *,
+    lr: float,
+    steps: int,
+    rtol: float | None,
+) -> TrainingParityReport:
     import keras
     import torch
 
+    device = next(torch_model.parameters()).device
     dtype = str(x.dtype)
     rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
     spec = describe(torch_model)
@@ -138,7 +166,9 @@ def check_training_parity(
                 torch_model.reset_states()
                 model.layers[-1].reset_states()
             xc, yc = x[:, :, start:end], target[:, :, start:end]
-            loss = torch.nn.functional.mse_loss(torch_model(torch.from_numpy(xc)), torch.from_numpy(yc))
+            loss = torch.nn.functional.mse_loss(
+                torch_model(torch.from_numpy(xc).to(device)), torch.from_numpy(yc).to(device)
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -157,10 +187,11 @@ def check_training_parity(
         for t, k in zip(to_keras(spec.cell, tl), to_keras(spec.cell, kl))
     )
     state_error = max(
-        float(np.max(np.abs(k - t.detach().numpy())))
-        for k, t in zip(model.layers[-1].get_states(), torch_model.get_states())
+        float(np.max(np.abs(k - t))) for k, t in zip(model.layers[-1].get_states(), torch_model.numpy_states())
     )
     loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
     # Keras's torch backend hands back the (float64) loss rounded to float32.
     loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
-    return TrainingParityReport(torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol)
+    return TrainingParityReport(
+        torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=str(device)
+    )
