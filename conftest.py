@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.helpers import cuda_available
+
 DTYPES = ("float32", "float64")
 SEED = 1234
 
@@ -19,15 +21,6 @@ def rng() -> np.random.Generator:
 def dtype(request: pytest.FixtureRequest) -> str:
     """Runs a test once per supported float dtype."""
     return request.param
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a CUDA device (False where torch is not installed). Imports torch on first use."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

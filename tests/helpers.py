@@ -23,6 +23,15 @@ def keras_backend() -> str:
     return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False where torch is not installed). Imports torch on first use."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
     """Standard-normal input of ``shape`` and ``dtype``."""
     return rng.standard_normal(shape).astype(dtype)

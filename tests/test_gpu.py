@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cuda_available, keras_backend, random_input
 from harness import check_parity, check_training_parity
 from harness.cli import main
 from harness.porting import keras_twin, port_weights, read_weights, torch_class
@@ -26,6 +25,7 @@ from harness.precision import full_precision_matmul
 from harness.scenarios import run_backend
 from harness.spec.cells import to_keras
 from models_torch.graphs import GraphStep
+from tests.helpers import cuda_available, keras_backend, random_input
 
 B, S, F, H = 2, 3, 4, 8
 CELLS = ("lstm", "gru", "rnn")
