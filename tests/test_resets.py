@@ -375,3 +375,18 @@ def test_keras_bad_step_args_in_a_functional_graph():
         layer(x_in, resets=keras.Input(batch_shape=(B, S, None), dtype="int32"))
     with pytest.raises(ValueError, match="lengths must have shape"):
         layer(x_in, lengths=keras.Input(batch_shape=(B, S, 1), dtype="int32"))
+
+
+@pytest.mark.keras
+def test_keras_common_path_is_unchanged(rng):
+    """No reset inside the chunk and full lengths (eager): the layer's usual fast path, bit for bit."""
+    from models_keras import fast_paths
+
+    layer = keras_layer(make_module("lstm"))
+    path = fast_paths.path_name(layer, False)
+    x = rng.standard_normal((B, S, T, F))
+    plain = keras.ops.convert_to_numpy(layer(x))
+    layer.reset_states()
+    same = layer(x, resets=np.zeros((B, S, T), bool), lengths=np.full((B, S), T, "int32"))
+    assert np.array_equal(keras.ops.convert_to_numpy(same), plain)
+    assert fast_paths.path_name(layer, False) == path
