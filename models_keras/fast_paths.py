@@ -94,15 +94,26 @@ def parameters(layer: Any) -> dict[str, Any]:
     return params
 
 
-def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
-    """Run the whole stack on ``x`` ``(N, T, F)`` from ``initial`` (each ``(L, N, H)``) in one fused call."""
+def torch_fused(layer: Any, dtype: Any, training: bool | None) -> Callable:
+    """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
+
+    ``x`` is an ``(N, T, F)`` tensor or a ``PackedSequence``; ``hx`` a sequence of ``(L, N, H)`` states.
+    """
     from torch.func import functional_call
 
     nonlinearity = layer.rnn_layers[0].cell.activation.__name__
-    module = _template(
-        layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, x.dtype
-    )
+    module = _template(layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, dtype)
     module.train(bool(training))
-    hx = tuple(s.contiguous() for s in initial)
-    out, final = functional_call(module, parameters(layer), (x, hx if len(hx) > 1 else hx[0]))
-    return out, list(final) if isinstance(final, tuple) else [final]
+    params = parameters(layer)
+
+    def fused(x: Any, initial: Any) -> tuple[Any, list]:
+        hx = tuple(s.contiguous() for s in initial)
+        out, final = functional_call(module, params, (x, hx if len(hx) > 1 else hx[0]))
+        return out, list(final) if isinstance(final, tuple) else [final]
+
+    return fused
+
+
+def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
+    """Run the whole stack on ``x`` ``(N, T, F)`` from ``initial`` (each ``(L, N, H)``) in one fused call."""
+    return torch_fused(layer, x.dtype, training)(x, initial)

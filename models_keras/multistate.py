@@ -22,7 +22,7 @@ from keras import ops
 from harness.spec import contract
 from harness.spec.cells import CELLS
 from harness.spec.checkpoint import StateCheckpoints
-from models_keras import checks, exact, fast_paths
+from models_keras import checks, exact, fast_paths, stepping
 
 # Guards the read-modify-write of one stream's slice in eager ``stream=k`` calls from several threads.
 _STATE_LOCK = threading.Lock()
@@ -53,6 +53,27 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
     Call arguments:
         inputs: ``(B, S, T, F)``, or ``(B, T, F)`` together with ``stream``.
         stream: run only stream ``k``; the other streams' states stay as they are.
+        resets: ``(B, S, T)`` bools (``(B, T)`` with ``stream``): where True, that stream's
+            state is zeroed before step t (an episode starts there).
+        lengths: ``(B, S)`` ints (``(B,)`` with ``stream``) in ``[0, T]``: steps ``>= length``
+            neither change that stream's state nor produce output (zeros there); the carried
+            state is the state after the stream's last valid step.
+        mask: Keras's mask (from ``Masking``, ``Embedding(mask_zero=True)`` or ``mask=``),
+            right-padded ``(B, S, T)`` bools, read as lengths (with ``lengths`` too, the smaller
+            one counts). See ``stepping.mask_to_lengths`` for masks that are not right-padded.
+
+    With resets, lengths or a mask the recurrence runs through ``stepping`` (one packed fused
+    call on the torch backend, one ``keras.ops.scan`` elsewhere); eager calls whose resets fall
+    only on the first step and whose lengths are full keep the fast path.
+    With ``return_sequences=False`` and lengths, the output is each stream's output at its
+    last valid step (its carried ``h`` for length 0).
+
+    Example:
+        >>> layer = MultiStateLSTM(8, num_streams=3)
+        >>> x = np.zeros((2, 3, 10, 4), "float32")
+        >>> resets = np.zeros((2, 3, 10), bool); resets[0, 1, 4] = True
+        >>> layer(x, resets=resets, lengths=np.full((2, 3), 7)).shape
+        (2, 3, 10, 8)
     """
 
     rnn_class: type[keras.layers.Layer]
@@ -149,18 +170,75 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             stream=stream,
         )
 
-    def compute_output_spec(self, inputs: keras.KerasTensor, stream: int | None = None, training: bool | None = None):
+    def compute_output_spec(
+        self,
+        inputs: keras.KerasTensor,
+        stream: int | None = None,
+        training: bool | None = None,
+        resets: keras.KerasTensor | None = None,
+        lengths: keras.KerasTensor | None = None,
+        mask: keras.KerasTensor | None = None,
+    ):
         self._check(inputs.shape, inputs.dtype, stream)
+        self._check_step_args(inputs, resets, lengths, mask, concrete=False)
         lead = inputs.shape[:-1] if self.return_sequences else inputs.shape[:-2]
         return keras.KerasTensor(lead + (self.units,), dtype=self.compute_dtype)
 
-    def call(self, inputs, stream: int | None = None, training: bool | None = None):
+    def compute_mask(self, inputs, mask=None):
+        """The input's mask goes on with the sequence (padded steps are zeros); none for the last step."""
+        return mask if self.return_sequences else None
+
+    def _check_step_args(self, inputs, resets, lengths, mask, *, concrete: bool) -> None:
+        """``contract.check_step_args`` on shapes and dtypes, and on the lengths' values where they are known."""
+
+        def spec(t):
+            return (tuple(t.shape), keras.backend.standardize_dtype(t.dtype))
+
+        bounds = (None, None)
+        if lengths is not None and concrete and int(np.prod(lengths.shape)):
+            values = keras.ops.convert_to_numpy(lengths)
+            bounds = (int(values.min()), int(values.max())) if values.dtype.kind in "iu" else bounds
+        contract.check_step_args(
+            tuple(inputs.shape),
+            resets=None if resets is None else spec(resets),
+            lengths=None if lengths is None else (*spec(lengths), *bounds),
+            mask=None if mask is None else spec(mask),
+        )
+
+    def _step_args(self, inputs, resets, lengths, mask) -> tuple[object, object, bool]:
+        """Checked ``resets``/``lengths`` tensors (a mask folded into lengths), and whether they change anything."""
+        resets, lengths, mask = (None if a is None else ops.convert_to_tensor(a) for a in (resets, lengths, mask))
+        concrete = _is_concrete(inputs)
+        self._check_step_args(inputs, resets, lengths, mask, concrete=concrete)
+        if mask is not None:
+            from_mask = stepping.mask_to_lengths(mask)
+            lengths = from_mask if lengths is None else ops.minimum(ops.cast(lengths, "int32"), from_mask)
+        if lengths is not None:
+            lengths = _checked_lengths(ops.cast(lengths, "int32"), ops.shape(inputs)[-2], concrete)
+        if resets is None and lengths is None:
+            return None, None, False
+        if not concrete:
+            return resets, lengths, True
+        inner = resets is not None and bool(ops.any(resets[..., 1:]))
+        ragged = lengths is not None and bool(ops.any(lengths != ops.shape(inputs)[-2]))
+        return resets, lengths, inner or ragged
+
+    def call(
+        self,
+        inputs,
+        stream: int | None = None,
+        training: bool | None = None,
+        resets=None,
+        lengths=None,
+        mask=None,
+    ):
         self._check(inputs.shape, inputs.dtype, stream)
         if not self.state_variables:
             raise ValueError(
                 f"{self.name} needs a fixed batch size to carry state: pass batch_size= "
                 "or use keras.Input(batch_shape=(batch, ...))"
             )
+        resets, lengths, stepped = self._step_args(inputs, resets, lengths, mask)
         batch, streams, units = self.batch_size, self.num_streams, self.units
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
         carried = [ops.cast(ops.copy(v.value), self.compute_dtype) for v in self.state_variables]
@@ -169,10 +247,19 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         if stream is None:
             x = ops.reshape(inputs, (batch * streams, ops.shape(inputs)[2], self.input_size))
             initial = [ops.reshape(s, (self.num_layers, batch * streams, units)) for s in carried]
+            if resets is not None:
+                resets = ops.reshape(resets, (batch * streams, -1))
+            if lengths is not None:
+                lengths = ops.reshape(lengths, (batch * streams,))
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
 
-        x, finals = self._recurrence(training)(x, initial, training)
+        if stepped:
+            x, finals = self._stepped(training)(x, initial, resets, lengths, training)
+        else:
+            if resets is not None:  # resets on the first step only
+                initial = [ops.where(resets[None, :, :1], ops.zeros_like(s), s) for s in initial]
+            x, finals = self._recurrence(training)(x, initial, training)
 
         for variable, final in zip(self.state_variables, finals):
             new = ops.cast(ops.stop_gradient(final), variable.dtype)
@@ -184,10 +271,26 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                     variable.assign(self._unless_non_finite(finite, updated, variable))
 
         if not self.return_sequences:
-            x = x[:, -1]
+            x = finals[0][-1] if stepped else x[:, -1]  # the output at each row's last valid step
         if stream is None:
             x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
         return x
+
+    def _stepped(self, training: bool | None) -> Callable:
+        """``run(x, initial, resets, lengths, training) -> (output, finals)`` with resets and lengths."""
+        if fast_paths.path_name(self, training) == "torch-fused":
+
+            def run_torch(x, initial, resets, lengths, training):
+                if not _is_concrete(x):  # shapes only (symbolic build): the step loop needs no values
+                    return self._scan(x, initial, resets, lengths, training)
+                fused = fast_paths.torch_fused(self, x.dtype, training)
+                return stepping.torch_segments(fused, x, initial, resets, lengths)
+
+            return run_torch
+        return self._scan
+
+    def _scan(self, x, initial: list, resets, lengths, training: bool | None) -> tuple[object, list]:
+        return stepping.scan([rnn.cell for rnn in self.rnn_layers], x, initial, resets, lengths, training)
 
     @staticmethod
     def _unless_non_finite(finite, new, variable):
@@ -275,6 +378,36 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             "fused": self.fused,
             **self.rnn_kwargs,
         }
+
+
+def _is_concrete(x) -> bool:
+    """Whether ``x`` holds values (eager), not a traced or shape-only placeholder."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and not fast_paths.symbolic()
+    if backend == "torch":
+        return x.device.type != "meta" and not fast_paths.symbolic()
+    return checks._is_concrete(x) and not fast_paths.symbolic()
+
+
+def _checked_lengths(lengths, steps, concrete: bool):
+    """``lengths``, with an assertion in TensorFlow graphs that they lie in ``[0, steps]`` (eager calls checked them).
+
+    A compiled JAX step cannot raise: there lengths below 0 act as 0 and above ``steps`` as ``steps``.
+    """
+    if concrete or keras.backend.backend() != "tensorflow":
+        return lengths
+    import tensorflow as tf
+
+    message = "lengths must lie in [0, T] (the chunk's time steps)"
+    asserts = [
+        tf.debugging.assert_non_negative(lengths, message=message),
+        tf.debugging.assert_less_equal(lengths, tf.cast(steps, lengths.dtype), message=message),
+    ]
+    with tf.control_dependencies(asserts):
+        return tf.identity(lengths)
 
 
 def _check_backend_dtype(dtype: str) -> None:

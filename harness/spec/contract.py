@@ -130,13 +130,15 @@ def check_step_args(
     *,
     resets: tuple[Sequence[int | None], str] | None = None,
     lengths: tuple[Sequence[int | None], str, int | None, int | None] | None = None,
+    mask: tuple[Sequence[int | None], str] | None = None,
 ) -> None:
     """Check per-step ``resets`` and per-stream ``lengths`` against the input shape ``x_shape``.
 
     ``resets`` is ``(shape, dtype)`` and must be boolean of shape ``x_shape[:-1]``
     (``(B, S, T)``, or ``(B, T)`` for one stream); ``lengths`` is ``(shape, dtype, min, max)``
     (min/max None where the values are not known yet) and must be integers of shape
-    ``x_shape[:-2]`` (``(B, S)``, or ``(B,)``) in ``[0, T]``.
+    ``x_shape[:-2]`` (``(B, S)``, or ``(B,)``) in ``[0, T]``. A Keras ``mask`` is ``(shape, dtype)``
+    and must be boolean of shape ``x_shape[:-1]``, like ``resets``.
 
     Example:
         >>> check_step_args((2, 3, 10, 4), lengths=((2, 3), "int64", 0, 11))
@@ -151,6 +153,12 @@ def check_step_args(
             raise ValueError(f"resets must have shape {x_shape[:-1]} (the input's without features), got {shape}")
         if dtype != "bool":
             raise ValueError(f"resets must be boolean, got dtype {dtype}")
+    if mask is not None:
+        shape, dtype = tuple(mask[0]), mask[1]
+        if not _fits(shape, x_shape[:-1]):
+            raise ValueError(f"mask must have shape {x_shape[:-1]} (the input's without features), got {shape}")
+        if dtype != "bool":
+            raise ValueError(f"mask must be boolean, got dtype {dtype}")
     if lengths is not None:
         shape, dtype, low, high = tuple(lengths[0]), lengths[1], lengths[2], lengths[3]
         if not _fits(shape, x_shape[:-2]):

@@ -1,0 +1,200 @@
+"""Per-step resets and per-stream lengths for the multi-state layers, kept apart from the layer.
+
+Semantics (the same as ``models_torch``): where ``resets[n, t]`` is True, row n's state is
+zeroed before step t; steps ``>= lengths[n]`` neither change row n's state nor produce
+output (zeros there), so the final state is the state after the row's last valid step
+(the initial state for length 0) and resets at steps ``>= lengths[n]`` are ignored.
+No gradient flows across a reset: the reset state is a constant zero.
+
+Two implementations:
+
+- ``scan``: portable, every backend, eager and compiled: ONE ``keras.ops.scan`` over time
+  for the whole stack, calling each inner Keras cell with ``where(reset_t, 0, state)``
+  before the step and ``where(valid_t, new, state)`` after it.
+- ``torch_segments``: the torch backend's fused path (``fast_paths.run_torch``) extended
+  the way ``models_torch.segments`` does it: every row is cut into segments at its resets
+  and length, and all segments run as ONE packed ``nn.LSTM``/``GRU``/``RNN`` call.
+
+The layer calls these only when resets, lengths or a mask are given; without them it keeps
+its usual fast path (``fast_paths.path_name``).
+
+Example:
+    >>> layer = MultiStateGRU(5, num_streams=2)                      # doctest: +SKIP
+    >>> x = np.zeros((1, 2, 6, 3), "float32")                        # doctest: +SKIP
+    >>> y = layer(x, resets=np.eye(2, 6, dtype=bool)[None], lengths=np.array([[6, 4]]))  # doctest: +SKIP
+    >>> float(np.abs(y[0, 1, 4:]).max())                             # doctest: +SKIP
+    0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from models_keras import checks
+
+
+def valid_steps(lengths: Any, steps: Any) -> Any:
+    """``(N, T)`` bools: step t of row n is valid where ``t < lengths[n]``.
+
+    Example:
+        >>> ops.convert_to_numpy(valid_steps(ops.convert_to_tensor([2, 0]), 3)).tolist()
+        [[True, True, False], [False, False, False]]
+    """
+    time = ops.arange(steps, dtype="int32")
+    return time[None, :] < ops.cast(lengths, "int32")[:, None]
+
+
+def mask_to_lengths(mask: Any) -> Any:
+    """Lengths ``(...,)`` from a right-padded ``(..., T)`` mask: the count of leading True steps.
+
+    Eager calls first check that the mask is right-padded (True then False along time) and
+    raise ``ValueError`` otherwise; TensorFlow graphs get an assertion; a compiled JAX step
+    cannot raise, so there a mask that is not right-padded is cut at its first False.
+
+    Example:
+        >>> ops.convert_to_numpy(mask_to_lengths(ops.convert_to_tensor([[True, True, False]]))).tolist()
+        [2]
+    """
+    mask = ops.cast(mask, "int32")
+    leading = ops.sum(ops.cumprod(mask, axis=-1), axis=-1)
+    message = "mask must be right-padded (True for the first steps, then False) along time, to be read as lengths"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            if not bool(ops.all(leading == ops.sum(mask, axis=-1))):
+                raise ValueError(message)
+            return leading
+        with tf.control_dependencies([tf.debugging.assert_equal(leading, ops.sum(mask, axis=-1), message=message)]):
+            return tf.identity(leading)
+    if checks._is_concrete(mask) and not bool(ops.all(leading == ops.sum(mask, axis=-1))):
+        raise ValueError(message)
+    return leading
+
+
+def scan(
+    cells: Sequence[keras.layers.Layer],
+    x: Any,
+    initial: list,
+    resets: Any,
+    lengths: Any,
+    training: bool | None,
+) -> tuple[Any, list]:
+    """Run the stack of ``cells`` over ``x`` ``(N, T, F)`` from ``initial`` (each ``(L, N, H)``), one step at a time.
+
+    ``resets`` ``(N, T)`` bools or None, ``lengths`` ``(N,)`` ints or None. Returns the top layer's
+    output ``(N, T, H)`` (zeros at steps past a row's length) and each final state ``(L, N, H)``.
+    """
+    steps = ops.shape(x)[1]
+    rows = ops.shape(x)[0]
+    resets = ops.zeros((rows, steps), dtype="bool") if resets is None else ops.cast(resets, "bool")
+    valid = ops.ones((rows, steps), dtype="bool") if lengths is None else valid_steps(lengths, steps)
+    carry = [[s[i] for s in initial] for i in range(len(cells))]  # carry[layer][state] (N, H)
+    _config_dropout(cells, x[:, 0], carry, training)
+
+    def step(carry: list, inputs: tuple) -> tuple[list, Any]:
+        h, reset_t, valid_t = inputs
+        reset_t, valid_t = reset_t[:, None], valid_t[:, None]
+        new_carry = []
+        for cell, states in zip(cells, carry):
+            started = [ops.where(reset_t, ops.zeros_like(s), s) for s in states]
+            h, new = cell(h, started, training=training)
+            new = list(new) if isinstance(new, (list, tuple)) else [new]
+            new_carry.append([ops.where(valid_t, n, s) for n, s in zip(new, states)])
+        return new_carry, ops.where(valid_t, h, ops.zeros_like(h))
+
+    time_major = (ops.transpose(x, (1, 0, 2)), ops.transpose(resets, (1, 0)), ops.transpose(valid, (1, 0)))
+    final, out = _loop(step, carry, time_major, ops.zeros_like(initial[0][-1]))
+    _reset_dropout(cells)
+    return ops.transpose(out, (1, 0, 2)), [ops.stack([f[k] for f in final]) for k in range(len(initial))]
+
+
+def _loop(step: Any, carry: list, xs: tuple, out_zeros: Any) -> tuple[list, Any]:
+    """``ops.scan(step, carry, xs)``; on TensorFlow ``tf.scan`` (Keras's TensorFlow ``scan`` needs outputs
+    shaped like the carry): the carry is stacked over time along with the output, its last step kept.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.scan(step, carry, xs)
+    import tensorflow as tf
+
+    def accumulate(acc: tuple, inputs: tuple) -> tuple:
+        return tuple(step(acc[0], inputs))
+
+    carries, outs = tf.scan(accumulate, xs, initializer=(carry, out_zeros))
+    return [[s[-1] for s in layer] for layer in carries], outs
+
+
+def _config_dropout(cells: Sequence[Any], first: Any, carry: list, training: bool | None) -> None:
+    """Make the cells' dropout masks before the loop, as Keras's RNN does (the loop body stays stateless)."""
+    if not training:
+        return
+    h = first
+    for cell, states in zip(cells, carry):
+        if getattr(cell, "dropout", 0) or getattr(cell, "recurrent_dropout", 0):
+            cell.get_dropout_mask(h)
+            cell.get_recurrent_dropout_mask(states[0])
+        h, _ = cell(h, list(states), training=training)
+
+
+def _reset_dropout(cells: Sequence[Any]) -> None:
+    for cell in cells:
+        if hasattr(cell, "reset_dropout_mask"):
+            cell.reset_dropout_mask()
+            cell.reset_recurrent_dropout_mask()
+
+
+def torch_segments(fused: Any, x: Any, initial: list, resets: Any, lengths: Any) -> tuple[Any, list]:
+    """The torch backend: ``x`` ``(N, T, F)`` cut into segments at resets and lengths, run as ONE packed call.
+
+    ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
+    ``(output, [final states])``. Without a reset inside the chunk and with full lengths this is one
+    plain fused call. Returns what ``scan`` returns.
+    """
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    states = tuple(initial)
+    rows_n, steps, features = x.shape
+    if resets is not None:
+        resets = resets.to(device=x.device, dtype=torch.bool)
+    if lengths is not None:
+        lengths = lengths.to(device=x.device, dtype=torch.long)
+    inner = resets is not None and bool(resets[:, 1:].any())
+    ragged = lengths is not None and bool((lengths != steps).any())
+    if not inner and not ragged:
+        if resets is not None:
+            states = tuple(torch.where(resets[None, :, :1], 0, s) for s in states)
+        return fused(x, states)
+
+    time = torch.arange(steps, device=x.device)
+    lengths = torch.full((rows_n,), steps, device=x.device) if lengths is None else lengths
+    resets = torch.zeros(rows_n, steps, dtype=torch.bool, device=x.device) if resets is None else resets
+    valid = time < lengths[:, None]
+    starts = valid & (resets | (time == 0))
+    rows, begins = starts.nonzero(as_tuple=True)  # one segment each, row-major
+    segment_of = starts.reshape(-1).cumsum(0).reshape(rows_n, steps) - 1
+    valid_rows, valid_at = valid.nonzero(as_tuple=True)
+    segment = segment_of[valid_rows, valid_at]
+    position = valid_at - begins[segment]
+    seg_lengths = torch.bincount(segment, minlength=rows.numel())
+    if rows.numel() == 0:  # every length is 0
+        out = x.new_zeros(rows_n, steps, states[0].shape[-1])
+        return out, list(states)
+
+    padded = x.new_zeros(rows.numel(), int(seg_lengths.max()), features)
+    padded[segment, position] = x[valid_rows, valid_at]
+    fresh = resets[rows, begins][None, :, None]
+    start = tuple(torch.where(fresh, 0, s[:, rows]) for s in states)
+    packed = pack_padded_sequence(padded, seg_lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, finals = fused(packed, start)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
+
+    y = out.new_zeros(rows_n, steps, out.shape[-1])
+    y[valid_rows, valid_at] = out[segment, position]
+    last = segment_of[torch.arange(rows_n, device=x.device), (lengths - 1).clamp(min=0)]
+    moved = (lengths > 0)[None, :, None]
+    return y, [torch.where(moved, f[:, last], s) for f, s in zip(finals, states)]

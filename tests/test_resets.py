@@ -1,0 +1,392 @@
+"""Per-step resets and per-stream lengths (issue 13): torch against a step-by-step reference, Keras against torch."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.porting import keras_twin, read_weights, torch_class
+from harness.spec.cells import CELLS as CELL_SPECS
+from harness.spec.cells import to_keras
+from models_keras import multistate_layers
+from tests.reference import reference_run
+
+B, S, T, F, H = 2, 3, 12, 4, 5
+CELLS = ("lstm", "gru", "rnn")
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def make_module(cell: str, dtype: str = "float64", **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch_class(cell)(F, H, S, dtype=getattr(torch, dtype), **kwargs)
+
+
+def plan(rng: np.random.Generator, rate: float = 0.2, steps: int = T) -> tuple[np.ndarray, np.ndarray]:
+    """Random resets ``(B, S, T)`` and lengths ``(B, S)`` in ``[0, T]``, with 0 and T present."""
+    resets = rng.random((B, S, steps)) < rate
+    lengths = rng.integers(0, steps + 1, (B, S))
+    lengths[0, 0], lengths[-1, -1] = 0, steps
+    return resets, lengths
+
+
+def random_states(module, rng, dtype="float64") -> tuple[torch.Tensor, ...]:
+    n = len(module.state_names)
+    return tuple(torch.from_numpy(rng.standard_normal((module.num_layers, B, S, H)).astype(dtype)) for _ in range(n))
+
+
+def chunk_lengths(lengths: np.ndarray, start: int, size: int) -> np.ndarray:
+    """A whole-sequence length seen by the chunk ``[start, start + size)``."""
+    return np.clip(lengths - start, 0, size)
+
+
+def run_chunked(module, x, resets, lengths, cuts):
+    """``module`` over ``x`` in chunks cut at ``cuts``; returns the whole output and the states after each chunk."""
+    bounds = [0, *cuts, x.shape[2]]
+    outs, states = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        outs.append(
+            module(
+                torch.from_numpy(x[:, :, a:b]),
+                resets=torch.from_numpy(resets[:, :, a:b]),
+                lengths=torch.from_numpy(chunk_lengths(lengths, a, b - a)),
+            )
+        )
+        states.append(module.get_states())
+    return torch.cat(outs, 2), states
+
+
+def close(a, b, tol: float) -> None:
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+
+
+# ---- torch --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_chunked_equals_whole_equals_reference(cell, layers, dtype, rng):
+    module = make_module(cell, dtype, num_layers=layers)
+    x = rng.standard_normal((B, S, T, F)).astype(dtype)
+    resets, lengths = plan(rng)
+    start = random_states(module, rng, dtype)
+    ref_out, ref_states = reference_run(module, torch.from_numpy(x), start, resets=resets, lengths=lengths)
+    with torch.no_grad():
+        module.set_states(start)
+        whole = module(torch.from_numpy(x), resets=torch.from_numpy(resets), lengths=torch.from_numpy(lengths))
+        close(whole, ref_out, TOL[dtype])
+        for got, want in zip(module.get_states(), ref_states):
+            close(got, want, TOL[dtype])
+        for cut in range(1, T):  # every chunk boundary
+            module.set_states(start)
+            out, after = run_chunked(module, x, resets, lengths, [cut])
+            close(out, ref_out, TOL[dtype])
+            _, mid_states = reference_run(
+                module,
+                torch.from_numpy(x[:, :, :cut]),
+                start,
+                resets=resets[:, :, :cut],
+                lengths=np.minimum(lengths, cut),
+            )
+            for got, want in zip(after[0], mid_states):
+                close(got, want, TOL[dtype])
+            for got, want in zip(after[1], ref_states):
+                close(got, want, TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_per_stream_matches_reference(cell, rng):
+    module = make_module(cell)
+    x = rng.standard_normal((B, S, T, F))
+    resets, lengths = plan(rng)
+    start = random_states(module, rng)
+    ref_out, ref_states = reference_run(module, torch.from_numpy(x), start, resets=resets, lengths=lengths)
+    with torch.no_grad():
+        module.set_states(start)
+        for k in range(S):
+            out = module(
+                torch.from_numpy(x[:, k]),
+                k,
+                resets=torch.from_numpy(resets[:, k]),
+                lengths=torch.from_numpy(lengths[:, k]),
+            )
+            close(out, ref_out[:, k], TOL["float64"])
+    for got, want in zip(module.get_states(), ref_states):
+        close(got, want, TOL["float64"])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_length_zero_keeps_state(cell, rng):
+    module = make_module(cell)
+    start = random_states(module, rng)
+    module.set_states(start)
+    lengths = np.zeros((B, S), dtype=np.int64)
+    lengths[1, 2] = T
+    resets = np.ones((B, S, T), dtype=bool)  # ignored where the length is 0
+    out = module(torch.from_numpy(rng.standard_normal((B, S, T, F))), resets=resets, lengths=lengths)
+    after = module.get_states()
+    keep = torch.from_numpy(lengths == 0)[None, :, :, None]
+    for a, s in zip(after, start):
+        assert torch.equal(torch.where(keep, a, s), s)
+        assert not torch.equal(a[:, 1, 2], s[:, 1, 2])
+    assert bool(out[torch.from_numpy(lengths == 0)].eq(0).all())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_no_gradient_across_a_reset(cell, rng):
+    module = make_module(cell)
+    start = tuple(s.requires_grad_(True) for s in random_states(module, rng))
+    resets = np.zeros((B, S, T), dtype=bool)
+    resets[0, 1, 4] = resets[1, 0, 7] = True
+    x = torch.from_numpy(rng.standard_normal((B, S, T, F)))
+    out, final = module(x, resets=resets, initial_state=start, return_state=True)
+    loss = out[:, :, 7:].sum() + sum(f.sum() for f in final)  # everything after both resets
+    grads = torch.autograd.grad(loss, start)
+    for g in grads:
+        assert bool(g[:, 0, 1].eq(0).all()) and bool(g[:, 1, 0].eq(0).all())  # reset streams: none
+        assert bool(g[:, 0, 0].ne(0).any())  # a stream without reset: some
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cell=st.sampled_from(CELLS),
+    steps=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+    rate=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    data=st.data(),
+)
+def test_torch_random_plans_match_reference(cell, steps, seed, rate, data):
+    rng = np.random.default_rng(seed)
+    module = make_module(cell)
+    x = rng.standard_normal((B, S, steps, F))
+    resets, lengths = plan(rng, rate, steps)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, steps - 1)), max_size=3)))) if steps > 1 else []
+    start = random_states(module, rng)
+    ref_out, ref_states = reference_run(module, torch.from_numpy(x), start, resets=resets, lengths=lengths)
+    with torch.no_grad():
+        module.set_states(start)
+        out, after = run_chunked(module, x, resets, lengths, cuts)
+    close(out, ref_out, TOL["float64"])
+    for got, want in zip(after[-1], ref_states):
+        close(got, want, TOL["float64"])
+
+
+def test_torch_common_path_is_unchanged(rng):
+    """No reset inside the chunk and full lengths: exactly the plain call."""
+    module = make_module("lstm")
+    x = torch.from_numpy(rng.standard_normal((B, S, T, F)))
+    resets = np.zeros((B, S, T), dtype=bool)
+    plain = module(x)
+    module.reset_states()
+    assert torch.equal(module(x, resets=resets, lengths=np.full((B, S), T)), plain)
+
+
+TORCH_BAD = [
+    ({"resets": np.zeros((B, S, T - 1), bool)}, "resets must have shape"),
+    ({"resets": np.zeros((B, S, T), np.int64)}, "resets must be boolean"),
+    ({"lengths": np.full((B,), T)}, "lengths must have shape"),
+    ({"lengths": np.full((B, S), float(T))}, "lengths must be integers"),
+    ({"lengths": np.full((B, S), -1)}, "lengths must lie in"),
+    ({"lengths": np.full((B, S), T + 1)}, "lengths must lie in"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), TORCH_BAD)
+def test_torch_bad_step_args_leave_state(kwargs, message, rng):
+    module = make_module("lstm")
+    module.set_states(random_states(module, rng))
+    before = module.get_states()
+    with pytest.raises(ValueError, match=message):
+        module(torch.from_numpy(rng.standard_normal((B, S, T, F))), **kwargs)
+    for a, b in zip(module.get_states(), before):
+        assert torch.equal(a, b)
+
+
+# ---- Keras --------------------------------------------------------------------------------------------
+
+
+def keras_layer(module):
+    layer = keras_twin(module)
+    layer.batch_size = B
+    layer.build((B, S, None, F))
+    return layer
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_matches_torch_chunked(cell, rng):
+    module = make_module(cell, num_layers=2)
+    layer = keras_layer(module)
+    x = rng.standard_normal((B, S, T, F))
+    resets, lengths = plan(rng)
+    start = random_states(module, rng)
+    module.set_states(start)
+    layer.set_states([s.numpy() for s in start])
+    with torch.no_grad():
+        for a, b in ((0, 5), (5, 6), (6, T)):
+            xs, rs, ns = x[:, :, a:b], resets[:, :, a:b], chunk_lengths(lengths, a, b - a)
+            want = module(torch.from_numpy(xs), resets=rs, lengths=ns)
+            got = layer(xs, resets=rs, lengths=ns)
+            close(keras.ops.convert_to_numpy(got), want, 1e-12)
+            for k, t in zip(layer.get_states(), module.get_states()):
+                close(k, t, 1e-12)
+
+
+@pytest.mark.keras
+def test_keras_per_stream_and_first_step_resets(rng):
+    module = make_module("gru")
+    layer = keras_layer(module)
+    x = rng.standard_normal((B, S, T, F))
+    resets, lengths = plan(rng)
+    resets[:, :, 1:] = False  # first-step resets only: the fast path
+    with torch.no_grad():
+        for k in range(S):
+            want = module(torch.from_numpy(x[:, k]), k, resets=resets[:, k], lengths=lengths[:, k])
+            got = layer(x[:, k], stream=k, resets=resets[:, k], lengths=lengths[:, k])
+            close(keras.ops.convert_to_numpy(got), want, 1e-12)
+        want = module(torch.from_numpy(x), resets=resets)
+        got = layer(x, resets=resets)
+    close(keras.ops.convert_to_numpy(got), want, 1e-12)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-12)
+
+
+def stepped_model(module, *, with_mask: bool = False) -> keras.Model:
+    """A functional model: inputs ``x``, ``resets`` and ``lengths`` (or ``x`` through ``Masking``)."""
+    layer = keras_twin(module)
+    x_in = keras.Input(batch_shape=(B, S, None, F), dtype="float64")
+    if with_mask:
+        return keras.Model(x_in, layer(keras.layers.Masking(0.0, dtype="float64")(x_in)))
+    r_in = keras.Input(batch_shape=(B, S, None), dtype="bool")
+    n_in = keras.Input(batch_shape=(B, S), dtype="int32")
+    return keras.Model([x_in, r_in, n_in], layer(x_in, resets=r_in, lengths=n_in))
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_functional_model_with_reset_inputs(cell, rng):
+    module = make_module(cell)
+    model = stepped_model(module)
+    x = rng.standard_normal((B, S, T, F))
+    resets, lengths = plan(rng)
+    with torch.no_grad():
+        for a, b in ((0, 7), (7, T)):
+            xs, rs, ns = x[:, :, a:b], resets[:, :, a:b], chunk_lengths(lengths, a, b - a).astype("int32")
+            want = module(torch.from_numpy(xs), resets=rs, lengths=ns)
+            close(model.predict_on_batch([xs, rs, ns]), want, 1e-12)
+    (layer,) = multistate_layers(model)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-12)
+
+
+@pytest.mark.keras
+def test_keras_mask_equals_lengths(rng):
+    module = make_module("lstm")
+    x = rng.standard_normal((B, S, T, F))
+    _, lengths = plan(rng)
+    valid = np.arange(T)[None, None, :] < lengths[:, :, None]
+    x = np.where(valid[..., None], x, 0.0)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x), lengths=lengths)
+    model = stepped_model(module, with_mask=True)
+    close(model.predict_on_batch(x), want, 1e-12)
+    layer = keras_layer(module)
+    close(keras.ops.convert_to_numpy(layer(x, mask=valid)), want, 1e-12)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-12)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("cell", CELLS)
+def test_keras_training_step_with_resets_matches_torch(cell, rng):
+    """One SGD step on a chunk with resets and lengths: the same weights afterwards on both sides."""
+    module = make_module(cell)
+    model = stepped_model(module)
+    x = rng.standard_normal((B, S, T, F))
+    target = rng.standard_normal((B, S, T, H))
+    resets, lengths = plan(rng)
+    lr = 0.1
+    frozen = [] if CELL_SPECS[cell].split_bias else [p for n, p in module.rnn.named_parameters() if "bias_hh" in n]
+    for p in frozen:
+        p.requires_grad_(False)
+    out = module(torch.from_numpy(x), resets=resets, lengths=lengths)
+    loss = torch.nn.functional.mse_loss(out, torch.from_numpy(target))
+    loss.backward()
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        from harness.training import _sum_of_squares_loss
+
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr / target.size), loss=_sum_of_squares_loss())
+        keras_loss = float(np.asarray(model.train_on_batch([x, resets, lengths.astype("int32")], target)))
+    finally:
+        keras.config.set_floatx(floatx)
+    np.testing.assert_allclose(keras_loss / target.size, loss.item(), rtol=1e-6)
+    (layer,) = multistate_layers(model)
+    for tl, kl in zip(read_weights(module).layers, read_weights(layer).layers):
+        for t, k in zip(to_keras(cell, tl), to_keras(cell, kl)):
+            close(k, t, 1e-10)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-10)
+
+
+KERAS_BAD = [
+    ({"resets": np.zeros((B, S, T - 1), bool)}, "resets must have shape"),
+    ({"resets": np.zeros((B, S, T), np.int32)}, "resets must be boolean"),
+    ({"lengths": np.full((B,), T, np.int32)}, "lengths must have shape"),
+    ({"lengths": np.full((B, S), float(T))}, "lengths must be integers"),
+    ({"lengths": np.full((B, S), -1, np.int32)}, "lengths must lie in"),
+    ({"lengths": np.full((B, S), T + 1, np.int32)}, "lengths must lie in"),
+    ({"mask": np.ones((B, S), bool)}, "mask must have shape"),
+    ({"mask": np.ones((B, S, T), np.int32)}, "mask must be boolean"),
+    ({"mask": np.arange(T)[None, None, :] % 2 == 0}, "mask must be right-padded"),
+]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize(("kwargs", "message"), KERAS_BAD)
+def test_keras_bad_step_args_leave_state(kwargs, message, rng):
+    module = make_module("lstm")
+    layer = keras_layer(module)
+    layer.set_states([s.numpy() for s in random_states(module, rng)])
+    before = layer.get_states()
+    if "mask" in kwargs and kwargs["mask"].shape == (1, 1, T):
+        kwargs = {"mask": np.broadcast_to(kwargs["mask"], (B, S, T))}
+    with pytest.raises(ValueError, match=message):
+        layer(rng.standard_normal((B, S, T, F)), **kwargs)
+    for a, b in zip(layer.get_states(), before):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.keras
+def test_keras_bad_step_args_in_a_functional_graph():
+    layer = keras_twin(make_module("lstm"))
+    x_in = keras.Input(batch_shape=(B, S, None, F), dtype="float64")
+    with pytest.raises(ValueError, match="resets must be boolean"):
+        layer(x_in, resets=keras.Input(batch_shape=(B, S, None), dtype="int32"))
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        layer(x_in, lengths=keras.Input(batch_shape=(B, S, 1), dtype="int32"))
+
+
+@pytest.mark.keras
+def test_keras_common_path_is_unchanged(rng):
+    """No reset inside the chunk and full lengths (eager): the layer's usual fast path, bit for bit."""
+    from models_keras import fast_paths
+
+    layer = keras_layer(make_module("lstm"))
+    path = fast_paths.path_name(layer, False)
+    x = rng.standard_normal((B, S, T, F))
+    plain = keras.ops.convert_to_numpy(layer(x))
+    layer.reset_states()
+    same = layer(x, resets=np.zeros((B, S, T), bool), lengths=np.full((B, S), T, "int32"))
+    assert np.array_equal(keras.ops.convert_to_numpy(same), plain)
+    assert fast_paths.path_name(layer, False) == path
