@@ -30,7 +30,8 @@ def _scaling(ax: plt.Axes, series: dict[str, dict[int, float]]) -> None:
         ax.plot(streams, [values[s] for s in streams], marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="streams S (B=1, T=16)", ylabel="µs per stream-step")
     ax.set_title("Scaling sweep: cost per stream-step (lower is better)", fontsize=9)
-    ax.legend(fontsize=6)
+    if series:
+        ax.legend(fontsize=6)
 
 
 def _minor_label(value: float, _position: int) -> str:
