@@ -1,30 +1,51 @@
-"""pytest wiring of the benchmark suite: the timing fixture and the machine description in the JSON."""
+"""pytest wiring of the benchmark suite: the timing fixture and the machine description in the JSON.
+
+The framework modules load on first use: a run that selects only torch cases (``-m "not keras"``)
+never imports Keras, TensorFlow or JAX.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 
-from benchmarks import cases, keras_impls, torch_impls
+from benchmarks import cases
 
 BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", "1.0"))  # timed seconds per benchmark, roughly
 MIN_ROUNDS, MAX_ROUNDS = 3, 10_000
 MIN_WATCHED_S = 0.5  # shorter timings are too short for /proc/stat's 10 ms ticks to tell whether others ran
 LIBRARIES = ("torch", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pytest-benchmark")
-FRAMEWORKS = {"torch": torch_impls, "keras": keras_impls}
+FRAMEWORKS = {"torch": "benchmarks.torch_impls", "keras": "benchmarks.keras_impls"}
+
+
+def framework(name: str) -> ModuleType:
+    """The implementation module of framework ``name`` (``"torch"`` or ``"keras"``), imported on first use."""
+    return importlib.import_module(FRAMEWORKS[name])
+
+
+def _keras_loaded() -> ModuleType | None:
+    """The Keras implementation module if a Keras case ran in this process, else None (Keras is not imported)."""
+    return sys.modules.get(FRAMEWORKS["keras"])
 
 
 def pytest_benchmark_update_machine_info(machine_info: dict) -> None:
-    """Add what the report needs to compare runs: Keras backend, library versions, threads, load, GPU."""
+    """Add what the report needs to compare runs: Keras backend, library versions, threads, load, GPU.
+
+    The Keras backend and device are recorded only where Keras cases ran (None otherwise).
+    """
     import torch
 
-    machine_info["keras_backend"] = keras_impls.backend()
-    machine_info["keras_device"] = keras_impls.device()
+    keras_impls = _keras_loaded()
+    machine_info["keras_backend"] = keras_impls.backend() if keras_impls else None
+    machine_info["keras_device"] = keras_impls.device() if keras_impls else None
     machine_info["libraries"] = {name: _version(name) for name in LIBRARIES}
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["loadavg"] = os.getloadavg()
@@ -76,22 +97,24 @@ def _rounds(step: Callable[[], object]) -> int:
     return int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S / once)))
 
 
-def _describe(case: cases.Case, device: str) -> dict[str, object]:
+def _describe(case: cases.Case, implementation: ModuleType, device: str) -> dict[str, object]:
     """What a benchmark measured, for ``extra_info`` and the report; ``T`` is time steps per call."""
-    shape = case.shape
+    shape, job = case.shape, case.job
     return {
-        "impl": case.impl,
-        "framework": case.framework,
+        "impl": case.impl.id,
+        "framework": case.impl.framework,
         "cell": case.cell,
-        "job": case.job.name,
+        "job": job.name,
         "shape": shape.name,
         "B": shape.B,
         "S": shape.S,
-        "T": case.job.steps(shape),
+        "T": job.steps(shape),
         "F": shape.F,
         "H": shape.H,
-        "keras_backend": keras_impls.backend(),
+        "keras_backend": implementation.backend() if case.impl.is_keras else None,
         "device": device,
+        "reset_rate": job.reset_rate,
+        "min_length": job.min_length,
         "flops_per_step": cases.flops_per_step(case.cell, shape),
         "flops": cases.flops_per_call(case),
     }
@@ -105,15 +128,18 @@ def measure(benchmark) -> Callable[[cases.Case], None]:
     """
 
     def run(case: cases.Case) -> None:
-        framework = FRAMEWORKS[case.framework]
-        device = framework.device()
+        implementation = framework(case.impl.framework)
+        device = implementation.device()
         if case.shape.gpu_only and device != "gpu":
             pytest.skip(f"{case.shape.name} runs on a GPU only")
-        if case.variant == "loop" and device == "cpu" and case.shape.S > cases.PER_STREAM_LOOP_CAP_CPU:
+        if case.impl == cases.TORCH_LOOP and device == "cpu" and case.shape.S > cases.PER_STREAM_LOOP_CAP_CPU:
             pytest.skip(f"per-stream loop capped at S <= {cases.PER_STREAM_LOOP_CAP_CPU} on CPU")
+        reason = implementation.skip_reason(case)
+        if reason:
+            pytest.skip(reason)
         benchmark.group = case.group
-        benchmark.extra_info.update(_describe(case, device))
-        step, how = framework.build_step(case)
+        benchmark.extra_info.update(_describe(case, implementation, device))
+        step, how = implementation.build_step(case)
         benchmark.extra_info.update(how)
         rounds = _rounds(step) if benchmark.enabled else 1
         before, start = _cpu_seconds(), time.perf_counter()

@@ -1,8 +1,13 @@
 """The Keras implementations on the active backend, each a compiled model run through the fit/predict API.
 
+This module imports Keras; the suite loads it only when a Keras case runs, so torch-only runs need
+neither Keras nor TensorFlow.
+
 - ``multistate``: ``harness.porting.keras_twin`` of the torch module, a functional model with
   ``Input(batch_shape=(B, S, None, F))`` around the multi-state layer; it carries each stream's state
-  and may take a backend fast path (``models_keras.fast_paths``), recorded as ``kernel``.
+  and may take a backend fast path (``models_keras.fast_paths``), recorded as ``kernel``. In an episode
+  job the model also takes the job's ``resets`` ``(B, S, None)`` and/or ``lengths`` ``(B, S)`` as inputs.
+- ``multistate-plain``: the same model without resets or lengths, the baseline of an episode job.
 - ``per-stream``: what a Keras user writes: one plain shared ``LSTM``/``GRU``/``SimpleRNN`` called once
   per stream on ``S`` slices of the input in one functional model (stateless: it cannot carry
   per-stream state, it only shows the cost of ``S`` small calls).
@@ -15,17 +20,19 @@ after ``compile(optimizer=SGD, loss="mse")`` with Keras's default ``jit_compile`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from benchmarks import torch_impls
-from benchmarks.cases import Case, Shape
-from harness.porting import keras_twin, port_weights
+from benchmarks import cases, torch_impls
+from benchmarks.cases import Case
+from harness.porting import keras_class, keras_twin, port_weights
+from harness.spec.cells import CELLS
 from models_keras import fast_paths, multistate_layers
 
-RAW_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "rnn": keras.layers.SimpleRNN}
+Inputs = np.ndarray | list[np.ndarray]
 
 
 def backend() -> str:
@@ -47,44 +54,86 @@ def device() -> str:
     return torch_impls.device()
 
 
+def takes_episodes(cell: str) -> bool:
+    """Whether the installed multi-state layer's ``call`` accepts ``resets`` and ``lengths``."""
+    parameters = inspect.signature(keras_class(cell).call).parameters
+    return "resets" in parameters and "lengths" in parameters
+
+
+def skip_reason(case: Case) -> str | None:
+    """Why ``case`` cannot run here: an episode job on a Keras layer that takes no resets, else None."""
+    if case.job.episodic and not takes_episodes(case.cell):
+        name = f"models_keras.{CELLS[case.cell].keras_multistate}.call"
+        return f"{name} does not accept resets=/lengths= (the installed layer predates per-step resets)"
+    return None
+
+
 def _raw_layer(cell: str, module: object) -> keras.layers.Layer:
     """A plain Keras layer of ``cell`` returning sequences, with the torch module's weights."""
-    return port_weights(module, RAW_LAYERS[cell](module.hidden_size, return_sequences=True))
+    layer_class = getattr(keras.layers, CELLS[cell].keras_class)
+    return port_weights(module, layer_class(module.hidden_size, return_sequences=True))
 
 
-def _per_stream(cell: str, module: object, shape: Shape) -> keras.Model:
+def _multistate(case: Case, module: object) -> tuple[keras.Model, Inputs]:
+    shape = case.shape
+    x = _input(case, (shape.B, shape.S))
+    if case.impl != cases.KERAS_MULTISTATE or not case.job.episodic:
+        return keras_twin(module, batch_size=shape.B), x
+    resets, lengths = case.job.episodes(shape)
+    layer = keras_twin(module)
+    x_in = keras.Input(batch_shape=(shape.B, shape.S, None, shape.F))
+    inputs, arrays, kwargs = [x_in], [x], {}
+    if resets is not None:
+        kwargs["resets"] = keras.Input(batch_shape=(shape.B, shape.S, None), dtype="bool")
+        inputs.append(kwargs["resets"])
+        arrays.append(resets)
+    if lengths is not None:
+        kwargs["lengths"] = keras.Input(batch_shape=(shape.B, shape.S), dtype="int32")
+        inputs.append(kwargs["lengths"])
+        arrays.append(lengths.astype("int32"))
+    return keras.Model(inputs, layer(x_in, **kwargs)), arrays
+
+
+def _per_stream(case: Case, module: object) -> tuple[keras.Model, Inputs]:
+    shape = case.shape
     inputs = keras.Input(batch_shape=(shape.B, shape.S, None, shape.F))
-    layer = _raw_layer(cell, module)
+    layer = _raw_layer(case.cell, module)
     outputs = keras.ops.stack([layer(inputs[:, s]) for s in range(shape.S)], axis=1)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, outputs), _input(case, (shape.B, shape.S))
 
 
-def _fused(cell: str, module: object, shape: Shape) -> keras.Model:
+def _fused(case: Case, module: object) -> tuple[keras.Model, Inputs]:
+    shape = case.shape
     inputs = keras.Input(batch_shape=(shape.B * shape.S, None, shape.F))
-    return keras.Model(inputs, _raw_layer(cell, module)(inputs))
+    return keras.Model(inputs, _raw_layer(case.cell, module)(inputs)), _input(case, (shape.B * shape.S,))
 
 
-MODELS: dict[str, Callable[[str, object, Shape], keras.Model]] = {
-    "multistate": lambda cell, module, shape: keras_twin(module, batch_size=shape.B),
-    "per-stream": _per_stream,
-    "fused": _fused,
+def _input(case: Case, lead: tuple[int, ...]) -> np.ndarray:
+    """The fixed seeded input of ``case``: ``lead + (steps, F)`` float32."""
+    rng = np.random.default_rng(torch_impls.SEED)
+    return rng.standard_normal(lead + (case.job.steps(case.shape), case.shape.F)).astype("float32")
+
+
+MODELS: dict[cases.Impl, Callable[[Case, object], tuple[keras.Model, Inputs]]] = {
+    cases.KERAS_MULTISTATE: _multistate,
+    cases.KERAS_MULTISTATE_PLAIN: _multistate,
+    cases.KERAS_PER_STREAM: _per_stream,
+    cases.KERAS_FUSED: _fused,
 }
 
 
 def build_step(case: Case) -> tuple[Callable[[], object], dict[str, object]]:
-    """The timed step of a ``keras-*`` case, and how it runs (for ``extra_info``).
+    """The timed step of a Keras case, and how it runs (for ``extra_info``).
 
     The step is ``predict_on_batch`` (inference) or ``train_on_batch`` (training) on one fixed input.
     """
     shape = case.shape
     module = torch_impls.make_module(case.cell, shape)
-    model = MODELS[case.variant](case.cell, module, shape)
-    steps = case.job.steps(shape)
-    lead = (shape.B * shape.S,) if case.variant == "fused" else (shape.B, shape.S)
-    x = np.random.default_rng(torch_impls.SEED).standard_normal(lead + (steps, shape.F)).astype("float32")
+    model, x = MODELS[case.impl](case, module)
     if case.job.train:
         model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
-        y = np.zeros(lead + (steps, shape.H), dtype="float32")
+        lead = (shape.B * shape.S,) if case.impl == cases.KERAS_FUSED else (shape.B, shape.S)
+        y = np.zeros(lead + (case.job.steps(shape), shape.H), dtype="float32")
         step, path = (lambda: model.train_on_batch(x, y)), "train_on_batch"
     else:
         step, path = (lambda: model.predict_on_batch(x)), "predict_on_batch"

@@ -1,4 +1,8 @@
-"""The report's figure: the scaling sweep, and each kind of ratio with its target line."""
+"""The report's figure: the scaling sweep, and each kind of ratio with its target lines.
+
+It takes plain data (the sweep's series and the list of ratios from ``benchmarks.analysis``), so it
+depends on the analysis module only, never on the report.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +15,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 from matplotlib import ticker  # noqa: E402
 
-from benchmarks import report  # noqa: E402
-
-TARGET_LINES = {  # kind -> (target, where it applies)
-    "overhead": ((report.OVERHEAD, ""),),
-    "loop": ((report.LOOP_CPU_S8, " at S=8 on CPU"), (report.LOOP_GPU, " on GPU")),
-    "keras-vs-torch": ((report.KERAS_VS_TORCH_CPU, " on CPU"),),
-}
-DIRECTION = {"overhead": "lower is better", "loop": "higher is better", "keras-vs-torch": "lower is better"}
+from benchmarks.analysis import KINDS, CaseKey, Ratio  # noqa: E402
 
 
-def _case_label(case: report.CaseKey) -> str:
+def _case_label(case: CaseKey) -> str:
     job, cell, shape, device = case
     return f"{job} {cell} {device}\n{shape}"
 
 
-def _scaling(ax: plt.Axes, results: report.Results) -> None:
+def _scaling(ax: plt.Axes, series: dict[str, dict[int, float]]) -> None:
     """Cost per stream-step against the number of streams, one line per implementation (log-log)."""
-    for name, values in report.scaling_series(results).items():
+    for name, values in series.items():
         streams = sorted(values)
         ax.plot(streams, [values[s] for s in streams], marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="streams S (B=1, T=16)", ylabel="µs per stream-step")
     ax.set_title("Scaling sweep: cost per stream-step (lower is better)", fontsize=9)
-    ax.legend(fontsize=6)
+    if series:
+        ax.legend(fontsize=6)
 
 
 def _minor_label(value: float, _position: int) -> str:
@@ -41,7 +39,7 @@ def _minor_label(value: float, _position: int) -> str:
     return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in (2, 5) else ""
 
 
-def _bars(ax: plt.Axes, kind: str, found: list[report.Ratio], colors: dict[str, str]) -> None:
+def _bars(ax: plt.Axes, kind: str, found: list[Ratio], colors: dict[str, str]) -> None:
     """Grouped bars of one kind of ratio on a log scale: one group per case, one bar per series."""
     mine = [r for r in found if r.kind == kind]
     cases = list(dict.fromkeys(r.case for r in mine))
@@ -54,25 +52,34 @@ def _bars(ax: plt.Axes, kind: str, found: list[report.Ratio], colors: dict[str, 
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
     devices = {case[3] for case in cases}
-    for target, where in TARGET_LINES[kind]:
-        if target is not report.LOOP_GPU or "gpu" in devices:
+    for target in KINDS[kind].targets:
+        if target.device is None or target.device in devices:
             ax.axhline(target.bound, color="black", linestyle="--", linewidth=1)
-            text = f"target {target}{where}"
+            text = f"target {target.label}"
             ax.annotate(text, (0, target.bound), xytext=(2, 3), textcoords="offset points", fontsize=7)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], [_case_label(c) for c in cases], rotation=90)
     ax.tick_params(axis="x", labelsize=6)
-    ax.set_title(f"{report.KINDS[kind]} ({DIRECTION[kind]})", fontsize=9)
-    ax.legend(fontsize=6)
+    direction = "lower is better" if KINDS[kind].lower_is_better else "higher is better"
+    ax.set_title(f"{KINDS[kind].title} ({direction})", fontsize=9)
+    if series:
+        ax.legend(fontsize=6)
 
 
-def save(results: report.Results, path: pathlib.Path) -> None:
-    """Write the 2x2 figure (scaling sweep and the three ratio kinds) to ``path`` as PNG."""
-    fig, axes = plt.subplots(2, 2, figsize=(16, 12))
-    _scaling(axes[0, 0], results)
-    found = report.ratios(results)
+def save(scaling: dict[str, dict[int, float]], found: list[Ratio], path: pathlib.Path) -> None:
+    """Write the figure to ``path`` as PNG: the scaling sweep, then one panel per kind of ratio (``KINDS``).
+
+    ``scaling``: µs per stream-step by implementation label and stream count; ``found``: the measured ratios.
+    """
+    panels = 1 + len(KINDS)
+    columns = 3
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(8 * columns, 6 * rows), squeeze=False)
+    _scaling(axes.flat[0], scaling)
     colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r.series for r in found))}
-    for ax, kind in zip(axes.flat[1:], report.KINDS):
+    for ax, kind in zip(axes.flat[1:], KINDS):
         _bars(ax, kind, found, colors)
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

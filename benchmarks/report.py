@@ -10,166 +10,31 @@ Every ratio with a target is printed next to it and marked met (✓) or missed (
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import pathlib
 from collections.abc import Iterable, Sequence
 
 from benchmarks import cases
-
-TORCH = ""  # the backend key of torch results, which do not depend on the Keras backend
-RATIO_JOBS = ("forward", "train", "stream-1", "stream-16")
-CaseKey = tuple[str, str, str, str]  # job, cell, shape name, device
-DISTURBED_CORES = 0.2  # a timing during which other processes kept more CPU cores busy than this is flagged
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """A bound a ratio should meet: ``op`` is ``"<="`` or ``">="``."""
-
-    op: str
-    bound: float
-
-    def met(self, value: float) -> bool:
-        return value <= self.bound if self.op == "<=" else value >= self.bound
-
-    def __str__(self) -> str:
-        return f"{'≤' if self.op == '<=' else '≥'} {self.bound:g}"
-
-
-OVERHEAD = Target("<=", 1.05)  # multi-state / raw fused, torch and each Keras backend against its own raw layer
-LOOP_CPU_S8, LOOP_GPU = Target(">=", 1.8), Target(">=", 5.0)  # per-stream loop / multi-state
-KERAS_VS_TORCH_CPU = Target("<=", 1.25)  # Keras multi-state / torch multi-state
-
-
-def loop_target(streams: int, device: str) -> Target | None:
-    """The per-stream-loop speedup target: ≥ 1.8 at S=8 on CPU, ≥ 5 on GPU, none elsewhere."""
-    if device == "gpu":
-        return LOOP_GPU
-    return LOOP_CPU_S8 if streams == 8 else None
-
-
-def keras_target(device: str) -> Target | None:
-    """The Keras/torch multi-state target, set for CPU only."""
-    return KERAS_VS_TORCH_CPU if device == "cpu" else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """One benchmark's median time (seconds) and what it measured (from its ``extra_info``)."""
-
-    impl: str
-    backend: str
-    cell: str
-    job: str
-    shape: str
-    device: str
-    B: int
-    S: int
-    T: int
-    median: float
-    flops: int
-    foreign_cpu_cores: float | None = None
-    kernel: str | None = None  # Keras: the multi-state layer's fast path, or "keras"
-
-    @property
-    def case(self) -> CaseKey:
-        return self.job, self.cell, self.shape, self.device
-
-    @property
-    def disturbed(self) -> bool:
-        return (self.foreign_cpu_cores or 0.0) > DISTURBED_CORES
-
-
-@dataclasses.dataclass
-class Results:
-    """All results of several runs, looked up by implementation, Keras backend and case."""
-
-    by_key: dict[tuple, Result]
-    machines: list[tuple[str, dict]]
-
-    def get(self, impl: str, case: CaseKey, backend: str = TORCH) -> Result | None:
-        return self.by_key.get((impl, backend if impl.startswith("keras") else TORCH) + case)
-
-    def seconds(self, impl: str, case: CaseKey, backend: str = TORCH) -> float | None:
-        result = self.get(impl, case, backend)
-        return None if result is None else result.median
-
-    def streams(self, case: CaseKey) -> int:
-        return next(r.S for r in self.by_key.values() if r.case == case)
-
-    @property
-    def backends(self) -> list[str]:
-        return sorted({r.backend for r in self.by_key.values() if r.impl.startswith("keras")})
-
-    def cases(self, jobs: Sequence[str]) -> list[CaseKey]:
-        """The distinct cases of ``jobs``: by job, device, cell, then problem size."""
-        order = {job: i for i, job in enumerate(jobs)}
-        found = {r.case: r for r in self.by_key.values() if r.job in order}
-        return sorted(found, key=lambda c: (order[c[0]], c[3], c[1], found[c].flops))
-
-
-def load(paths: Sequence[pathlib.Path]) -> Results:
-    """Merge pytest-benchmark JSON files; a later file's result replaces an earlier one of the same key."""
-    by_key, machines = {}, []
-    for path in paths:
-        data = json.loads(path.read_text())
-        disturbed = 0
-        for bench in data["benchmarks"]:
-            info = bench["extra_info"]
-            backend = info["keras_backend"] if info["impl"].startswith("keras") else TORCH
-            fields = {f.name: info.get(f.name) for f in dataclasses.fields(Result)}
-            result = Result(**fields | {"backend": backend, "median": bench["stats"]["median"]})
-            by_key[(result.impl, backend) + result.case] = result
-            disturbed += result.disturbed
-        extra = {"datetime": data.get("datetime"), "disturbed": f"{disturbed} of {len(data['benchmarks'])}"}
-        machines.append((path.name, data["machine_info"] | extra))
-    return Results(by_key, machines)
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return None if numerator is None or denominator is None else numerator / denominator
-
-
-@dataclasses.dataclass(frozen=True)
-class Ratio:
-    """One measured ratio: ``kind`` is a key of ``KINDS``, ``series`` names whose ratio it is."""
-
-    kind: str
-    series: str
-    case: CaseKey
-    value: float
-    target: Target | None
-
-
-KINDS = {
-    "overhead": "multi-state / raw fused",
-    "loop": "per-stream / multi-state",
-    "keras-vs-torch": "Keras / torch multi-state",
-}
-
-
-def ratios(results: Results) -> list[Ratio]:
-    """Every ratio the report shows, computed once for the tables, the summary and the plot."""
-    found = []
-
-    def add(kind: str, series: str, case: CaseKey, value: float | None, target: Target | None = None) -> None:
-        if value is not None:
-            found.append(Ratio(kind, series, case, value, target))
-
-    for case in results.cases(RATIO_JOBS):
-        multi = results.seconds("torch-multistate", case)
-        add("overhead", "torch", case, ratio(multi, results.seconds("torch-fused", case)), OVERHEAD)
-        target = loop_target(results.streams(case), case[3])
-        add("loop", "torch", case, ratio(results.seconds("torch-loop", case), multi), target)
-        for backend in results.backends:
-            keras_multi = results.seconds("keras-multistate", case, backend)
-            raw = results.seconds("keras-fused", case, backend)
-            add("overhead", f"keras {backend}", case, ratio(keras_multi, raw), OVERHEAD)
-            per_stream = results.seconds("keras-per-stream", case, backend)
-            add("loop", f"keras {backend}", case, ratio(per_stream, keras_multi))
-            add("keras-vs-torch", f"keras {backend}", case, ratio(keras_multi, multi), keras_target(case[3]))
-    return found
+from benchmarks.analysis import (
+    DISTURBED_CORES,
+    KERAS_VS_TORCH_CPU,
+    KINDS,
+    LOOP_CPU_S8,
+    LOOP_GPU,
+    OVERHEAD,
+    RATIO_JOBS,
+    RESETS,
+    Ratio,
+    Result,
+    Results,
+    episode_times,
+    header,
+    implementations,
+    load,
+    ratio,
+    ratios,
+    scaling_series,
+    series_name,
+)
 
 
 def fmt_ratio(found: Ratio | None) -> str:
@@ -194,60 +59,60 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def label(impl: str, backend: str) -> str:
-    return impl if backend == TORCH else f"{impl} ({backend})"
-
-
-def implementations(results: Results) -> list[tuple[str, str]]:
-    """(impl, backend) pairs in report order: the torch ones, then each Keras backend's."""
-    torch_impls = [(f"torch-{v}", TORCH) for v in ("multistate", "fused", "loop")]
-    keras_impls = [(f"keras-{v}", b) for b in results.backends for v in ("multistate", "fused", "per-stream")]
-    return torch_impls + keras_impls
-
-
 def time_rows(results: Results, index: dict[tuple, Ratio], backend: str) -> list[list[str]]:
-    """Times and ratios of one framework: torch (``backend`` TORCH) or one Keras backend."""
-    framework, series = ("torch", "torch") if backend == TORCH else ("keras", f"keras {backend}")
-    variants = ("multistate", "fused", "loop" if backend == TORCH else "per-stream")
+    """Times and ratios of one framework: torch (``backend`` empty) or one Keras backend."""
+    if backend:
+        impls = (cases.KERAS_MULTISTATE, cases.KERAS_FUSED, cases.KERAS_PER_STREAM)
+        kinds: tuple[str, ...] = ("overhead", "loop", "keras-vs-torch")
+    else:
+        impls, kinds = (cases.TORCH_MULTISTATE, cases.TORCH_FUSED, cases.TORCH_LOOP), ("overhead", "loop")
+    series = series_name(backend)
     rows = []
     for case in results.cases(RATIO_JOBS):
-        times = [results.get(f"{framework}-{v}", case, backend) for v in variants]
+        times = [results.get(impl, case, backend) for impl in impls]
         if times[0] is None:
             continue
-        kinds = ("overhead", "loop") + (() if backend == TORCH else ("keras-vs-torch",))
         rows.append(
             list(case)
-            + ([] if backend == TORCH else [backend, times[0].kernel or "?"])
+            + ([backend, times[0].kernel or "?"] if backend else [])
             + [fmt_ms(t) for t in times]
             + [fmt_ratio(index.get((kind, series, case))) for kind in kinds]
         )
     return rows
 
 
+def episode_rows(results: Results, index: dict[tuple, Ratio]) -> list[list[str]]:
+    """Times and ratios of the episode jobs (per-step resets, lengths): torch, then each Keras backend."""
+    rows = []
+    for case in results.cases(cases.EPISODE_JOBS):
+        for backend in [""] + results.backends:
+            times = episode_times(results, case, backend)
+            if times[0] is None and times[1] is None:
+                continue
+            series = series_name(backend)
+            rows.append(
+                list(case)
+                + [series]
+                + ["—" if t is None else f"{t * 1e3:.3g}" for t in times]
+                + [fmt_ratio(index.get((kind, series, case))) for kind in ("resets", "step-loop")]
+            )
+    return rows
+
+
 def throughput_rows(results: Results) -> list[list[str]]:
     rows = []
     for case in results.cases(("forward",)):
-        gemm = results.get("torch-gemm", ("gemm",) + case[1:])
+        gemm = results.get(cases.TORCH_GEMM, ("gemm",) + case[1:])
         gemm_rate = None if gemm is None else gemm.flops / gemm.median / 1e9
-        for impl, backend in implementations(results):
-            result = results.get(impl, case, backend)
+        for impl in implementations(results):
+            result = results.get(impl, case, impl.backend)
             if result is None:
                 continue
             rate = result.flops / result.median / 1e9
             share = "—" if gemm_rate is None else f"{rate / gemm_rate:.0%}"
             gemm_text = "—" if gemm_rate is None else f"{gemm_rate:.1f}"
-            rows.append(list(case[1:]) + [label(impl, backend), f"{rate:.1f}", gemm_text, share])
+            rows.append(list(case[1:]) + [impl.label, f"{rate:.1f}", gemm_text, share])
     return rows
-
-
-def scaling_series(results: Results) -> dict[str, dict[int, float]]:
-    """Microseconds per stream-step, by implementation label and stream count."""
-    series: dict[str, dict[int, float]] = {label(impl, backend): {} for impl, backend in implementations(results)}
-    for result in results.by_key.values():
-        if result.job == "scaling":
-            per = result.median / (result.B * result.S * result.T) * 1e6
-            series[label(result.impl, result.backend)][result.S] = per
-    return {name: values for name, values in series.items() if values}
 
 
 def scaling_table(results: Results) -> str:
@@ -255,7 +120,9 @@ def scaling_table(results: Results) -> str:
     labels = list(series)
     rows = []
     for s in sorted({s for values in series.values() for s in values}):
-        multi, fused, loop = (series.get(f"torch-{v}", {}).get(s) for v in ("multistate", "fused", "loop"))
+        multi, fused, loop = (
+            series.get(impl.label, {}).get(s) for impl in (cases.TORCH_MULTISTATE, cases.TORCH_FUSED, cases.TORCH_LOOP)
+        )
         cells = [f"{series[name][s]:.3g}" if s in series[name] else "—" for name in labels]
         rows.append([str(s)] + cells + [f"{r:.2f}" if r else "—" for r in (ratio(multi, fused), ratio(loop, multi))])
     return table(["S"] + labels + ["torch multi/fused", "torch loop/multi"], rows)
@@ -275,7 +142,7 @@ def summary_table(found: list[Ratio]) -> str:
         values = [r.value for r in members]
         targets = ", ".join(sorted({str(r.target) for r in members}))
         met = sum(r.target.met(r.value) for r in members)
-        rows.append([f"{KINDS[kind]}: {series}", targets, f"{min(values):.2f} – {max(values):.2f}"])
+        rows.append([f"{KINDS[kind].title}: {series}", targets, f"{min(values):.2f} – {max(values):.2f}"])
         rows[-1].append(f"{met} of {len(members)}")
     return table(["ratio", "target", "measured (min – max)", "cases meeting it"], rows)
 
@@ -286,7 +153,7 @@ def machine_rows(results: Results) -> list[list[str]]:
         libs, cpu = info.get("libraries", {}), info.get("cpu", {})
         load = " ".join(f"{x:.1f}" for x in info.get("loadavg") or [])
         rows.append(
-            [name, info.get("keras_backend", "?"), info.get("gpu") or info.get("keras_device", "?")]
+            [name, info.get("keras_backend") or "—", info.get("gpu") or info.get("keras_device") or "cpu"]
             + [f"{cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} cores", info.get("python_version", "?")]
             + [libs.get(k) or "—" for k in ("torch", "keras", "tensorflow", "jax", "numpy")]
             + [str(info.get("torch_threads", "?")), load, info["disturbed"], (info.get("datetime") or "?")[:19]]
@@ -312,7 +179,12 @@ Times are medians in ms; `*` marks a time during which other processes kept more
 - Training FLOPs are estimated as {cases.TRAIN_FLOP_FACTOR}x the forward FLOPs. Fused kernels compute the
   input projection of all steps in one large GEMM, so they can exceed the per-step GEMM's rate.
 - The scaling sweep runs the per-stream loop only up to S = {cases.PER_STREAM_LOOP_CAP_CPU} on CPU, to bound
-  the run time."""
+  the run time.
+- Episode jobs (forward): `resets-1pct` / `resets-10pct` zero a stream's state before a random 1% / 10%
+  of the steps (seeded), `lengths` gives each stream a length uniform in [T/2, T]. *with* passes them to
+  the multi-state layer, *without* is the same layer called without them (same run); the *per-step
+  loop* calls the inner torch module once per step on the folded batch and multiplies the state by
+  (1 - done), as SB3 / CleanRL do."""
 
 
 def render(results: Results, plot_name: str | None) -> str:
@@ -329,15 +201,26 @@ def render(results: Results, plot_name: str | None) -> str:
         table(
             case_headers
             + ["multi-state", "raw fused", "loop"]
-            + ["multi/fused (≤ 1.05)", "loop/multi (≥ 1.8 at S=8 CPU, ≥ 5 GPU)"],
-            time_rows(results, index, TORCH),
+            + [header("multi/fused", OVERHEAD), header("loop/multi", LOOP_CPU_S8, LOOP_GPU)],
+            time_rows(results, index, ""),
         ),
         "## Keras, per backend: multi-state vs its own raw layer, the per-stream graph, and torch",
         table(
             case_headers
             + ["backend", "multi-state kernel", "multi-state", "raw", "per-stream"]
-            + ["multi/raw (≤ 1.05)", "per-stream/multi", "Keras/torch multi (≤ 1.25 CPU)"],
+            + [
+                header("multi/raw", OVERHEAD),
+                header("per-stream/multi"),
+                header("Keras/torch multi", KERAS_VS_TORCH_CPU),
+            ],
             [row for backend in results.backends for row in time_rows(results, index, backend)],
+        ),
+        "## Per-step resets and variable lengths: multi-state with them, without them, and the per-step loop",
+        table(
+            case_headers
+            + ["framework", "with", "without", "per-step loop"]
+            + [header("with/without", RESETS), header("per-step loop/with")],
+            episode_rows(results, index),
         ),
         "## Achieved throughput, forward: GFLOP/s and fraction of a GEMM of the per-step shape",
         table(
@@ -367,12 +250,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default="report", help="file name stem of the outputs (NAME.md, NAME.png)")
     args = parser.parse_args(argv)
 
-    from benchmarks import plot
+    from benchmarks import plot  # here, so that rendering the tables needs no matplotlib
 
     results = load(args.results)
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / f"{args.name}.png"
-    plot.save(results, png)
+    plot.save(scaling_series(results), ratios(results), png)
     markdown = args.out / f"{args.name}.md"
     markdown.write_text(render(results, png.name))
     print(f"wrote {markdown} and {png}")
