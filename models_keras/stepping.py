@@ -34,6 +34,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from harness.spec import segments
 from models_keras import checks
 
 
@@ -152,49 +153,18 @@ def torch_segments(fused: Any, x: Any, initial: list, resets: Any, lengths: Any)
 
     ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
     ``(output, [final states])``. Without a reset inside the chunk and with full lengths this is one
-    plain fused call. Returns what ``scan`` returns.
+    plain fused call. The segments are those of ``harness.spec.segments``, as in ``models_torch``.
+    Returns what ``scan`` returns.
     """
     import torch
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     states = tuple(initial)
-    rows_n, steps, features = x.shape
-    if resets is not None:
-        resets = resets.to(device=x.device, dtype=torch.bool)
-    if lengths is not None:
-        lengths = lengths.to(device=x.device, dtype=torch.long)
-    inner = resets is not None and bool(resets[:, 1:].any())
-    ragged = lengths is not None and bool((lengths != steps).any())
-    if not inner and not ragged:
+    host_resets = None if resets is None else resets.cpu().numpy().astype(bool)
+    host_lengths = None if lengths is None else lengths.cpu().numpy()
+    if not segments.needs_segments(host_resets, host_lengths, x.shape[1]):
         if resets is not None:
-            states = tuple(torch.where(resets[None, :, :1], 0, s) for s in states)
+            states = tuple(torch.where(resets.to(device=x.device, dtype=torch.bool)[None, :, :1], 0, s) for s in states)
         return fused(x, states)
-
-    time = torch.arange(steps, device=x.device)
-    lengths = torch.full((rows_n,), steps, device=x.device) if lengths is None else lengths
-    resets = torch.zeros(rows_n, steps, dtype=torch.bool, device=x.device) if resets is None else resets
-    valid = time < lengths[:, None]
-    starts = valid & (resets | (time == 0))
-    rows, begins = starts.nonzero(as_tuple=True)  # one segment each, row-major
-    segment_of = starts.reshape(-1).cumsum(0).reshape(rows_n, steps) - 1
-    valid_rows, valid_at = valid.nonzero(as_tuple=True)
-    segment = segment_of[valid_rows, valid_at]
-    position = valid_at - begins[segment]
-    seg_lengths = torch.bincount(segment, minlength=rows.numel())
-    if rows.numel() == 0:  # every length is 0
-        out = x.new_zeros(rows_n, steps, states[0].shape[-1])
-        return out, list(states)
-
-    padded = x.new_zeros(rows.numel(), int(seg_lengths.max()), features)
-    padded[segment, position] = x[valid_rows, valid_at]
-    fresh = resets[rows, begins][None, :, None]
-    start = tuple(torch.where(fresh, 0, s[:, rows]) for s in states)
-    packed = pack_padded_sequence(padded, seg_lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, finals = fused(packed, start)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=padded.shape[1])
-
-    y = out.new_zeros(rows_n, steps, out.shape[-1])
-    y[valid_rows, valid_at] = out[segment, position]
-    last = segment_of[torch.arange(rows_n, device=x.device), (lengths - 1).clamp(min=0)]
-    moved = (lengths > 0)[None, :, None]
-    return y, [torch.where(moved, f[:, last], s) for f, s in zip(finals, states)]
+    plan = segments.plan_segments(host_resets, host_lengths, x.shape[1])
+    out, finals = segments.run_packed(fused, x, states, plan, torch)
+    return out, list(finals)

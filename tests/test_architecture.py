@@ -76,6 +76,7 @@ DOCTESTED = [
     "harness.spec.cells",
     "harness.spec.contract",
     "harness.spec.atomic",
+    "harness.spec.segments",
     "harness.parity",
     "harness.tolerances",
     "models_torch",

@@ -1,0 +1,103 @@
+"""Where per-step resets and per-stream lengths cut the rows of a chunk: one plan, in numpy, for both frameworks.
+
+Each folded row ``n`` of a chunk ``(N, T)`` is cut into segments: one starts at step 0 and at
+every reset, and steps ``>= lengths[n]`` belong to none. A segment after a reset starts from
+zeros; the first one from the carried state (zeros too if the row resets at step 0). The
+segments then run together as one packed sequence, and each row's carried state is the final
+state of its last segment (a row without a valid step keeps its state). The model packages
+gather and scatter their tensors with the indices of a ``SegmentPlan``.
+
+Example:
+    >>> resets = np.zeros((2, 5), bool); resets[0, 3] = True
+    >>> p = plan_segments(resets, np.array([5, 2]))
+    >>> p.rows.tolist(), p.begins.tolist(), p.lengths.tolist(), p.last.tolist()
+    ([0, 0, 1], [0, 3, 0], [3, 2, 2], [1, 2])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+    """The segments of a chunk, and where each valid (row, step) goes.
+
+    ``rows``, ``begins``, ``lengths``, ``fresh``: per segment, its row, first step, number of
+    steps and whether it starts from zeros. ``valid_rows``, ``valid_steps``: every valid
+    (row, step), row-major; ``segment``, ``position``: its segment and place in it. ``last``:
+    per row, its last segment, or -1 for a row without a valid step.
+    """
+
+    rows: np.ndarray
+    begins: np.ndarray
+    lengths: np.ndarray
+    fresh: np.ndarray
+    valid_rows: np.ndarray
+    valid_steps: np.ndarray
+    segment: np.ndarray
+    position: np.ndarray
+    last: np.ndarray
+
+
+def needs_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> bool:
+    """False when one plain call serves: no reset after step 0 and every length full."""
+    inner = resets is not None and bool(resets[:, 1:].any())
+    return inner or (lengths is not None and bool((lengths != steps).any()))
+
+
+def plan_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int | None = None) -> SegmentPlan:
+    """Cut the rows of a chunk at ``resets`` ``(N, T)`` bools and ``lengths`` ``(N,)`` ints in ``[0, T]``."""
+    if resets is None and steps is None:
+        raise ValueError("plan_segments needs resets or the number of steps")
+    rows_n, steps = resets.shape if resets is not None else (len(lengths), steps)
+    resets = np.zeros((rows_n, steps), bool) if resets is None else np.asarray(resets, bool)
+    lengths = np.full(rows_n, steps) if lengths is None else np.asarray(lengths, np.int64)
+    time = np.arange(steps)
+    valid = time < lengths[:, None]
+    starts = valid & (resets | (time == 0))
+    rows, begins = np.nonzero(starts)
+    segment_of = starts.reshape(-1).cumsum().reshape(rows_n, steps) - 1
+    valid_rows, valid_steps = np.nonzero(valid)
+    segment = segment_of[valid_rows, valid_steps]
+    last = np.where(lengths > 0, segment_of[np.arange(rows_n), np.maximum(lengths - 1, 0)], -1)
+    return SegmentPlan(
+        rows=rows,
+        begins=begins,
+        lengths=np.bincount(segment, minlength=len(rows)),
+        fresh=resets[rows, begins],
+        valid_rows=valid_rows,
+        valid_steps=valid_steps,
+        segment=segment,
+        position=valid_steps - begins[segment],
+        last=last,
+    )
+
+
+def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan, torch: Any) -> tuple[Any, tuple]:
+    """Run the segments of ``plan`` as ONE packed sequence; the torch side of both model packages.
+
+    ``fused(x_or_packed, states) -> (output, finals)`` runs the whole stack once from ``states``
+    (each ``(L, n, H)``); ``x`` is the chunk ``(N, T, F)``; ``torch`` is the torch module, passed
+    in because this floor imports no framework. Returns the output ``(N, T, H)`` (zeros at
+    invalid steps) and each row's state after its last valid step.
+    """
+    pack, unpack = torch.nn.utils.rnn.pack_padded_sequence, torch.nn.utils.rnn.pad_packed_sequence
+    if len(plan.rows) == 0:  # no row has a valid step
+        return x.new_zeros(x.shape[:2] + states[0].shape[-1:]), states
+    index = {k: torch.as_tensor(getattr(plan, k), device=x.device) for k in ("rows", "valid_rows", "valid_steps")}
+    segment, position = (torch.as_tensor(a, device=x.device) for a in (plan.segment, plan.position))
+    padded = x.new_zeros(len(plan.rows), int(plan.lengths.max()), x.shape[-1])
+    padded[segment, position] = x[index["valid_rows"], index["valid_steps"]]
+    fresh = torch.as_tensor(plan.fresh, device=x.device)[None, :, None]
+    initial = tuple(torch.where(fresh, 0, s[:, index["rows"]]) for s in states)
+    out, finals = fused(pack(padded, torch.as_tensor(plan.lengths), batch_first=True, enforce_sorted=False), initial)
+    out, _ = unpack(out, batch_first=True, total_length=padded.shape[1])
+    y = out.new_zeros(x.shape[:2] + out.shape[-1:])
+    y[index["valid_rows"], index["valid_steps"]] = out[segment, position]
+    last = torch.as_tensor(np.maximum(plan.last, 0), device=x.device)
+    moved = torch.as_tensor(plan.last >= 0, device=x.device)[None, :, None]
+    return y, tuple(torch.where(moved, f[:, last], s) for f, s in zip(finals, states))
