@@ -124,7 +124,8 @@ class MultiStateBase(StateCheckpoints, nn.Module):
 
     def _store(self, states: State) -> None:
         dtype = self.rnn.weight_ih_l0.dtype  # not autocast's
-        self._carried = tuple((s.detach() if self.detach_states else s).to(dtype) for s in states)
+        detach = self.detach_states
+        self._carried = tuple((s.detach() if detach else s).to(dtype) for s in states)
 
     def _zeros(self, batch_size: int) -> State:
         weight = self.rnn.weight_ih_l0
@@ -156,6 +157,8 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         self, x: torch.Tensor, resets: Array | None, lengths: Array | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``resets`` and ``lengths`` as tensors on ``x``'s device, folded to ``(N, T)`` and ``(N,)``."""
+        if resets is None and lengths is None:
+            return None, None
         r = None if resets is None else torch.as_tensor(resets, device=x.device)
         n = None if lengths is None else torch.as_tensor(lengths, device=x.device)
         contract.check_step_args(
@@ -217,16 +220,14 @@ class MultiStateBase(StateCheckpoints, nn.Module):
 
         if stream is None:
             batch, streams, steps, features = x.shape
-            folded = tuple(s.reshape(self.num_layers, batch * streams, self.hidden_size) for s in states)
+            rnn = self.rnn
+            layers, hidden = rnn.num_layers, rnn.hidden_size
+            folded = tuple(s.reshape(layers, batch * streams, hidden) for s in states)
             out, new = segments.run(
-                self.rnn,
-                x.reshape(batch * streams, steps, features),
-                folded,
-                resets=folded_resets,
-                lengths=folded_lengths,
+                rnn, x.reshape(batch * streams, steps, features), folded, resets=folded_resets, lengths=folded_lengths
             )
-            out = out.reshape(batch, streams, steps, self.hidden_size)
-            new = tuple(s.reshape(self.num_layers, batch, streams, self.hidden_size) for s in new)
+            out = out.reshape(batch, streams, steps, hidden)
+            new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:
                 self._store(new)
         else:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,11 +28,40 @@ from harness.spec.segments import needs_segments, plan_segments, run_packed
 State = tuple[torch.Tensor, ...]
 
 
+def _op(rnn: nn.RNNBase) -> Callable:
+    """The ATen op that ``rnn``'s own forward calls (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh``/``relu``)."""
+    if isinstance(rnn, nn.LSTM):
+        return torch.lstm
+    if isinstance(rnn, nn.GRU):
+        return torch.gru
+    return torch.rnn_tanh if rnn.nonlinearity == "tanh" else torch.rnn_relu
+
+
 def fused(rnn: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence, states: State) -> tuple[object, State]:
-    """One call of ``rnn`` from ``states`` (each ``(L, N, H)``); returns the output and the final states."""
+    """One call of ``rnn`` from ``states`` (each ``(L, N, H)``); returns the output and the final states.
+
+    A plain chunk goes straight to the op that ``nn.LSTM``/``GRU``/``RNN.forward`` would call, with
+    the same weights (``all_weights``, views into cuDNN's flat buffer on a GPU) and settings: the
+    module's Python checks, already done by the multi-state layer, cost more than a one-step
+    chunk itself. ``tests/test_torch_models.py`` holds both paths equal, bit for bit.
+    """
     hx = tuple(s.contiguous() for s in states)
-    out, new = rnn(x, hx if len(hx) > 1 else hx[0])
-    return out, (new if isinstance(new, tuple) else (new,))
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        out, new = rnn(x, hx if len(hx) > 1 else hx[0])
+        return out, (new if isinstance(new, tuple) else (new,))
+    weights = [w for layer in rnn.all_weights for w in layer]
+    out, *new = _op(rnn)(
+        x,
+        hx if len(hx) > 1 else hx[0],
+        weights,
+        rnn.bias,
+        rnn.num_layers,
+        float(rnn.dropout),
+        rnn.training,
+        False,
+        True,
+    )
+    return out, tuple(new)
 
 
 def run(
@@ -47,6 +77,8 @@ def run(
 
     Returns the output ``(N, T, H)`` and each row's state after its last valid step.
     """
+    if resets is None and lengths is None:
+        return fused(rnn, x, states)
     host_resets = None if resets is None else resets.cpu().numpy()
     host_lengths = None if lengths is None else lengths.cpu().numpy()
     if not needs_segments(host_resets, host_lengths, x.shape[1]):

@@ -182,3 +182,25 @@ def test_training_streams_do_not_interact(rng):
         alone = [a + p.grad for a, p in zip(alone, model.rnn.parameters())]
     for a, b in zip(together, alone):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", VARIANTS)
+def test_direct_op_equals_the_modules_own_forward(cell, rng):
+    """``segments.fused`` calls the op ``nn.LSTM``/``GRU``/``RNN.forward`` calls: same outputs, states, gradients."""
+    from models_torch import segments
+
+    model = make(cell, "float64", num_layers=2)
+    x = torch.from_numpy(random_input(rng, (B * S, T, F), "float64"))
+    states = tuple(torch.from_numpy(random_input(rng, (2, B * S, H), "float64")) for _ in model.state_names)
+    results = []
+    for run in (
+        lambda: segments.fused(model.rnn, x, states),
+        lambda: model.rnn(x, states if len(states) > 1 else states[0]),
+    ):
+        model.zero_grad()
+        out, new = run()
+        new = new if isinstance(new, tuple) else (new,)
+        (out.sum() + sum(s.sum() for s in new)).backward()
+        results.append([out, *new, *(p.grad.clone() for p in model.parameters())])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b), f"max abs difference {(a - b).abs().max().item():.3g}"
