@@ -8,7 +8,9 @@
   stack's recurrence is wrapped in ``tf.function(jit_compile=True)`` (``xla``; training
   stays generic: TensorFlow cannot pass the loop's gradient lists across XLA).
 - JAX: Keras already runs LSTM/GRU as one ``lax.scan`` with the input projection
-  hoisted out, inside the jitted step; the generic path is used.
+  hoisted out, inside the jitted step; on an NVIDIA GPU a float32 LSTM stack runs
+  through cuDNN instead (``jax.experimental.rnn.lstm``, ``run_jax_cudnn``; never run
+  on a GPU here, its weight layout tested on the CPU against ``lstm_ref``).
 
 Configurations a fast path cannot serve (dropout, activations the torch op lacks,
 ``go_backwards``, ``unroll``) take the generic per-layer Keras path.
@@ -30,15 +32,67 @@ from harness.spec.cells import CELLS, to_torch
 
 
 def path_name(layer: Any, training: bool | None = False) -> str:
-    """Which path ``layer`` runs on: "torch-fused", "tf-xla" (inference only) or "generic"."""
+    """Which path ``layer`` runs on: "torch-fused", "jax-cudnn", "tf-xla" (inference only) or "generic"."""
     backend = keras.backend.backend()
     if not layer.fused or not all(_plain(rnn) for rnn in layer.rnn_layers):
         return "generic"
-    if backend == "torch" and all(_torch_has(layer.cell, rnn.cell) for rnn in layer.rnn_layers):
+    torch_has = all(_torch_has(layer.cell, rnn.cell) for rnn in layer.rnn_layers)
+    if backend == "torch" and torch_has:
         return "torch-fused"
+    if backend == "jax" and torch_has and layer.cell == "lstm" and layer.compute_dtype == "float32" and _jax_on_gpu():
+        return "jax-cudnn"
     if backend == "tensorflow" and not training:  # gradients cannot cross XLA's while-loop boundary
         return "tf-xla"
     return "generic"
+
+
+def _jax_on_gpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+def cudnn_lstm_weights(layer: Any) -> Any:
+    """The stack's LSTM weights as cuDNN's flat vector (``jax.experimental.rnn``'s layout).
+
+    Every layer's ``W_ih`` ``(4H, F)`` and ``W_hh`` ``(4H, H)`` in torch's gate order (which is
+    Keras's), then every layer's ``b_ih`` and ``b_hh`` (the Keras bias and zeros; zeros without bias).
+    """
+    import jax.numpy as jnp
+
+    matrices, biases = [], []
+    for rnn in layer.rnn_layers:
+        kernel, recurrent, *bias = (w.value for w in rnn.cell.weights)
+        weights = to_torch(layer.cell, [kernel, recurrent])
+        matrices += [weights["weight_ih"].ravel(), weights["weight_hh"].ravel()]
+        zeros = jnp.zeros(4 * layer.units, kernel.dtype)
+        biases += [bias[0] if bias else zeros, zeros]  # LSTM gates are in the same order: the bias as it is
+    return jnp.concatenate(matrices + biases)
+
+
+def run_jax_cudnn(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
+    """Run the whole LSTM stack on ``x`` ``(N, T, F)`` through cuDNN (``jax.experimental.rnn.lstm``).
+
+    Differentiable (the op has a cuDNN backward). Runs on NVIDIA GPUs only; its weight layout is
+    tested on the CPU against ``jax.experimental.rnn.lstm_ref``.
+    """
+    import jax.numpy as jnp
+    from jax.experimental import rnn
+
+    lengths = jnp.full((x.shape[0],), x.shape[1], jnp.int32)
+    y, h, c = rnn.lstm(
+        x,
+        initial[0],
+        initial[1],
+        cudnn_lstm_weights(layer),
+        lengths,
+        input_size=layer.input_size,
+        hidden_size=layer.units,
+        num_layers=layer.num_layers,
+        dropout=0.0,
+        bidirectional=False,
+    )
+    return y, [h, c]
 
 
 def xla(fn: Callable) -> Callable:

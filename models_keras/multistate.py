@@ -301,6 +301,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         path = fast_paths.path_name(self, training)
         if path == "torch-fused":
             return functools.partial(fast_paths.run_torch, self)
+        if path == "jax-cudnn":
+            return functools.partial(fast_paths.run_jax_cudnn, self)
         if path == "tf-xla" and not fast_paths.symbolic():
             if self._xla_run is None:
                 object.__setattr__(self, "_xla_run", fast_paths.xla(self._run_layers))

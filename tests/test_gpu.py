@@ -25,9 +25,8 @@ from harness.precision import full_precision_matmul
 from harness.scenarios import run_backend
 from harness.spec.cells import to_keras
 from models_torch.graphs import GraphStep
-from tests.helpers import cuda_available, keras_backend, random_input
+from tests.helpers import B, F, H, S, T, cuda_available, keras_backend, random_input
 
-B, S, F, H = 2, 3, 4, 8
 CELLS = ("lstm", "gru", "rnn")
 GPU_ATOL = {"float32": 1e-5, "float64": 1e-12}  # CUDA vs CPU, 1,000 steps in chunks of 100, TF32 off
 LONG, CHUNK = 1_000, 100
@@ -213,3 +212,46 @@ def test_training_parity_feeds_the_module_on_its_own_device(rng):
     assert report.ok, report.table()
     assert seen and set(seen) == {next(module.parameters()).device}
     assert report.device == "cpu" and report.matmul["torch"]["float32_matmul_precision"] == "highest"
+
+
+@pytest.mark.keras
+@pytest.mark.skipif(keras_backend() != "jax", reason="the cuDNN path of the JAX backend")
+@pytest.mark.parametrize("bias", [True, False])
+def test_jax_cudnn_weight_layout_matches_the_keras_lstm(bias, rng):
+    """On the CPU: the flat cuDNN weights, unpacked and run by JAX's reference LSTM, give the layer's result."""
+    import jax.numpy as jnp
+    import keras
+    from jax.experimental import rnn
+
+    from models_keras import MultiStateLSTM, fast_paths
+
+    layer = MultiStateLSTM(H, S, num_layers=2, use_bias=bias, batch_size=B)
+    x = random_input(rng, (B, S, T, F))
+    expected = keras.ops.convert_to_numpy(layer(x))
+    states = [jnp.asarray(s.reshape(2, B * S, H)) for s in layer.get_states()]
+    weights = rnn.unpack_lstm_weights(fast_paths.cudnn_lstm_weights(layer), F, H, 2, False)
+    lengths = jnp.full((B * S,), T, jnp.int32)
+    zeros = [jnp.zeros_like(s) for s in states]
+    y, h, c = rnn.lstm_ref(jnp.asarray(x.reshape(B * S, T, F)), *zeros, *weights, lengths, F, H, 2, 0.0, False)
+    np.testing.assert_allclose(np.asarray(y).reshape(B, S, T, H), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(h), states[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(c), states[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.keras
+@pytest.mark.skipif(keras_backend() != "jax", reason="the cuDNN path of the JAX backend")
+def test_jax_cudnn_path_on_gpu_matches_the_generic_path(rng):
+    from models_keras import MultiStateLSTM, fast_paths
+
+    fast, generic = MultiStateLSTM(H, S, num_layers=2, batch_size=B), MultiStateLSTM(H, S, num_layers=2, fused=False)
+    x = random_input(rng, (B, S, T, F))
+    fast(x[:, :, :1])
+    generic.build(x.shape)
+    generic.set_weights(fast.get_weights())
+    generic.reset_states(), fast.reset_states()
+    assert fast_paths.path_name(fast) == "jax-cudnn"
+    with full_precision_matmul():
+        np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(generic(x)), atol=1e-5, rtol=0)
+    for a, b in zip(fast.get_states(), generic.get_states(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -9,8 +9,8 @@ import torch
 
 from harness.porting import torch_class
 from models_torch.graphs import GraphStep
+from tests.helpers import B, F, H, S
 
-B, S, F, H = 2, 3, 4, 5
 CELLS = ("lstm", "gru", "rnn")
 
 

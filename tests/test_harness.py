@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 from harness import assert_parity, check_parity, chunk_plan
 from harness.cli import main
 from harness.porting import torch_class
-from tests.helpers import random_input
-
-B, S, T, F, H = 2, 4, 16, 3, 5
+from tests.helpers import B, F, H, S, T, random_input
 
 
 class PerStreamCopies:
@@ -66,7 +64,7 @@ def test_report_table_and_json(rng):
     report = check_parity({"a": model, "b": other}, random_input(rng, (B, S, T, F)), "halves")
     assert "FAIL" in report.table() and "ok (bit-identical)" in report.table()
     data = json.loads(report.to_json())
-    assert data["ok"] is False and data["plan"] == [8, 8]
+    assert data["ok"] is False and data["plan"] == [T // 2, T - T // 2]
     worst = max(data["comparisons"], key=lambda c: c["max_abs"])
     assert worst["max_abs"] == pytest.approx(report.max_abs_error)
     assert set(worst["where"]) >= {"chunk", "stream", "unit"}
@@ -232,10 +230,10 @@ def test_state_map_matches_them_and_then_the_1e3_is_caught(rng):
 
 def test_a_missing_state_fails(rng):
     model, x = _strict_case(rng)
-    report = check_parity({"ref": model, "no c": RenamedStates(model, {}, drop=("c",))}, x, [4, 4, 8])
+    report = check_parity({"ref": model, "no c": RenamedStates(model, {}, drop=("c",))}, x, [4, 4, T - 8])
     assert not report.ok
     assert {(c.tensor, c.chunk) for c in report.failures()} == {("missing:c", i) for i in range(3)}
-    assert "'ref' has state 'c' (1, 2, 4, 5), 'no c' has none" in report.failure_message()
+    assert f"'ref' has state 'c' {(1, B, S, H)}, 'no c' has none" in report.failure_message()
     # the reference lacking a state the model has fails too
     report = check_parity({"no c": RenamedStates(model, {}, drop=("c",)), "ref": model}, x, "halves")
     assert {c.tensor for c in report.failures()} == {"unexpected:c"}
@@ -248,8 +246,9 @@ def test_a_state_of_another_shape_fails_without_crashing(rng):
     report = check_parity({"ref": model, "trimmed": RenamedStates(model, {}, trim=True)}, x, "halves")
     assert not report.ok
     (first,) = {(c.tensor, c.problem) for c in report.failures()}
-    assert first == ("h", "shape (1, 2, 4, 4), expected (1, 2, 4, 5)")
-    assert "Problem: shape (1, 2, 4, 4), expected (1, 2, 4, 5)" in report.failure_message()
+    shapes = f"shape {(1, B, S, H - 1)}, expected {(1, B, S, H)}"
+    assert first == ("h", shapes)
+    assert f"Problem: {shapes}" in report.failure_message()
     with pytest.raises(AssertionError, match="tensor 'h'"):
         assert_parity({"ref": model, "trimmed": RenamedStates(model, {}, trim=True)}, x, "halves")
 

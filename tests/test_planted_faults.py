@@ -28,8 +28,8 @@ import torch
 from harness import check_parity
 from harness.porting import torch_class
 from harness.report import ParityReport
+from tests.helpers import B, F, H, S
 
-B, S, F, H = 2, 3, 3, 4
 T, PLAN = 12, [3, 3, 3, 3]
 LONG_B, LONG_S, LONG_T, LONG_PLAN = 1, 2, 1_000, [100] * 10
 ATOL = {"float32": 1e-6, "float64": 1e-13}

@@ -13,9 +13,9 @@ from harness.porting import keras_twin, read_weights, torch_class
 from harness.spec.cells import CELLS as CELL_SPECS
 from harness.spec.cells import to_keras
 from models_keras import multistate_layers
+from tests.helpers import B, F, H, S, T
 from tests.reference import reference_run
 
-B, S, T, F, H = 2, 3, 12, 4, 5
 CELLS = ("lstm", "gru", "rnn")
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
