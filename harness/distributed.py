@@ -207,6 +207,7 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
         if planted == "drop-rows":
             states = _drop_rows(states, world)
         distributed.save_global_states(module, f"{folder}/parallel.npz")
+        weights = _weights(module)
         # Resume the one-process checkpoint (1 -> world replicas) and continue one chunk.
         distributed.load_global_states(module, f"{folder}/single.npz")
         _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps, steps + 1), chunk, lr)
@@ -215,7 +216,7 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
             np.savez(
                 f"{folder}/result.npz",
                 losses=(global_losses / world).numpy(),
-                weights=np.array(_weights(module), dtype=object),
+                **{f"weight{i}": w for i, w in enumerate(weights)},
                 states=np.array([np.asarray(s) for s in states]),
                 resumed=np.array([s.numpy() for s in resumed]),
             )
@@ -242,8 +243,9 @@ def _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, 
         _torch_train(single, single, x, y, range(steps, steps + 1), chunk, lr)  # one chunk more, from the checkpoint
         args = (cell, rows, steps, chunk, lr, dtype, planted, x, y)
         mp.start_processes(_ddp_worker, (replicas, _free_port(), args, folder), nprocs=replicas, start_method="spawn")
-        with np.load(f"{folder}/result.npz", allow_pickle=True) as got:  # written here, by the workers
-            parallel = {"losses": got["losses"], "states": tuple(got["states"]), "weights": list(got["weights"])}
+        with np.load(f"{folder}/result.npz") as got:
+            weights = [got[f"weight{i}"] for i in range(len(after_training))]
+            parallel = {"losses": got["losses"], "states": tuple(got["states"]), "weights": weights}
             resumed = tuple(got["resumed"])
         # world -> 1: one process resumes the ranks' checkpoint and goes on from the same weights.
         one = _torch_module(cell, replicas * rows, dtype, None)
