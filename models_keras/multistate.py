@@ -22,7 +22,7 @@ from keras import ops
 from harness.spec import contract
 from harness.spec.cells import CELLS
 from harness.spec.checkpoint import StateCheckpoints
-from models_keras import checks, exact, fast_paths, stepping
+from models_keras import checks, distributed, exact, fast_paths, stepping
 
 # Guards the read-modify-write of one stream's slice in eager ``stream=k`` calls from several threads.
 _STATE_LOCK = threading.Lock()
@@ -153,7 +153,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         if self.batch_size is not None:
             if self.batch_size < 1:
                 raise ValueError(f"{self.name} needs a batch of at least one row, got batch size {self.batch_size}")
-            shape = (self.num_layers, self.batch_size, self.num_streams, self.units)
+            # Under a tf.distribute strategy each replica keeps the rows it runs (see ``distributed``).
+            rows = distributed.local_batch(self.batch_size, distributed.strategy_replicas())
+            shape = (self.num_layers, rows, self.num_streams, self.units)
             # autocast=False: under a mixed policy the state stays in the variable dtype and is assigned there.
             self.state_variables = [
                 self.add_weight(shape=shape, initializer="zeros", trainable=False, autocast=False, name=f"state_{n}")
@@ -166,9 +168,12 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             keras.backend.standardize_dtype(dtype),
             num_streams=self.num_streams,
             input_size=self.input_size,
-            batch_size=self.batch_size,
+            batch_size=distributed.rows_here(self.batch_size, self._first_state()),
             stream=stream,
         )
+
+    def _first_state(self) -> keras.Variable | None:
+        return self.state_variables[0] if self.state_variables else None
 
     def compute_output_spec(
         self,
@@ -238,8 +243,14 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                 f"{self.name} needs a fixed batch size to carry state: pass batch_size= "
                 "or use keras.Input(batch_shape=(batch, ...))"
             )
+        if distributed.tracing_across_replicas(self._first_state()):
+            return distributed.shape_only(inputs, self.units, self.return_sequences)
         resets, lengths, stepped = self._step_args(inputs, resets, lengths, mask)
-        batch, streams, units = self.batch_size, self.num_streams, self.units
+        batch, streams, units = (
+            distributed.rows_to_run(self.batch_size, self._first_state()),
+            self.num_streams,
+            self.units,
+        )
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
         carried = [ops.cast(ops.copy(v.value), self.compute_dtype) for v in self.state_variables]
         inputs = checks.at_run_time(inputs, batch, self.check_finite)
@@ -337,6 +348,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         elif mask_np is None:
             mask_np = np.zeros((self.batch_size, self.num_streams), dtype=bool)
             mask_np[:, list(streams)] = True
+        if distributed.state_replicas(self.state_variables[0]) > 1:  # each replica holds its rows: go global
+            self.set_states([np.where(mask_np[None, :, :, None], 0, s) for s in self.get_states()])
+            return
         cleared = ops.convert_to_tensor(mask_np[None, :, :, None])
         for v in self.state_variables:
             v.assign(ops.where(cleared, ops.zeros_like(v.value), v.value))
@@ -347,7 +361,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         """The carried states as numpy arrays, each ``(L, B, S, units)``: ``(h, c)`` for LSTM, ``(h,)`` otherwise."""
         if not self.state_variables:
             raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
-        return tuple(keras.ops.convert_to_numpy(v.value) for v in self.state_variables)
+        return tuple(distributed.read_global(v) for v in self.state_variables)
 
     numpy_states = get_states
 
@@ -365,7 +379,24 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         if not self.state_variables:
             raise RuntimeError(f"{self.name} has no state yet: build it with a batch size or call it once")
         for v, a in zip(self.state_variables, arrays):
-            v.assign(a.astype(self.variable_dtype))
+            distributed.assign_global(v, a.astype(self.variable_dtype))
+
+    def save_own_variables(self, store) -> None:
+        """``model.save``: the whole (global) state, whichever replicas hold its rows."""
+        if not self._owns_only_states():
+            return super().save_own_variables(store)
+        for i, state in enumerate(self.get_states()):
+            store[str(i)] = state
+
+    def load_own_variables(self, store) -> None:
+        """``load_model``: the saved global state, split over this model's replicas (any number)."""
+        if not self._owns_only_states() or len(store.keys()) != len(self.state_variables):
+            return super().load_own_variables(store)
+        self.set_states([np.asarray(store[str(i)]) for i in range(len(self.state_variables))])
+
+    def _owns_only_states(self) -> bool:
+        own = self._trainable_variables + self._non_trainable_variables
+        return bool(own) and [id(v) for v in own] == [id(v) for v in self.state_variables]
 
     def get_config(self) -> dict:
         return {

@@ -82,6 +82,7 @@ DOCTESTED = [
     "models_torch",
     "models_torch.multistate",
     "models_torch.segments",
+    "models_torch.distributed",
 ]
 
 
@@ -93,7 +94,9 @@ def test_doctests(name):
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("name", ["models_keras", "models_keras.multistate", "models_keras.exact"])
+@pytest.mark.parametrize(
+    "name", ["models_keras", "models_keras.multistate", "models_keras.exact", "models_keras.distributed"]
+)
 def test_keras_doctests(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -402,7 +402,7 @@ def _training_faults() -> dict[str, type]:
 
         def forward(self, x, stream=None, **kwargs):
             previous = getattr(self, "previous", None)
-            start = self.h if self.h is not None else self._zero_states(x.shape[0])[0]
+            start = self.get_states()[0] if self.batch_size is not None else x.new_zeros(1, x.shape[0], S, H)
             if previous is None or not self.training:
                 out = super().forward(x)
             else:

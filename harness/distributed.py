@@ -1,0 +1,352 @@
+"""Distributed training parity: the same truncated-BPTT run data-parallel and in one process, compared.
+
+Each engine trains a multi-state LSTM/GRU/RNN with plain SGD, one update per chunk,
+the state carried across chunks, once data-parallel over ``replicas`` and once in one
+process on the concatenated (global) batch, from the same weights. The report holds
+every step's loss on both sides, the largest weight difference and the largest
+difference of the global carried state (every replica's rows) after the run:
+
+- ``"torch-ddp"``: ``DistributedDataParallel`` over ``replicas`` gloo processes on the CPU
+  (spawned here); the global state comes from ``models_torch.distributed.gather_states``.
+  The run also proves resuming across replica counts: rank 0 saves the global state
+  (``save_global_states``), one process resumes it, and the ranks resume the one-process
+  checkpoint (``load_global_states``); both continue one chunk and are compared.
+- ``"tf-mirrored"``: ``tf.distribute.MirroredStrategy`` over ``replicas`` devices (logical CPU
+  devices: configure them before TensorFlow starts, see ``logical_cpus``), trained with ``fit``.
+- ``"jax-data-parallel"``: ``keras.distribution`` with the state sharded along its batch axis
+  (``models_keras.distributed.sharded_data_parallel``); virtual CPU devices need
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is imported.
+
+``planted`` injects a fault the check must catch: ``"state-in-buffers"`` (torch: the state
+registered as a buffer, which DDP broadcasts from rank 0) or ``"drop-rows"`` (every engine:
+replica 1's rows lost when the global state is gathered).
+
+Example:
+    >>> report = check_distributed_training_parity("torch-ddp", "lstm")  # doctest: +SKIP
+    >>> report.ok, report.max_state_error                                 # doctest: +SKIP
+    (True, 5.96e-08)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+ENGINES = ("torch-ddp", "tf-mirrored", "jax-data-parallel")
+PLANTS = ("state-in-buffers", "drop-rows")
+ATOL = {"float32": 1e-6, "float64": 1e-12}
+_ONE_PROCESS: dict[tuple, dict] = {}
+F, H, S = 4, 5, 3  # features, units, streams
+
+
+@dataclasses.dataclass
+class DistributedParityReport:
+    """Losses per step on both sides and the largest differences found (absolute)."""
+
+    engine: str
+    single_losses: list[float]
+    parallel_losses: list[float]
+    max_loss_error: float
+    max_weight_error: float
+    max_state_error: float
+    atol: float
+    resume_errors: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        worst = max([self.max_loss_error, self.max_weight_error, self.max_state_error, *self.resume_errors.values()])
+        return worst <= self.atol
+
+    def table(self) -> str:
+        lines = [f"{self.engine}: {'step':>4} {'one process':>14} {'parallel':>14} {'abs diff':>10}"]
+        for i, (a, b) in enumerate(zip(self.single_losses, self.parallel_losses)):
+            lines.append(f"{'':>{len(self.engine)}}  {i:>4} {a:>14.8g} {b:>14.8g} {abs(a - b):>10.2e}")
+        resumed = "".join(f", resume {k} {v:.2e}" for k, v in self.resume_errors.items())
+        lines.append(
+            f"losses {self.max_loss_error:.2e}, weights {self.max_weight_error:.2e}, states {self.max_state_error:.2e}"
+            f"{resumed} (allowed {self.atol:g}): {'ok' if self.ok else 'FAIL'}"
+        )
+        return "\n".join(lines)
+
+
+def training_data(batch: int, steps: int, chunk: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded inputs ``(batch, S, steps*chunk, F)`` and targets ``(batch, S, steps*chunk, H)``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, S, steps * chunk, F)).astype(dtype)
+    return x, rng.standard_normal((batch, S, steps * chunk, H)).astype(dtype)
+
+
+def _drop_rows(states: tuple[Any, ...], replicas: int) -> tuple[np.ndarray, ...]:
+    """Planted fault: replica 1's rows of the global state replaced by replica 0's."""
+    out = []
+    for s in states:
+        a = np.array(s)
+        rows = a.shape[1] // replicas
+        a[:, rows : 2 * rows] = a[:, :rows]
+        out.append(a)
+    return tuple(out)
+
+
+def _max_abs(a: Any, b: Any) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+def _report(engine: str, single: dict, parallel: dict, dtype: str, atol: float | None, **resume: float) -> Any:
+    return DistributedParityReport(
+        engine,
+        [float(v) for v in single["losses"]],
+        [float(v) for v in parallel["losses"]],
+        _max_abs([single["losses"]], [parallel["losses"]]),
+        _max_abs(single["weights"], parallel["weights"]),
+        _max_abs(single["states"], parallel["states"]),
+        ATOL[dtype] if atol is None else atol,
+        resume,
+    )
+
+
+def check_distributed_training_parity(
+    engine: str,
+    cell: str = "lstm",
+    *,
+    replicas: int = 2,
+    rows: int = 2,
+    steps: int = 3,
+    chunk: int = 4,
+    lr: float = 0.5,
+    dtype: str = "float32",
+    planted: str | None = None,
+    atol: float | None = None,
+) -> DistributedParityReport:
+    """Train data-parallel over ``replicas`` (``rows`` batch rows each) and in one process; compare.
+
+    Args:
+        engine: one of ``ENGINES``.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        steps, chunk: SGD updates and the time steps of each chunk (the state carries over).
+        planted: a fault from ``PLANTS`` the report must show.
+        atol: allowed absolute difference (default 1e-6 for float32, 1e-12 for float64).
+    """
+    if engine not in ENGINES or planted not in (None, *PLANTS):
+        raise ValueError(f"engine must be one of {ENGINES} and planted one of {PLANTS} or None")
+    x, y = training_data(replicas * rows, steps + 1, chunk, dtype)  # the last chunk: after resuming
+    if engine == "torch-ddp":
+        return _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y)
+    key = (engine, cell, x.shape, dtype, steps, chunk, lr)
+    if key not in _ONE_PROCESS:  # the one-process side does not change with ``planted``: run it once
+        _ONE_PROCESS[key] = _keras_run(engine, cell, None, x, y, steps, chunk, lr, None)
+    single = _ONE_PROCESS[key]
+    parallel = _keras_run(engine, cell, replicas, x, y, steps, chunk, lr, planted)
+    return _report(engine, single, parallel, dtype, atol, **parallel.get("resume", {}))
+
+
+# -- torch DDP ---------------------------------------------------------------------------------------
+
+
+def _torch_module(cell: str, batch: int, dtype: str, planted: str | None) -> Any:
+    import torch
+
+    from harness.porting import torch_class
+
+    cls = torch_class(cell)
+    if planted == "state-in-buffers":
+
+        class StateInBuffers(cls):
+            def _store(self, states: tuple[torch.Tensor, ...]) -> None:
+                super()._store(states)
+                for name, state in zip(self.state_names, self._carried):
+                    self._buffers[f"state_{name}"] = state
+
+        cls = StateInBuffers
+    torch.manual_seed(0)
+    return cls(F, H, S, batch_size=batch, dtype=getattr(torch, dtype))
+
+
+def _torch_train(model: Any, module: Any, x: np.ndarray, y: np.ndarray, chunks: range, chunk: int, lr: float) -> list:
+    """SGD on MSE, one update per chunk; returns each step's local loss (a tensor)."""
+    import torch
+
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    losses = []
+    for c in chunks:
+        part = slice(c * chunk, (c + 1) * chunk)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(torch.from_numpy(x[:, :, part])), torch.from_numpy(y[:, :, part]))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return losses
+
+
+def _weights(module: Any) -> list[np.ndarray]:
+    return [p.detach().numpy().copy() for p in module.parameters()]
+
+
+def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from models_torch import distributed
+
+    cell, rows, steps, chunk, lr, dtype, planted, x, y = args
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        module = _torch_module(cell, rows, dtype, planted)
+        mine = slice(rank * rows, (rank + 1) * rows)
+        losses = _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps), chunk, lr)
+        global_losses = torch.stack(losses)
+        dist.all_reduce(global_losses)  # equal local batches: the global MSE is the mean of the local ones
+        states = distributed.gather_states(module)
+        if planted == "drop-rows":
+            states = _drop_rows(states, world)
+        distributed.save_global_states(module, f"{folder}/parallel.npz")
+        weights = _weights(module)
+        # Resume the one-process checkpoint (1 -> world replicas) and continue one chunk.
+        distributed.load_global_states(module, f"{folder}/single.npz")
+        _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps, steps + 1), chunk, lr)
+        resumed = distributed.gather_states(module)
+        if rank == 0:
+            np.savez(
+                f"{folder}/result.npz",
+                losses=(global_losses / world).numpy(),
+                **{f"weight{i}": w for i, w in enumerate(weights)},
+                states=np.array([np.asarray(s) for s in states]),
+                resumed=np.array([s.numpy() for s in resumed]),
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y) -> DistributedParityReport:
+    import torch
+    import torch.multiprocessing as mp
+
+    single = _torch_module(cell, replicas * rows, dtype, None)
+    losses = _torch_train(single, single, x, y, range(steps), chunk, lr)
+    expected = {"losses": [float(v) for v in losses], "states": single.numpy_states()}
+    with tempfile.TemporaryDirectory() as folder:
+        single.save_states(f"{folder}/single.npz")
+        after_training = _weights(single)
+        _torch_train(single, single, x, y, range(steps, steps + 1), chunk, lr)  # one chunk more, from the checkpoint
+        args = (cell, rows, steps, chunk, lr, dtype, planted, x, y)
+        mp.start_processes(_ddp_worker, (replicas, _free_port(), args, folder), nprocs=replicas, start_method="spawn")
+        with np.load(f"{folder}/result.npz") as got:
+            weights = [got[f"weight{i}"] for i in range(len(after_training))]
+            parallel = {"losses": got["losses"], "states": tuple(got["states"]), "weights": weights}
+            resumed = tuple(got["resumed"])
+        # world -> 1: one process resumes the ranks' checkpoint and goes on from the same weights.
+        one = _torch_module(cell, replicas * rows, dtype, None)
+        with torch.no_grad():
+            for p, w in zip(one.parameters(), after_training):
+                p.copy_(torch.from_numpy(w))
+        one.load_states(f"{folder}/parallel.npz")
+        _torch_train(one, one, x, y, range(steps, steps + 1), chunk, lr)
+    expected["weights"] = after_training
+    return _report(
+        "torch-ddp",
+        expected,
+        parallel,
+        dtype,
+        atol,
+        **{
+            f"{replicas}->1": _max_abs(one.numpy_states(), single.numpy_states()),
+            f"1->{replicas}": _max_abs(resumed, single.numpy_states()),
+        },
+    )
+
+
+# -- Keras: tf.distribute and keras.distribution ------------------------------------------------------
+
+
+def logical_cpus(count: int) -> None:
+    """Split the CPU into ``count`` logical TensorFlow devices (before TensorFlow's runtime starts)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+_STRATEGIES: dict[tuple[str, ...], Any] = {}
+
+
+def _keras_scope(engine: str, replicas: int | None) -> Callable[[], Any]:
+    """A context factory under which the model is built data-parallel (a no-op for one process)."""
+    import contextlib
+
+    import keras
+
+    if replicas is None:
+        return contextlib.nullcontext
+    if engine == "tf-mirrored":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+        if len(devices) < replicas:
+            raise RuntimeError(f"{replicas} replicas need {replicas} logical CPUs: call logical_cpus() first")
+        if tuple(devices) not in _STRATEGIES:  # one per process and devices: new ones would reuse collective keys
+            _STRATEGIES[tuple(devices)] = tf.distribute.MirroredStrategy(devices)
+        return _STRATEGIES[tuple(devices)].scope
+    from models_keras.distributed import sharded_data_parallel
+
+    devices = keras.distribution.list_devices()[:replicas]
+    if len(devices) < replicas:
+        raise RuntimeError(f"{replicas} replicas need {replicas} devices: set XLA_FLAGS before importing JAX")
+    return sharded_data_parallel(devices).scope
+
+
+def _keras_model(cell: str, batch: int, dtype: str) -> Any:
+    import keras
+
+    from harness.porting import keras_class
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(batch_shape=(batch, S, None, F), dtype=dtype)
+    model = keras.Model(inputs, keras_class(cell)(H, S, dtype=dtype)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
+    return model
+
+
+def _keras_run(engine, cell, replicas, x, y, steps, chunk, lr, planted) -> dict:
+    """Train with ``fit`` (one update per chunk); the parallel run also round-trips ``model.save``."""
+    import keras
+
+    from models_keras import multistate_layers
+
+    floatx = keras.config.floatx()
+    keras.config.set_floatx(str(x.dtype))
+    try:
+        scope = _keras_scope(engine, replicas)
+        losses = []
+        with scope():
+            model = _keras_model(cell, x.shape[0], str(x.dtype))
+            model.optimizer.learning_rate.assign(lr)
+            for c in range(steps):
+                part = slice(c * chunk, (c + 1) * chunk)
+                history = model.fit(x[:, :, part], y[:, :, part], batch_size=x.shape[0], shuffle=False, verbose=0)
+                losses.append(history.history["loss"][0])
+        (layer,) = multistate_layers(model)
+        states = layer.get_states()
+        if planted == "drop-rows":
+            states = _drop_rows(states, replicas)
+        result = {"losses": losses, "states": states, "weights": [np.asarray(w) for w in model.trainable_weights]}
+        if replicas is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                model.save(f"{folder}/m.keras")  # the global state, read back by one process
+                back = multistate_layers(keras.models.load_model(f"{folder}/m.keras"))[0].get_states()
+            result["resume"] = {f"save {replicas}->load 1": _max_abs(back, layer.get_states())}
+        return result
+    finally:
+        keras.config.set_floatx(floatx)
