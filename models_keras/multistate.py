@@ -72,7 +72,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         >>> layer = MultiStateLSTM(8, num_streams=3)
         >>> x = np.zeros((2, 3, 10, 4), "float32")
         >>> resets = np.zeros((2, 3, 10), bool); resets[0, 1, 4] = True
-        >>> layer(x, resets=resets, lengths=np.full((2, 3), 7)).shape
+        >>> tuple(layer(x, resets=resets, lengths=np.full((2, 3), 7)).shape)
         (2, 3, 10, 8)
     """
 
