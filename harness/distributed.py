@@ -220,6 +220,7 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
                 states=np.array([np.asarray(s) for s in states]),
                 resumed=np.array([s.numpy() for s in resumed]),
             )
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 

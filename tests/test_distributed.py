@@ -52,6 +52,7 @@ def _rank(rank: int, port: int, out: str, planted: bool) -> None:
     _train(DistributedDataParallel(module), module, slice(rank * ROWS, (rank + 1) * ROWS))
     h, c = module.numpy_states()
     np.savez(f"{out}/rank{rank}.npz", h=h, c=c, **{k: v.detach().numpy() for k, v in module.rnn.state_dict().items()})
+    dist.barrier()  # no rank tears the group down while another still talks to it
     dist.destroy_process_group()
 
 
