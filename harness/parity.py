@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ import numpy as np
 from harness.precision import full_precision_matmul
 from harness.report import Comparison, ParityReport, compare, mismatch
 from harness.runners import as_runner
+from harness.spec import contract
 from harness.tolerances import default_tolerance
 
 PLANS = ("whole", "halves", "random", "ones")
@@ -76,24 +79,57 @@ def _renamed(states: dict[str, np.ndarray], names: Mapping[str, str], model: str
     return out
 
 
-def _run_chunked(runner: Any, x: np.ndarray, plan: list[int], names: Mapping[str, str], model: str) -> tuple:
+@dataclasses.dataclass(frozen=True)
+class StepArgs:
+    """Per-step ``resets`` ``(B, S, T)`` and per-stream ``lengths`` ``(B, S)`` of the whole sequence.
+
+    ``window(start, end)`` gives a chunk's share: its resets, and each stream's length within the
+    chunk (``clip(length - start, 0, end - start)``), as keyword arguments for ``Runner.run``.
+    """
+
+    resets: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+
+    def window(self, start: int, end: int) -> dict[str, np.ndarray]:
+        args = {}
+        if self.resets is not None:
+            args["resets"] = self.resets[:, :, start:end]
+        if self.lengths is not None:
+            args["lengths"] = np.clip(self.lengths - start, 0, end - start)
+        return args
+
+
+def _run(runner: Any, model: str, x: np.ndarray, args: dict) -> np.ndarray:
+    if args and not _takes_step_args(runner):
+        raise ValueError(f"{model!r} cannot take resets/lengths: its runner's run(x) has no such arguments")
+    return runner.run(x, **args)
+
+
+def _takes_step_args(runner: Any) -> bool:
+    parameters = inspect.signature(runner.run).parameters
+    return {"resets", "lengths"} <= set(parameters) or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _run_chunked(
+    runner: Any, x: np.ndarray, plan: list[int], names: Mapping[str, str], model: str, steps: StepArgs
+) -> tuple:
     runner.reset()
     outputs, states, start = [], [], 0
     for n in plan:
-        outputs.append(runner.run(x[:, :, start : start + n]))
+        outputs.append(_run(runner, model, x[:, :, start : start + n], steps.window(start, start + n)))
         states.append(_renamed(runner.states(), names, model))
         start += n
     return outputs, states
 
 
 def _run_whole_prefixes(
-    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str
+    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
 ) -> tuple[np.ndarray, dict[int, dict]]:
     """The whole-sequence output, and the states after running whole each prefix ``x[:, :, :end]``."""
     states, out = {}, None
     for end in ends:
         runner.reset()
-        out = runner.run(x[:, :, :end])
+        out = _run(runner, model, x[:, :, :end], steps.window(0, end))
         states[end] = _renamed(runner.states(), names, model)
     return out, states
 
@@ -199,6 +235,8 @@ def check_parity(
     whole_state_checks: int | None = WHOLE_STATE_CHECKS,
     state_map: Mapping[str, Mapping[str, str]] | None = None,
     allow_tf32: bool = False,
+    resets: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
 ) -> ParityReport:
     """Run every model whole and chunked; compare outputs and states at every boundary.
 
@@ -217,6 +255,9 @@ def check_parity(
         state_map: model name -> {that model's state name: the reference's name}, for
             models that name their states differently. Without it, states must carry
             the same names (and shapes) on both sides, or the report fails.
+        resets, lengths: per-step resets ``(B, S, T)`` bools and per-stream lengths ``(B, S)`` of the
+            whole sequence, handed to every model on every run (each chunk gets its share,
+            ``StepArgs.window``); a model whose runner cannot take them is refused.
         allow_tf32: run with the frameworks' reduced-precision float32 matmuls (TF32 on a GPU)
             to see what they cost; by default the check switches them off in every framework
             involved and restores the user's settings afterwards (``report.matmul`` says which
@@ -255,10 +296,25 @@ def check_parity(
     if state_map.get(reference):
         raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
+    steps = _step_args(x, resets, lengths)
 
     with full_precision_matmul(allow_tf32=allow_tf32) as matmul:
-        comparisons = _compare_all(models, x, plan, reference, state_map, same, cross, whole_state_checks)
+        comparisons = _compare_all(models, x, plan, reference, state_map, same, cross, whole_state_checks, steps)
     return ParityReport(comparisons, plan, dtype, reference, matmul=matmul)
+
+
+def _step_args(x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None) -> StepArgs:
+    """``resets`` and ``lengths`` checked against ``x`` (the models' own contract), as numpy arrays."""
+    resets = None if resets is None else np.asarray(resets)
+    lengths = None if lengths is None else np.asarray(lengths)
+    contract.check_step_args(
+        x.shape,
+        resets=None if resets is None else (resets.shape, str(resets.dtype)),
+        lengths=None
+        if lengths is None
+        else (lengths.shape, str(lengths.dtype), int(lengths.min(initial=0)), int(lengths.max(initial=0))),
+    )
+    return StepArgs(resets, lengths)
 
 
 def _compare_all(
@@ -270,6 +326,7 @@ def _compare_all(
     same: Any,
     cross: Any,
     whole_state_checks: int | None,
+    steps: StepArgs,
 ) -> list[Comparison]:
     """Run every model chunked (and whole, for the prefixes checked), and compare everything."""
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
@@ -279,8 +336,8 @@ def _compare_all(
     comparisons: list[Comparison] = []
     for name, model in models.items():
         runner, names = as_runner(model), state_map.get(name, {})
-        chunked[name] = _run_chunked(runner, x, plan, names, name)
-        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends, names, name)
+        chunked[name] = _run_chunked(runner, x, plan, names, name, steps)
+        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends, names, name, steps)
         outs, states = chunked[name]
         for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(

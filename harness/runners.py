@@ -19,8 +19,9 @@ class Runner(Protocol):
     """What the parity engine needs from a model.
 
     ``run`` takes a numpy chunk ``(B, S, t, F)``, returns ``(B, S, t, H)`` and
-    carries state to the next call; ``states`` returns each carried state
-    tensor as ``(L, B, S, H)`` by name; ``reset`` zeroes them.
+    carries state to the next call (runners that support per-step resets and lengths take
+    them as keyword arguments ``resets`` ``(B, S, t)`` and ``lengths`` ``(B, S)``); ``states``
+    returns each carried state tensor as ``(L, B, S, H)`` by name; ``reset`` zeroes them.
     """
 
     def reset(self) -> None: ...
@@ -42,12 +43,13 @@ class TorchRunner:
     def reset(self) -> None:
         self.model.reset_states()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
         import torch
 
         weight = self.model.rnn.weight_ih_l0
+        args = {k: torch.as_tensor(v) for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
         with torch.no_grad():
-            return self.model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device)).cpu().numpy()
+            return self.model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device), **args).cpu().numpy()
 
     def states(self) -> dict[str, np.ndarray]:
         return {n: s.detach().cpu().numpy() for n, s in zip(self.model.state_names, self.model.get_states())}
@@ -58,6 +60,8 @@ class KerasRunner:
 
     Models run through ``predict_on_batch`` (the serving path); a bare layer is
     called directly. States of several multi-state layers are named ``layer.h``.
+    With resets/lengths, a model gets them as its 2nd and 3rd inputs (in that order, those
+    given), as a functional model built with ``layer(x, resets=..., lengths=...)`` takes them.
     """
 
     def __init__(self, model: Any) -> None:
@@ -72,12 +76,13 @@ class KerasRunner:
         for layer in self.layers:
             layer.reset_states()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
         import keras
 
+        args = {k: v for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
         if isinstance(self.model, keras.Model):
-            return np.asarray(self.model.predict_on_batch(x))
-        return keras.ops.convert_to_numpy(self.model(x))
+            return np.asarray(self.model.predict_on_batch([x, *args.values()] if args else x))
+        return keras.ops.convert_to_numpy(self.model(x, **args))
 
     def states(self) -> dict[str, np.ndarray]:
         single = len(self.layers) == 1

@@ -63,3 +63,24 @@ def reference_run(
     if one_stream:
         return out[:, 0], tuple(s[:, :, 0] for s in final)
     return out, final
+
+
+class ReferenceRunner:
+    """``reference_run`` as a parity-engine runner: carries the states between chunks, takes resets and lengths."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.reset()
+
+    def reset(self) -> None:
+        self.carried: State | None = None
+
+    def run(self, x, resets=None, lengths=None):
+        with torch.no_grad():
+            out, self.carried = reference_run(
+                self.module, torch.from_numpy(x), self.carried, resets=resets, lengths=lengths
+            )
+        return out.numpy()
+
+    def states(self) -> dict:
+        return {name: s.numpy() for name, s in zip(self.module.state_names, self.carried)}

@@ -13,10 +13,9 @@ from harness.porting import keras_twin, read_weights, torch_class
 from harness.spec.cells import CELLS as CELL_SPECS
 from harness.spec.cells import to_keras
 from models_keras import multistate_layers
-from tests.helpers import B, F, H, S, T
-from tests.reference import reference_run
+from tests.helpers import CELLS, B, F, H, S, T
+from tests.reference import ReferenceRunner, reference_run
 
-CELLS = ("lstm", "gru", "rnn")
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
@@ -390,3 +389,68 @@ def test_keras_common_path_is_unchanged(rng):
     same = layer(x, resets=np.zeros((B, S, T), bool), lengths=np.full((B, S), T, "int32"))
     assert np.array_equal(keras.ops.convert_to_numpy(same), plain)
     assert fast_paths.path_name(layer, False) == path
+
+
+class IgnoresResets(ReferenceRunner):
+    """Planted fault: takes resets but never applies them."""
+
+    def run(self, x, resets=None, lengths=None):
+        return super().run(x, lengths=lengths)
+
+
+class NoStepArgs:
+    """A runner whose ``run(x)`` cannot take resets or lengths."""
+
+    def reset(self) -> None: ...
+
+    def run(self, x):
+        return x
+
+    def states(self) -> dict:
+        return {}
+
+
+def _episodes(rng, steps: int = T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = rng.standard_normal((B, S, steps, F))
+    return x, rng.random((B, S, steps)) < 0.15, rng.integers(steps // 2, steps + 1, (B, S))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_engine_proves_resets_and_lengths_against_the_reference(cell, rng):
+    from harness import check_parity
+
+    module = make_module(cell)
+    x, resets, lengths = _episodes(rng)
+    report = check_parity(
+        {"torch": module, "reference": ReferenceRunner(module)}, x, "random", resets=resets, lengths=lengths
+    )
+    assert report.ok, report.failure_message()
+    planted = check_parity(
+        {"torch": module, "ignores resets": IgnoresResets(module)}, x, "random", resets=resets, lengths=lengths
+    )
+    assert not planted.ok
+    first = planted.first_failure()
+    bad = np.argwhere(resets & (np.arange(T) < lengths[:, :, None]))
+    assert first.pair == "ignores resets vs torch" and first.where["step"] >= bad[:, 2].min(), first
+
+
+def test_engine_refuses_step_args_a_runner_cannot_take(rng):
+    from harness import check_parity
+
+    x, resets, lengths = _episodes(rng)
+    with pytest.raises(ValueError, match="'plain' cannot take resets/lengths"):
+        check_parity({"plain": NoStepArgs()}, x, "halves", resets=resets)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 12\]"):
+        check_parity({"torch": make_module("gru")}, x, "halves", lengths=lengths + T)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("cell", CELLS)
+def test_engine_proves_keras_resets_and_lengths_against_torch(cell, rng):
+    from harness import check_parity
+
+    module = make_module(cell)
+    x, resets, lengths = _episodes(rng)
+    models = {"torch": module, "keras layer": keras_twin(module), "keras model": stepped_model(module)}
+    report = check_parity(models, x, "random", resets=resets, lengths=lengths.astype("int32"))
+    assert report.ok, report.failure_message()
