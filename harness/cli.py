@@ -53,6 +53,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
         *args.dtype,
         "--device",
         args.device,
+        "--episodes",
+        str(args.episodes),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -90,6 +92,12 @@ def _parity(args: argparse.Namespace) -> int:
         print(f"error: --device cuda: {problem}", file=sys.stderr)
         return 1
     backends = args.backend or installed_backends()
+    if args.episodes and "onnx" in backends:
+        if args.backend:
+            print("error: --episodes: an exported ONNX chunk takes no resets or lengths", file=sys.stderr)
+            return 1
+        backends.remove("onnx")
+        print("onnx left out: an exported ONNX chunk takes no resets or lengths", file=sys.stderr)
     rows: list[dict] = []
     for i, backend in enumerate(backends, 1):
         started = time.perf_counter()
@@ -113,7 +121,10 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    for row in scenarios.run_backend(args.which, args.cell, args.dtype, args.streams, device=args.device):
+    rows = scenarios.run_backend(
+        args.which, args.cell, args.dtype, args.streams, device=args.device, episodes=args.episodes
+    )
+    for row in rows:
         print(json.dumps(row), flush=True)
     return 0
 
@@ -135,6 +146,14 @@ def _port(args: argparse.Namespace) -> int:
     print(result.report.table())
     print(f"\nported {args.src} -> {args.dst}; max abs error {result.report.max_abs_error:.3g}. PASS")
     return 0
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -228,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
         p.add_argument("--streams", type=_positive, default=3)
         p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the torch model runs")
+        p.add_argument(
+            "--episodes",
+            type=_rate,
+            default=0.0,
+            metavar="RATE",
+            help="streams restart inside chunks: per-step resets at this rate and lengths in [T/2, T]",
+        )
     port = sub.add_parser("port", help="port a weight file between torch and Keras, then check parity")
     port.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     port.add_argument("dst", help="destination file in the other framework's format")

@@ -60,8 +60,8 @@ def model_device(model: Any) -> str:
     return str(next(model.parameters()).device)
 
 
-def _twin(backend: str, module: Any, folder: str) -> Any:
-    """The model held against the torch ``module``: its Keras twin, or its exported ONNX file."""
+def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
+    """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its ONNX file."""
     if backend == "onnx":
         from harness.export import export
 
@@ -70,13 +70,17 @@ def _twin(backend: str, module: Any, folder: str) -> Any:
         return path
     from harness.porting import keras_twin
 
-    return keras_twin(module, batch_size=BATCH)
+    return keras_twin(module) if eager else keras_twin(module, batch_size=BATCH)
 
 
-def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu") -> Iterator[dict]:
+def run_backend(
+    backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu", episodes: float = 0.0
+) -> Iterator[dict]:
     """Parity rows for ``backend`` ("torch" alone, "keras-<name>" or "onnx" against torch), torch on ``device``.
 
-    ONNX runs float32 only (onnxruntime's recurrent kernels have no float64).
+    ONNX runs float32 only (onnxruntime's recurrent kernels have no float64). ``episodes`` > 0:
+    streams restart inside chunks, with per-step resets at that rate and lengths in ``[T/2, T]``
+    (the Keras side then runs as an eager layer, which takes them as arguments).
     """
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="multistate-parity-") as folder:
@@ -87,15 +91,21 @@ def run_backend(backend: str, cells: list[str], dtypes: list[str], streams: int,
                     continue
                 models = {"torch": torch_model(cell, streams, dtype, device=device)}
                 if backend != "torch":
-                    models[backend] = _twin(backend, models["torch"], folder)
-                yield from _rows(backend, cell, dtype, models, x)
+                    models[backend] = _twin(backend, models["torch"], folder, eager=episodes > 0)
+                steps = {}
+                if episodes:
+                    steps = {
+                        "resets": rng.random((BATCH, streams, STEPS)) < episodes,
+                        "lengths": rng.integers(STEPS // 2, STEPS + 1, (BATCH, streams)).astype("int32"),
+                    }
+                yield from _rows(backend, cell, dtype, models, x, steps)
 
 
-def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray) -> Iterator[dict]:
+def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray, steps: dict) -> Iterator[dict]:
     """One row per (plan, pair, tensor); the torch reference's own rows only for the torch backend."""
     devices = {name: model_device(m) for name, m in models.items()}
     for plan in PLANS:
-        report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS)
+        report = check_parity(models, x, plan, seed=1, whole_state_checks=WHOLE_STATE_CHECKS, **steps)
         for row in report.summary():
             if backend != "torch" and row["pair"].startswith("torch "):
                 continue

@@ -156,6 +156,16 @@ def test_cli_parity_torch_writes_json(tmp_path, capsys):
     assert "PASS" in printed and "torch chunked vs whole" in printed
 
 
+def test_cli_parity_with_episodes(capsys):
+    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and ONNX."""
+    assert main(["parity", "--backend", "torch", "--cell", "lstm", "--dtype", "float64", "--episodes", "0.2"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["parity", "--episodes", "1.5"]) == 1
+    assert "must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["parity", "--backend", "onnx", "--episodes", "0.1"]) == 1
+    assert "takes no resets or lengths" in capsys.readouterr().err
+
+
 def test_entry_point_refusals(tmp_path, capsys):
     from harness.convert import convert_file
     from harness.files import file_kind
