@@ -90,6 +90,20 @@ class StepArgs:
     resets: np.ndarray | None = None
     lengths: np.ndarray | None = None
 
+    @classmethod
+    def checked(cls, x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None) -> StepArgs:
+        """``resets`` and ``lengths`` checked against ``x`` ``(B, S, T, F)`` (the models' own contract)."""
+        resets = None if resets is None else np.asarray(resets)
+        lengths = None if lengths is None else np.asarray(lengths)
+        contract.check_step_args(
+            x.shape,
+            resets=None if resets is None else (resets.shape, str(resets.dtype)),
+            lengths=None
+            if lengths is None
+            else (lengths.shape, str(lengths.dtype), int(lengths.min(initial=0)), int(lengths.max(initial=0))),
+        )
+        return cls(resets, lengths)
+
     def window(self, start: int, end: int) -> dict[str, np.ndarray]:
         args = {}
         if self.resets is not None:
@@ -296,25 +310,11 @@ def check_parity(
     if state_map.get(reference):
         raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
     same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
-    steps = _step_args(x, resets, lengths)
+    steps = StepArgs.checked(x, resets, lengths)
 
     with full_precision_matmul(allow_tf32=allow_tf32) as matmul:
         comparisons = _compare_all(models, x, plan, reference, state_map, same, cross, whole_state_checks, steps)
     return ParityReport(comparisons, plan, dtype, reference, matmul=matmul)
-
-
-def _step_args(x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None) -> StepArgs:
-    """``resets`` and ``lengths`` checked against ``x`` (the models' own contract), as numpy arrays."""
-    resets = None if resets is None else np.asarray(resets)
-    lengths = None if lengths is None else np.asarray(lengths)
-    contract.check_step_args(
-        x.shape,
-        resets=None if resets is None else (resets.shape, str(resets.dtype)),
-        lengths=None
-        if lengths is None
-        else (lengths.shape, str(lengths.dtype), int(lengths.min(initial=0)), int(lengths.max(initial=0))),
-    )
-    return StepArgs(resets, lengths)
 
 
 def _compare_all(

@@ -238,11 +238,12 @@ def keras_class(cell: str) -> type:
     return getattr(models_keras, CELLS[cell].keras_multistate)
 
 
-def keras_twin(model: Any, batch_size: int | None = None) -> Any:
+def keras_twin(model: Any, batch_size: int | None = None, *, step_inputs: bool = False) -> Any:
     """A ``models_keras`` layer configured like the ``models_torch`` ``model``, carrying its weights.
 
     With ``batch_size``, a ``keras.Model`` around the layer (``Input(batch_shape=(B, S, None, F))``),
-    which runs through the compiled ``predict_on_batch`` path.
+    which runs through the compiled ``predict_on_batch`` path; ``step_inputs=True`` gives that model
+    two more inputs, ``resets`` ``(B, S, t)`` bools and ``lengths`` ``(B, S)`` int32.
     """
     import keras
 
@@ -262,7 +263,11 @@ def keras_twin(model: Any, batch_size: int | None = None) -> Any:
     if batch_size is None:
         return layer
     inputs = keras.Input(batch_shape=(batch_size, model.num_streams, None, spec.input_size), dtype=dtype)
-    return keras.Model(inputs, layer(inputs))
+    if not step_inputs:
+        return keras.Model(inputs, layer(inputs))
+    resets = keras.Input(batch_shape=(batch_size, model.num_streams, None), dtype="bool")
+    lengths = keras.Input(batch_shape=(batch_size, model.num_streams), dtype="int32")
+    return keras.Model([inputs, resets, lengths], layer(inputs, resets=resets, lengths=lengths))
 
 
 def torch_twin(layer: Any) -> Any:

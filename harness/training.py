@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.parity import chunk_plan
+from harness.parity import StepArgs, chunk_plan
 from harness.porting import describe, keras_twin, read_weights
 from harness.precision import full_precision_matmul
 from harness.spec.cells import CELLS, to_keras
@@ -110,6 +110,8 @@ def check_training_parity(
     lr: float = 0.1,
     steps: int = 4,
     rtol: float | None = None,
+    resets: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
 ) -> TrainingParityReport:
     """Train ``torch_model`` and its Keras twin for ``steps`` SGD updates (one per chunk) and compare.
 
@@ -119,12 +121,23 @@ def check_training_parity(
         chunks: chunk plan over ``T``; passes repeat it (state reset at each pass) until ``steps`` updates.
         lr: SGD learning rate on both sides.
         rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
+        resets, lengths: per-step resets ``(B, S, T)`` and per-stream lengths ``(B, S)`` of the whole
+            sequence; each chunk gets its share on both sides (the Keras twin takes them as inputs).
     """
     import keras  # noqa: F401  (loads the Keras backend's framework first, so that the switch covers it)
     import torch  # noqa: F401
 
     with full_precision_matmul() as matmul:
-        report = _train_and_compare(torch_model, x, target, chunks, lr=lr, steps=steps, rtol=rtol)
+        report = _train_and_compare(
+            torch_model,
+            x,
+            target,
+            chunks,
+            lr=lr,
+            steps=steps,
+            rtol=rtol,
+            step_args=StepArgs.checked(x, resets, lengths),
+        )
     report.matmul = matmul
     return report
 
@@ -138,6 +151,7 @@ def _train_and_compare(
     lr: float,
     steps: int,
     rtol: float | None,
+    step_args: StepArgs,
 ) -> TrainingParityReport:
     import keras
     import torch
@@ -146,7 +160,13 @@ def _train_and_compare(
     dtype = str(x.dtype)
     rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
     spec = describe(torch_model)
-    model = keras_twin(torch_model, batch_size=x.shape[0])
+    stepped = step_args.resets is not None or step_args.lengths is not None
+    if stepped:  # the Keras twin takes both inputs: fill in the one not given (no resets, full lengths)
+        step_args = StepArgs(
+            np.zeros(x.shape[:3], bool) if step_args.resets is None else step_args.resets,
+            np.full(x.shape[:2], x.shape[2]) if step_args.lengths is None else step_args.lengths,
+        )
+    model = keras_twin(torch_model, batch_size=x.shape[0], step_inputs=stepped)
     floatx = keras.config.floatx()
     keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
     frozen = [] if CELLS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
@@ -166,15 +186,18 @@ def _train_and_compare(
                 torch_model.reset_states()
                 model.layers[-1].reset_states()
             xc, yc = x[:, :, start:end], target[:, :, start:end]
+            chunk_args = step_args.window(start, end)
+            torch_args = {k: torch.from_numpy(v).to(device) for k, v in chunk_args.items()}
             loss = torch.nn.functional.mse_loss(
-                torch_model(torch.from_numpy(xc).to(device)), torch.from_numpy(yc).to(device)
+                torch_model(torch.from_numpy(xc).to(device), **torch_args), torch.from_numpy(yc).to(device)
             )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             torch_losses.append(loss.item())
             model.optimizer.learning_rate.assign(lr / yc.size)
-            keras_losses.append(float(np.asarray(model.train_on_batch(xc, yc))) / yc.size)
+            inputs = [xc, chunk_args["resets"], chunk_args["lengths"].astype("int32")] if stepped else xc
+            keras_losses.append(float(np.asarray(model.train_on_batch(inputs, yc))) / yc.size)
     finally:
         keras.config.set_floatx(floatx)
         for p in frozen:

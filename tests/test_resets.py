@@ -454,3 +454,31 @@ def test_engine_proves_keras_resets_and_lengths_against_torch(cell, rng):
     models = {"torch": module, "keras layer": keras_twin(module), "keras model": stepped_model(module)}
     report = check_parity(models, x, "random", resets=resets, lengths=lengths.astype("int32"))
     assert report.ok, report.failure_message()
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_parity_holds_with_resets_and_lengths(cell, rng):
+    from harness import check_training_parity
+
+    module = make_module(cell)
+    x, resets, lengths = _episodes(rng)
+    target = rng.standard_normal((B, S, T, H))
+    report = check_training_parity(module, x, target, [5, T - 5], lr=0.2, steps=4, resets=resets, lengths=lengths)
+    assert report.ok, report.table()
+
+
+@pytest.mark.keras
+def test_training_parity_catches_a_module_that_ignores_resets(rng):
+    """Planted fault: the torch side trains as if no stream restarted; the training check must fail."""
+    from harness import check_training_parity
+
+    class IgnoresResetsInTraining(type(make_module("gru"))):
+        def forward(self, x, stream=None, *, resets=None, **kwargs):
+            return super().forward(x, stream, **kwargs)
+
+    torch.manual_seed(0)
+    module = IgnoresResetsInTraining(F, H, S, dtype=torch.float64)
+    x, resets, lengths = _episodes(rng)
+    report = check_training_parity(module, x, rng.standard_normal((B, S, T, H)), [5, T - 5], resets=resets)
+    assert not report.ok, report.table()
