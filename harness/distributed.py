@@ -86,7 +86,7 @@ def _drop_rows(states: tuple[Any, ...], replicas: int) -> tuple[np.ndarray, ...]
     """Planted fault: replica 1's rows of the global state replaced by replica 0's."""
     out = []
     for s in states:
-        a = np.array(s)
+        a = np.array(s.cpu() if hasattr(s, "cpu") else s)
         rows = a.shape[1] // replicas
         a[:, rows : 2 * rows] = a[:, :rows]
         out.append(a)
@@ -122,6 +122,7 @@ def check_distributed_training_parity(
     dtype: str = "float32",
     planted: str | None = None,
     atol: float | None = None,
+    backend: str = "gloo",
 ) -> DistributedParityReport:
     """Train data-parallel over ``replicas`` (``rows`` batch rows each) and in one process; compare.
 
@@ -131,12 +132,14 @@ def check_distributed_training_parity(
         steps, chunk: SGD updates and the time steps of each chunk (the state carries over).
         planted: a fault from ``PLANTS`` the report must show.
         atol: allowed absolute difference (default 1e-6 for float32, 1e-12 for float64).
+        backend: ``torch-ddp`` only: ``"gloo"`` (CPU processes) or ``"nccl"`` (one GPU per rank; the
+            one-process run on ``cuda:0``; never run here: marked ``gpu`` in the suite).
     """
     if engine not in ENGINES or planted not in (None, *PLANTS):
         raise ValueError(f"engine must be one of {ENGINES} and planted one of {PLANTS} or None")
     x, y = training_data(replicas * rows, steps + 1, chunk, dtype)  # the last chunk: after resuming
     if engine == "torch-ddp":
-        return _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y)
+        return _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y, backend)
     key = (engine, cell, x.shape, dtype, steps, chunk, lr)
     if key not in _ONE_PROCESS:  # the one-process side does not change with ``planted``: run it once
         _ONE_PROCESS[key] = _keras_run(engine, cell, None, x, y, steps, chunk, lr, None)
@@ -172,11 +175,13 @@ def _torch_train(model: Any, module: Any, x: np.ndarray, y: np.ndarray, chunks: 
     import torch
 
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    device = next(module.parameters()).device
     losses = []
     for c in chunks:
         part = slice(c * chunk, (c + 1) * chunk)
         optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(torch.from_numpy(x[:, :, part])), torch.from_numpy(y[:, :, part]))
+        xc, yc = (torch.from_numpy(a[:, :, part]).to(device) for a in (x, y))
+        loss = torch.nn.functional.mse_loss(model(xc), yc)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
@@ -184,7 +189,7 @@ def _torch_train(model: Any, module: Any, x: np.ndarray, y: np.ndarray, chunks: 
 
 
 def _weights(module: Any) -> list[np.ndarray]:
-    return [p.detach().numpy().copy() for p in module.parameters()]
+    return [p.detach().cpu().numpy().copy() for p in module.parameters()]
 
 
 def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> None:
@@ -194,11 +199,13 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
 
     from models_torch import distributed
 
-    cell, rows, steps, chunk, lr, dtype, planted, x, y = args
+    cell, rows, steps, chunk, lr, dtype, planted, x, y, backend = args
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        module = _torch_module(cell, rows, dtype, planted)
+        module = _torch_module(cell, rows, dtype, planted).to(f"cuda:{rank}" if backend == "nccl" else "cpu")
         mine = slice(rank * rows, (rank + 1) * rows)
         losses = _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps), chunk, lr)
         global_losses = torch.stack(losses)
@@ -215,10 +222,10 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
         if rank == 0:
             np.savez(
                 f"{folder}/result.npz",
-                losses=(global_losses / world).numpy(),
+                losses=(global_losses / world).cpu().numpy(),
                 **{f"weight{i}": w for i, w in enumerate(weights)},
                 states=np.array([np.asarray(s) for s in states]),
-                resumed=np.array([s.numpy() for s in resumed]),
+                resumed=np.array([s.cpu().numpy() for s in resumed]),
             )
         dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
@@ -231,25 +238,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y) -> DistributedParityReport:
+def _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y, backend) -> DistributedParityReport:
     import torch
     import torch.multiprocessing as mp
 
-    single = _torch_module(cell, replicas * rows, dtype, None)
+    device = "cuda:0" if backend == "nccl" else "cpu"
+    single = _torch_module(cell, replicas * rows, dtype, None).to(device)
     losses = _torch_train(single, single, x, y, range(steps), chunk, lr)
     expected = {"losses": [float(v) for v in losses], "states": single.numpy_states()}
     with tempfile.TemporaryDirectory() as folder:
         single.save_states(f"{folder}/single.npz")
         after_training = _weights(single)
         _torch_train(single, single, x, y, range(steps, steps + 1), chunk, lr)  # one chunk more, from the checkpoint
-        args = (cell, rows, steps, chunk, lr, dtype, planted, x, y)
+        args = (cell, rows, steps, chunk, lr, dtype, planted, x, y, backend)
         mp.start_processes(_ddp_worker, (replicas, _free_port(), args, folder), nprocs=replicas, start_method="spawn")
         with np.load(f"{folder}/result.npz") as got:
             weights = [got[f"weight{i}"] for i in range(len(after_training))]
             parallel = {"losses": got["losses"], "states": tuple(got["states"]), "weights": weights}
             resumed = tuple(got["resumed"])
         # world -> 1: one process resumes the ranks' checkpoint and goes on from the same weights.
-        one = _torch_module(cell, replicas * rows, dtype, None)
+        one = _torch_module(cell, replicas * rows, dtype, None).to(device)
         with torch.no_grad():
             for p, w in zip(one.parameters(), after_training):
                 p.copy_(torch.from_numpy(w))

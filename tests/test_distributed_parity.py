@@ -31,6 +31,15 @@ def test_torch_ddp_matches_one_process_and_resumes_across_replica_counts():
     assert set(report.resume_errors) == {"2->1", "1->2"}
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL data parallelism needs 2 GPUs")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_ddp_on_nccl_matches_one_process(dtype):
+    report = check_distributed_training_parity("torch-ddp", "lstm", dtype=dtype, backend="nccl")
+    print(report.table())
+    assert report.ok, report.table()
+
+
 def test_torch_ddp_check_catches_rows_dropped_at_gather():
     report = check_distributed_training_parity("torch-ddp", "gru", planted="drop-rows")
     assert not report.ok and report.max_state_error > 1e-3, report.table()
