@@ -125,7 +125,9 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     def _store(self, states: State) -> None:
         dtype = self.rnn.weight_ih_l0.dtype  # not autocast's
         detach = self.detach_states
-        self._carried = tuple((s.detach() if detach else s).to(dtype) for s in states)
+        kept = tuple(s.detach() if detach and s.requires_grad else s for s in states)
+        # Straight into __dict__: nn.Module.__setattr__ costs more than a one-step chunk's bookkeeping.
+        self.__dict__["_carried"] = tuple(s if s.dtype == dtype else s.to(dtype) for s in kept)
 
     def _zeros(self, batch_size: int) -> State:
         weight = self.rnn.weight_ih_l0
@@ -135,6 +137,11 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     def _check_x(self, x: torch.Tensor, stream: int | None, batch_size: int | None) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        expected = self.rnn.weight_ih_l0.dtype
+        # A streaming loop sends the same shape every call: what passed once passes again.
+        key = (x.shape, x.dtype, expected, batch_size, stream) if stream is None or type(stream) is int else None
+        if key is not None and key == self.__dict__.get("_passed"):
+            return self._check_finite(x)
         contract.check_input(
             tuple(x.shape),
             _dtype_name(x.dtype),
@@ -143,11 +150,14 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             batch_size=batch_size,
             stream=stream,
         )
-        expected = self.rnn.weight_ih_l0.dtype
         if x.dtype != expected:
             raise ValueError(
                 f"input dtype must match the weights: expected {_dtype_name(expected)}, got {_dtype_name(x.dtype)}"
             )
+        self._check_finite(x)
+        self.__dict__["_passed"] = key
+
+    def _check_finite(self, x: torch.Tensor) -> None:
         if self.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError(
                 f"input holds NaN or Inf ({int((~torch.isfinite(x)).sum())} elements); state left as it was"

@@ -41,15 +41,17 @@ def fused(rnn: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence, states
     """One call of ``rnn`` from ``states`` (each ``(L, N, H)``); returns the output and the final states.
 
     A plain chunk goes straight to the op that ``nn.LSTM``/``GRU``/``RNN.forward`` would call, with
-    the same weights (``all_weights``, views into cuDNN's flat buffer on a GPU) and settings: the
-    module's Python checks, already done by the multi-state layer, cost more than a one-step
-    chunk itself. ``tests/test_torch_models.py`` holds both paths equal, bit for bit.
+    the same weights and settings: the module's Python checks, already done by the multi-state
+    layer, cost more than a one-step chunk itself. The weights are ``rnn._flat_weights``, the list
+    that ``forward`` itself passes (views into cuDNN's flat buffer on a GPU); torch has no public
+    spelling of it that is not rebuilt per call. ``tests/test_torch_models.py`` holds both paths
+    equal, bit for bit, and fails loudly if that attribute moves.
     """
     hx = tuple(s.contiguous() for s in states)
     if isinstance(x, nn.utils.rnn.PackedSequence):
         out, new = rnn(x, hx if len(hx) > 1 else hx[0])
         return out, (new if isinstance(new, tuple) else (new,))
-    weights = [w for layer in rnn.all_weights for w in layer]
+    weights = rnn._flat_weights
     out, *new = _op(rnn)(
         x,
         hx if len(hx) > 1 else hx[0],
