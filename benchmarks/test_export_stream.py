@@ -24,8 +24,36 @@ HOP_US = 16_000.0
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
 
 
+def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
+    """The inner ``nn`` RNN exported by hand (folded streams, states as inputs): one frame per call in onnxruntime."""
+    import onnxruntime
+    import torch
+
+    names = ["h", "c"] if isinstance(rnn, torch.nn.LSTM) else ["h"]
+    shape = (rnn.num_layers, streams, rnn.hidden_size)
+    states = tuple(torch.zeros(shape) for _ in names)
+    path = os.path.join(folder, "inner.onnx")
+    torch.onnx.export(
+        rnn, (torch.zeros(streams, 1, rnn.input_size), states if len(states) > 1 else states[0]), path,
+        input_names=["x", *names], output_names=["y", *[f"{n}_out" for n in names]], dynamo=False,
+    )  # fmt: skip
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    frame = np.zeros((streams, 1, rnn.input_size), "float32")
+    carried = {n: np.zeros(shape, "float32") for n in names}
+
+    def step() -> None:
+        _, *new = session.run(None, {"x": frame, **carried})
+        carried.update(zip(names, new))
+
+    return step
+
+
 def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "legacy") -> dict[str, Callable]:
-    """``torch`` and ``onnxruntime`` callables that each run one frame ``(1, S, 1, H)`` and carry the states."""
+    """Callables that each run one frame ``(1, S, 1, H)`` and carry the states: the torch module, its raw
+    inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime, and
+    the inner RNN exported by hand (``onnxruntime-inner``: the bound for the exported model)."""
     import torch
 
     from harness.export import export
@@ -45,9 +73,28 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
         with torch.no_grad():
             module(frame_t)
 
+    folded = frame_t.reshape(streams, 1, hidden)
+    raw_state = [tuple(s.reshape(1, streams, hidden) for s in module.get_states())] if module.batch_size else []
+
+    def raw_step() -> None:
+        with torch.no_grad():
+            _, new = module.rnn(folded, *raw_state)
+        raw_state[:] = [new]
+
     runner.run(frame)
     module(frame_t)
-    return {"torch": torch_step, "onnxruntime": lambda: runner.run(frame)}
+    carried = runner.states()
+
+    def exported_step() -> None:  # the session itself, fed as the inner one is (OnnxRunner adds its checks)
+        _, *new = runner.session.run(None, {"x": frame, **carried})
+        carried.update(zip(runner.state_names, new))
+
+    return {
+        "torch": torch_step,
+        "torch-raw": raw_step,
+        "onnxruntime": exported_step,
+        "onnxruntime-inner": _inner_session(module.rnn, streams, os.path.dirname(path)),
+    }
 
 
 def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7) -> float:
@@ -62,7 +109,7 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("engine", ["torch", "torch-raw", "onnxruntime", "onnxruntime-inner"])
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
     step = one_frame_steppers(*SHAPES[shape])[engine]
@@ -76,9 +123,8 @@ def main() -> None:
     from harness.export import ExportError
 
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each, B=1, F=H, 1 layer")
-    print(
-        f"{'shape':<16} {'exporter':<8} {'torch µs':>9} {'ORT µs':>9} {'torch RTF':>10} {'ORT RTF':>9} {'speed-up':>9}"
-    )
+    engines = ("torch", "torch-raw", "onnxruntime", "onnxruntime-inner")
+    print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in engines) + "  torch/ORT  ORT/inner")
     for name, (cell, streams, hidden) in SHAPES.items():
         for exporter in ("legacy", "dynamo"):
             try:
@@ -86,8 +132,9 @@ def main() -> None:
             except ExportError as e:
                 print(f"{name:<16} {exporter:<8} refused: {str(e).splitlines()[0]}")
                 continue
-            t, o = us_per_frame(steps["torch"]), us_per_frame(steps["onnxruntime"])
-            print(f"{name:<16} {exporter:<8} {t:>9.1f} {o:>9.1f} {t / HOP_US:>10.5f} {o / HOP_US:>9.5f} {t / o:>8.2f}x")
+            us = {e: us_per_frame(steps[e]) for e in engines}
+            ratios = f"{us['torch'] / us['onnxruntime']:>9.2f}x {us['onnxruntime'] / us['onnxruntime-inner']:>9.2f}x"
+            print(f"{name:<16} {exporter:<8} " + " ".join(f"{us[e]:>20.1f}" for e in engines) + f"  {ratios}")
 
 
 if __name__ == "__main__":

@@ -80,13 +80,16 @@ class ExportResult:
 
 def _fold_run(module: Any, x: Any, states: tuple[Any, ...]) -> tuple[Any, ...]:
     """``module``'s chunk as a pure function: fold streams into the batch, run the fused RNN, unfold."""
-    streams, hidden = module.num_streams, module.hidden_size
-    folded = tuple(s.flatten(1, 2) for s in states)
-    out, new = module.rnn(x.flatten(0, 1), folded if len(folded) > 1 else folded[0])
+    streams, hidden, layers = module.num_streams, module.hidden_size, module.num_layers
+    # Fixed sizes as Python ints and one -1: each reshape of a state exports as ONE constant Reshape,
+    # which keeps the exported graph within a few nodes of the bare RNN's (one-frame calls pay per node).
+    folded = tuple(s.reshape(layers, -1, hidden) for s in states)
+    steps = x.shape[2]  # read off x: time stays symbolic in both exporters
+    out, new = module.rnn(x.reshape(-1, steps, module.input_size), folded if len(folded) > 1 else folded[0])
     new = new if isinstance(new, tuple) else (new,)
-    # Sizes read off x keep batch and time symbolic in both exporters (an unflatten of `out` fixes time).
-    y = out.reshape(x.shape[0], streams, x.shape[2], hidden)
-    return (y, *(s.unflatten(1, (-1, streams)) for s in new))
+    batch = x.shape[0]  # read off x too: a -1 here turns into 0 for a batch of 1 in the dynamo exporter
+    y = out.reshape(batch, streams, steps, hidden)
+    return (y, *(s.reshape(layers, batch, streams, hidden) for s in new))
 
 
 def _chunk_module(module: Any) -> Any:
