@@ -149,22 +149,15 @@ def _reset_dropout(cells: Sequence[Any]) -> None:
 
 
 def torch_segments(fused: Any, x: Any, initial: list, resets: Any, lengths: Any) -> tuple[Any, list]:
-    """The torch backend: ``x`` ``(N, T, F)`` cut into segments at resets and lengths, run as ONE packed call.
+    """The torch backend: ``x`` ``(N, T, F)`` with resets and lengths through the layer's fused torch call.
 
     ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
-    ``(output, [final states])``. Without a reset inside the chunk and with full lengths this is one
-    plain fused call. The segments are those of ``harness.spec.segments``, as in ``models_torch``.
-    Returns what ``scan`` returns.
+    ``(output, [final states])``. One plain call without a reset inside the chunk and with full lengths;
+    otherwise the time axis cut at resets and lengths, or the segments packed into one call, as in
+    ``models_torch`` (``harness.spec.segments.run_segmented``). Returns what ``scan`` returns.
     """
     import torch
 
-    states = tuple(initial)
-    host_resets = None if resets is None else resets.cpu().numpy().astype(bool)
-    host_lengths = None if lengths is None else lengths.cpu().numpy()
-    if not segments.needs_segments(host_resets, host_lengths, x.shape[1]):
-        if resets is not None:
-            states = tuple(torch.where(resets.to(device=x.device, dtype=torch.bool)[None, :, :1], 0, s) for s in states)
-        return fused(x, states)
-    plan = segments.plan_segments(host_resets, host_lengths, x.shape[1])
-    out, finals = segments.run_packed(fused, x, states, plan, torch)
+    resets = None if resets is None else resets.to(torch.bool)
+    out, finals = segments.run_segmented(fused, x, tuple(initial), resets, lengths, torch)
     return out, list(finals)

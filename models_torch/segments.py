@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness.spec.segments import needs_segments, plan_segments, run_packed
+from harness.spec.segments import run_segmented
 
 State = tuple[torch.Tensor, ...]
 
@@ -73,19 +73,14 @@ def run(
     *,
     resets: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
+    path: str | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Run ``x`` ``(N, T, F)`` from ``states``; ``resets`` ``(N, T)`` bool zeroes a row's state before
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
-    Returns the output ``(N, T, H)`` and each row's state after its last valid step.
+    Returns the output ``(N, T, H)`` and each row's state after its last valid step. ``path`` forces
+    "cuts" or "packed" (``harness.spec.segments.run_segmented``; default: the cheaper here).
     """
     if resets is None and lengths is None:
         return fused(rnn, x, states)
-    host_resets = None if resets is None else resets.cpu().numpy()
-    host_lengths = None if lengths is None else lengths.cpu().numpy()
-    if not needs_segments(host_resets, host_lengths, x.shape[1]):
-        if resets is not None:
-            states = tuple(torch.where(resets[None, :, :1], 0, s) for s in states)
-        return fused(rnn, x, states)
-    plan = plan_segments(host_resets, host_lengths, x.shape[1])
-    return run_packed(functools.partial(fused, rnn), x, states, plan, torch)
+    return run_segmented(functools.partial(fused, rnn), x, states, resets, lengths, torch, path)

@@ -482,3 +482,28 @@ def test_training_parity_catches_a_module_that_ignores_resets(rng):
     x, resets, lengths = _episodes(rng)
     report = check_training_parity(module, x, rng.standard_normal((B, S, T, H)), [5, T - 5], resets=resets)
     assert not report.ok, report.table()
+
+
+@pytest.mark.parametrize("path", ["cuts", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_segment_paths_equal_the_reference(cell, path, rng):
+    """Cutting the time axis and packing the segments are two ways to the same numbers (float64, 1e-12)."""
+    from models_torch import segments
+
+    module = make_module(cell, num_layers=2)
+    x, resets, lengths = _episodes(rng)
+    states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H))) for _ in module.state_names)
+    want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
+    folded = tuple(s.reshape(2, B * S, H) for s in states)
+    with torch.no_grad():
+        out, new = segments.run(
+            module.rnn,
+            torch.from_numpy(x).reshape(B * S, T, F),
+            folded,
+            resets=torch.from_numpy(resets).reshape(B * S, T),
+            lengths=torch.from_numpy(lengths).reshape(B * S),
+            path=path,
+        )
+    close(out.reshape(B, S, T, H), want, 1e-12)
+    for got, expected in zip(new, want_states, strict=True):
+        close(got.reshape(2, B, S, H), expected, 1e-12)
