@@ -12,10 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
     )  # fmt: skip
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OnnxRunner: no busy threads
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     frame = np.zeros((streams, 1, rnn.input_size), "float32")
     carried = {n: np.zeros(shape, "float32") for n in names}
@@ -60,7 +62,6 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
     from harness.exported import OnnxRunner
     from harness.porting import torch_class
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     module = torch_class(cell)(hidden, hidden, streams).eval()
     path = os.path.join(tempfile.mkdtemp(), f"{cell}.onnx")
@@ -112,8 +113,23 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 @pytest.mark.parametrize("engine", ["torch", "torch-raw", "onnxruntime", "onnxruntime-inner"])
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
-    step = one_frame_steppers(*SHAPES[shape])[engine]
-    benchmark(step)
+    with one_torch_thread():
+        step = one_frame_steppers(*SHAPES[shape])[engine]
+        benchmark(step)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block, as onnxruntime is; the process's setting back afterwards
+    (the other benchmarks in the same process run with their own thread count)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def main() -> None:
@@ -122,6 +138,7 @@ def main() -> None:
 
     from harness.export import ExportError
 
+    torch.set_num_threads(1)
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each, B=1, F=H, 1 layer")
     engines = ("torch", "torch-raw", "onnxruntime", "onnxruntime-inner")
     print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in engines) + "  torch/ORT  ORT/inner")
