@@ -29,6 +29,7 @@ from typing import Any
 import keras
 
 from harness.spec.cells import CELLS, to_torch
+from harness.spec.saturate import SATURATED_GATES, Stack
 
 
 def path_name(layer: Any, training: bool | None = False) -> str:
@@ -148,17 +149,18 @@ def parameters(layer: Any) -> dict[str, Any]:
     return params
 
 
-def torch_fused(layer: Any, dtype: Any, training: bool | None) -> Callable:
+def torch_fused(layer: Any, dtype: Any, training: bool | None, params: dict[str, Any] | None = None) -> Callable:
     """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
 
-    ``x`` is an ``(N, T, F)`` tensor or a ``PackedSequence``; ``hx`` a sequence of ``(L, N, H)`` states.
+    ``x`` is an ``(N, T, F)`` tensor or a ``PackedSequence``; ``hx`` a sequence of ``(L, N, H)`` states;
+    ``params``: ``parameters(layer)`` where the caller has them already.
     """
     from torch.func import functional_call
 
     nonlinearity = layer.rnn_layers[0].cell.activation.__name__
     module = _template(layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, dtype)
     module.train(bool(training))
-    params = parameters(layer)
+    params = parameters(layer) if params is None else params
 
     def fused(x: Any, initial: Any) -> tuple[Any, list]:
         hx = tuple(s.contiguous() for s in initial)
@@ -166,6 +168,16 @@ def torch_fused(layer: Any, dtype: Any, training: bool | None) -> Callable:
         return out, list(final) if isinstance(final, tuple) else [final]
 
     return fused
+
+
+def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> Stack | None:
+    """The stack as ``harness.spec.saturate`` runs resets and lengths (LSTM, GRU; None for a simple RNN),
+    on the torch-named ``params`` of ``parameters(layer)``."""
+    if layer.cell not in SATURATED_GATES:
+        return None
+    names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if layer.use_bias else ())
+    layers = [[params[f"{name}_l{k}"] for name in names] for k in range(layer.num_layers)]
+    return Stack(layer.cell, layers, bool(training))
 
 
 def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:

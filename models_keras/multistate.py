@@ -294,8 +294,10 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             def run_torch(x, initial, resets, lengths, training):
                 if not _is_concrete(x):  # shapes only (symbolic build): the step loop needs no values
                     return self._scan(x, initial, resets, lengths, training)
-                fused = fast_paths.torch_fused(self, x.dtype, training)
-                return stepping.torch_segments(fused, x, initial, resets, lengths)
+                params = fast_paths.parameters(self)
+                fused = fast_paths.torch_fused(self, x.dtype, training, params)
+                stack = fast_paths.torch_stack(self, params, training)
+                return stepping.torch_segments(fused, x, initial, resets, lengths, stack)
 
             return run_torch
         return self._scan

@@ -12,8 +12,9 @@ Two implementations:
   for the whole stack, calling each inner Keras cell with ``where(reset_t, 0, state)``
   before the step and ``where(valid_t, new, state)`` after it.
 - ``torch_segments``: the torch backend's fused path (``fast_paths.run_torch``) extended
-  the way ``models_torch.segments`` does it: every row is cut into segments at its resets
-  and length, and all segments run as ONE packed ``nn.LSTM``/``GRU``/``RNN`` call.
+  the way ``models_torch.segments`` does it: on a CPU an LSTM or GRU with saturated gates,
+  one plain call per layer (``harness.spec.saturate``); otherwise every row is cut into
+  segments at its resets and length, run as ONE packed call or between cuts of the time axis.
 
 The layer calls these only when resets, lengths or a mask are given; without them it keeps
 its usual fast path (``fast_paths.path_name``).
@@ -148,16 +149,18 @@ def _reset_dropout(cells: Sequence[Any]) -> None:
             cell.reset_recurrent_dropout_mask()
 
 
-def torch_segments(fused: Any, x: Any, initial: list, resets: Any, lengths: Any) -> tuple[Any, list]:
+def torch_segments(
+    fused: Any, x: Any, initial: list, resets: Any, lengths: Any, stack: segments.Stack | None = None
+) -> tuple[Any, list]:
     """The torch backend: ``x`` ``(N, T, F)`` with resets and lengths through the layer's fused torch call.
 
     ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
-    ``(output, [final states])``. One plain call without a reset inside the chunk and with full lengths;
-    otherwise the time axis cut at resets and lengths, or the segments packed into one call, as in
-    ``models_torch`` (``harness.spec.segments.run_segmented``). Returns what ``scan`` returns.
+    ``(output, [final states])``; ``stack`` (``fast_paths.torch_stack``) lets an LSTM or GRU take saturated
+    gates. The path is chosen as in ``models_torch`` (``harness.spec.segments.run_segmented``). Returns what
+    ``scan`` returns.
     """
     import torch
 
     resets = None if resets is None else resets.to(torch.bool)
-    out, finals = segments.run_segmented(fused, x, tuple(initial), resets, lengths, torch)
+    out, finals = segments.run_segmented(fused, x, tuple(initial), resets, lengths, torch, stack=stack)
     return out, list(finals)

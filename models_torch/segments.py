@@ -1,10 +1,11 @@
 """Running the shared torch RNN on folded streams, with per-step resets and per-stream lengths.
 
 Without resets inside the chunk and with full lengths, one fused call does it all
-(``run``'s common path). Otherwise every row is cut into segments at its resets and
-at its length (``harness.spec.segments``); the segments run together as ONE packed
-sequence (``pack_padded_sequence`` gives each segment's state at its last valid step),
-a segment after a reset starting from zeros. No Python loop over time steps on any path.
+(``run``'s common path). Otherwise, on a CPU, an LSTM or GRU runs one plain call per layer
+with two extra input columns whose weights shut or hold its gates (``harness.spec.saturate``);
+elsewhere, and for a simple RNN, every row is cut into segments at its resets and at its length
+(``harness.spec.segments``), and the segments run as ONE packed sequence or between cuts of the
+time axis. No Python loop over time steps on any path.
 
 Example:
     >>> rnn = torch.nn.GRU(3, 5, batch_first=True)
@@ -23,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from harness.spec.saturate import Stack
 from harness.spec.segments import run_segmented
 
 State = tuple[torch.Tensor, ...]
@@ -79,8 +81,18 @@ def run(
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
     Returns the output ``(N, T, H)`` and each row's state after its last valid step. ``path`` forces
-    "cuts" or "packed" (``harness.spec.segments.run_segmented``; default: the cheaper here).
+    "saturated", "cuts" or "packed" (``harness.spec.segments.run_segmented``; default: the cheaper here).
     """
     if resets is None and lengths is None:
         return fused(rnn, x, states)
-    return run_segmented(functools.partial(fused, rnn), x, states, resets, lengths, torch, path)
+    return run_segmented(functools.partial(fused, rnn), x, states, resets, lengths, torch, path, saturable(rnn))
+
+
+def saturable(rnn: nn.RNNBase) -> Stack | None:
+    """``rnn`` as ``harness.spec.saturate`` runs it, or None where it cannot: a simple RNN, a projection,
+    dropout between layers in training."""
+    if not isinstance(rnn, nn.LSTM | nn.GRU) or getattr(rnn, "proj_size", 0) or (rnn.training and rnn.dropout):
+        return None
+    per_layer = len(rnn._flat_weights) // rnn.num_layers
+    layers = [rnn._flat_weights[k * per_layer : (k + 1) * per_layer] for k in range(rnn.num_layers)]
+    return Stack("lstm" if isinstance(rnn, nn.LSTM) else "gru", layers, rnn.training)

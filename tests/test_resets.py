@@ -484,26 +484,67 @@ def test_training_parity_catches_a_module_that_ignores_resets(rng):
     assert not report.ok, report.table()
 
 
-@pytest.mark.parametrize("path", ["cuts", "packed"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_both_segment_paths_equal_the_reference(cell, path, rng):
-    """Cutting the time axis and packing the segments are two ways to the same numbers (float64, 1e-12)."""
+PATHS = [(cell, path) for cell in CELLS for path in ("cuts", "packed", "saturated") if path != "saturated" or cell != "rnn"]
+
+
+def _folded_run(module, x, states, resets, lengths, path):
+    """``segments.run`` on the folded rows of ``module`` along ``path``; output and states unfolded."""
     from models_torch import segments
 
+    layers = module.num_layers
+    out, new = segments.run(
+        module.rnn,
+        x.reshape(B * S, T, F),
+        tuple(s.reshape(layers, B * S, H) for s in states),
+        resets=torch.from_numpy(resets).reshape(B * S, T),
+        lengths=torch.from_numpy(lengths).reshape(B * S),
+        path=path,
+    )
+    return out.reshape(B, S, T, H), tuple(s.reshape(layers, B, S, H) for s in new)
+
+
+@pytest.mark.parametrize(("cell", "path"), PATHS)
+def test_every_segment_path_equals_the_reference(cell, path, rng):
+    """Cutting the time axis, packing the segments and saturating the gates: the same numbers (float64, 1e-12)."""
     module = make_module(cell, num_layers=2)
     x, resets, lengths = _episodes(rng)
     states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H))) for _ in module.state_names)
     want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
-    folded = tuple(s.reshape(2, B * S, H) for s in states)
     with torch.no_grad():
-        out, new = segments.run(
-            module.rnn,
-            torch.from_numpy(x).reshape(B * S, T, F),
-            folded,
-            resets=torch.from_numpy(resets).reshape(B * S, T),
-            lengths=torch.from_numpy(lengths).reshape(B * S),
-            path=path,
-        )
-    close(out.reshape(B, S, T, H), want, 1e-12)
+        out, new = _folded_run(module, torch.from_numpy(x), states, resets, lengths, path)
+    close(out, want, 1e-12)
     for got, expected in zip(new, want_states, strict=True):
-        close(got.reshape(2, B, S, H), expected, 1e-12)
+        close(got, expected, 1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saturated_gates_pass_the_same_gradients_as_packed_segments(cell, rng):
+    """Every weight, input and initial-state gradient through the saturated path equals the packed one (1e-12)."""
+    module = make_module(cell, num_layers=2)
+    x, resets, lengths = _episodes(rng)
+    target = torch.from_numpy(rng.standard_normal((B, S, T, H)))
+    start = [x] + [rng.standard_normal((2, B, S, H)) for _ in module.state_names]
+    grads = {}
+    for path in ("packed", "saturated"):
+        inputs = [torch.from_numpy(a).requires_grad_(True) for a in start]
+        out, new = _folded_run(module, inputs[0], tuple(inputs[1:]), resets, lengths, path)
+        loss = ((out - target) ** 2).sum() + sum((s**2).sum() for s in new)
+        grads[path] = torch.autograd.grad(loss, inputs + list(module.parameters()))
+    for got, want in zip(grads["saturated"], grads["packed"], strict=True):
+        close(got, want, 1e-12)
+
+
+def test_saturation_too_weak_to_shut_the_gates_is_caught(rng, monkeypatch):
+    """Planted fault: flag weights of 8.5 instead of ~1e307 let the old state leak through a reset."""
+    from harness.spec import saturate
+
+    weak = saturate.flag_columns
+    monkeypatch.setattr(saturate, "flag_columns", lambda *a: weak(*a).clamp(-8.5, 8.5))
+    module = make_module("lstm", num_layers=2)
+    x, resets, lengths = _episodes(rng)
+    states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H))) for _ in module.state_names)
+    want, _ = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
+    with torch.no_grad():
+        out, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, "saturated")
+    error = float((out - want.detach()).abs().max())
+    assert error > 1e-6, f"a leaking reset went unnoticed: max error {error:.1e}"

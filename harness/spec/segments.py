@@ -5,7 +5,8 @@ every reset, and steps ``>= lengths[n]`` belong to none. A segment after a reset
 zeros; the first one from the carried state (zeros too if the row resets at step 0). The
 segments then run together as one packed sequence, and each row's carried state is the final
 state of its last segment (a row without a valid step keeps its state). The model packages
-gather and scatter their tensors with the indices of a ``SegmentPlan``.
+gather and scatter their tensors with the indices of a ``SegmentPlan``. An LSTM or GRU on a
+CPU instead keeps every row whole (``harness.spec.saturate``); ``run_segmented`` picks the path.
 
 Example:
     >>> resets = np.zeros((2, 5), bool); resets[0, 3] = True
@@ -20,6 +21,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+from harness.spec.saturate import Stack, run_saturated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,7 @@ def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan, torch: Any)
 # Measured on 2 CPU cores (LSTM, 32 rows, H=128): a fused call costs about 110 µs plus 50 µs per step,
 # and a packed call about 3x the plain one. Cutting the time axis wins while it makes fewer calls than this
 # many per step (cost cuts*110 + T*50 against 3*T*50); on a GPU cuDNN runs packed sequences natively.
+# An LSTM or GRU on a CPU takes neither: saturated gates keep it on the plain call (``saturate``).
 CUTS_PER_STEP = 0.9
 
 
@@ -152,14 +156,23 @@ def run_cuts(
 
 
 def run_segmented(
-    fused: Any, x: Any, states: tuple, resets: Any, lengths: Any, torch: Any, path: str | None = None
+    fused: Any,
+    x: Any,
+    states: tuple,
+    resets: Any,
+    lengths: Any,
+    torch: Any,
+    path: str | None = None,
+    stack: Stack | None = None,
 ) -> tuple[Any, tuple]:
     """Run ``x`` ``(N, T, F)`` from ``states`` with ``resets`` ``(N, T)`` and ``lengths`` ``(N,)`` (tensors or None).
 
-    One plain call when no reset falls after step 0 and every length is full; otherwise cut the time
-    axis (``run_cuts``) or pack the segments (``run_packed``), whichever costs less here (``path``
-    forces one: "cuts" or "packed"). ``fused(x_or_packed, states)`` runs the stack once; ``torch`` is
-    the torch module (this floor imports no framework).
+    One plain call when no reset falls after step 0 and every length is full. Otherwise, on a CPU,
+    an LSTM or GRU ``stack`` runs with saturated gates (``saturate.run_saturated``: one plain call
+    per layer); else the time axis is cut (``run_cuts``) or the segments packed (``run_packed``),
+    whichever costs less here. ``path`` forces one: "saturated", "cuts" or "packed".
+    ``fused(x_or_packed, states)`` runs the stack once; ``torch`` is the torch module (this floor
+    imports no framework).
     """
     host_resets = None if resets is None else resets.cpu().numpy().astype(bool)
     host_lengths = None if lengths is None else lengths.cpu().numpy()
@@ -170,8 +183,21 @@ def run_segmented(
             states = tuple(torch.where(first, 0, s) for s in states)
         return fused(x, states)
     cuts = cut_points(host_resets, host_lengths, steps)
-    if path is None:
-        path = "cuts" if x.device.type == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else "packed"
+    path = path or choose_path(x.device.type, stack, len(cuts) - 1, steps)
+    if path == "saturated":
+        return run_saturated(stack, x, states, host_resets, host_lengths, torch)
     if path == "cuts":
         return run_cuts(fused, x, states, host_resets, host_lengths, cuts, torch)
     return run_packed(fused, x, states, plan_segments(host_resets, host_lengths, steps), torch)
+
+
+def choose_path(device: str, stack: Stack | None, pieces: int, steps: int) -> str:
+    """The cheapest way here to run a chunk that ``pieces`` plain pieces would cover.
+
+    Example:
+        >>> choose_path("cpu", None, 3, 100), choose_path("cpu", None, 95, 100), choose_path("cuda", None, 3, 100)
+        ('cuts', 'packed', 'packed')
+    """
+    if device == "cpu" and stack is not None:
+        return "saturated"
+    return "cuts" if device == "cpu" and pieces < CUTS_PER_STEP * steps else "packed"

@@ -1,0 +1,173 @@
+"""Resets and lengths inside ONE plain call per layer: two extra input columns that shut or hold the gates.
+
+On a CPU a packed sequence leaves oneDNN (about 3x slower than a plain call) and cutting the
+time axis costs one call per reset. Instead each row of the chunk is laid out again: a *zero
+step* goes in before every reset inside the row, and the steps after its last real one (its
+length, or the end of a shorter row in the new layout) are *hold steps*. Two 0/1 input columns
+flag them, and their weights drive gate pre-activations to ± a quarter of the dtype's largest
+value, where a sigmoid is exactly 0 or 1:
+
+- LSTM (gates i, f, g, o): a zero step shuts i, f and o: ``c = 0·c + 0·g = 0``, ``h = 0·tanh(0) = 0``.
+  A hold step shuts i and opens f: ``c = 1·c + 0·g = c``; h is read from the output at the last
+  real step.
+- GRU (gates r, z, n): a zero step shuts r and z and cancels n's input bias: ``h = 1·tanh(0) + 0·h = 0``.
+  A hold step opens z: ``h = 0·n + 1·h = h``.
+
+A simple RNN has no gate, so it cannot be reset this way (``tanh`` never reaches 0 exactly).
+Each layer runs as one plain call of torch's op on the stack's own weights with the two
+columns appended, so gradients reach those weights; none crosses a zero step (a saturated
+gate's derivative is exactly 0). The plan is numpy; ``torch`` is passed in, as everywhere on
+this floor.
+
+Example:
+    >>> resets = np.zeros((2, 4), bool); resets[0, 2] = True
+    >>> lay = plan_layout(resets, np.array([4, 3]), 4)
+    >>> lay.steps, lay.flags[..., 0].T.astype(int).tolist(), lay.flags[..., 1].T.astype(int).tolist()
+    (5, [[0, 0, 1, 0, 0], [0, 0, 0, 0, 0]], [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]])
+    >>> lay.last.tolist()  # time-major: step 4 of row 0, step 2 of row 1
+    [8, 5]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# Per cell, torch's gate blocks that each flag drives: -1 shuts the gate (sigmoid -> 0), +1 opens it.
+SATURATED_GATES = {
+    "lstm": {"zero": {0: -1, 1: -1, 3: -1}, "hold": {0: -1, 1: +1}},
+    "gru": {"zero": {0: -1, 1: -1}, "hold": {1: +1}},
+}
+GRU_NEW_GATE = 2  # the GRU block whose input bias the zero step cancels
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the steps of a chunk ``(N, T)`` go in the saturated layout, time-major ``(steps, N)``.
+
+    Indices are flat. ``source`` ``(steps*N,)``: per new position, its row of the chunk's
+    ``(N*T, F)`` steps, or ``N*T`` for a zero step and ``N*T + 1`` for a hold step. ``flags``
+    ``(steps, N, 2)``: zero step, hold step. ``real`` / ``placed``: every valid step of the
+    chunk, row-major, and its new position. ``last``: per row, the new position of its last real
+    step (of step 0 for a row without one). ``moved``: the row has a valid step. ``fresh``: its
+    state is zeroed before step 0.
+    """
+
+    steps: int
+    source: np.ndarray
+    flags: np.ndarray
+    real: np.ndarray
+    placed: np.ndarray
+    last: np.ndarray
+    moved: np.ndarray
+    fresh: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """An LSTM or GRU stack as ``run_saturated`` takes it: ``cell``; per layer torch's
+    ``[weight_ih, weight_hh(, bias_ih, bias_hh)]``, the stack's own tensors; training mode."""
+
+    cell: str
+    layers: Sequence[Sequence[Any]]
+    training: bool = False
+
+
+def plan_layout(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> Layout:
+    """Lay out a chunk of ``steps`` with ``resets`` ``(N, T)`` bools and ``lengths`` ``(N,)`` in ``[0, T]``."""
+    rows_n = len(resets) if resets is not None else len(lengths)
+    time, rows = np.arange(steps), np.arange(rows_n)
+    lengths = np.full(rows_n, steps) if lengths is None else np.asarray(lengths, np.int64)
+    valid = time < lengths[:, None]
+    inner = np.zeros((rows_n, steps), bool) if resets is None else np.asarray(resets, bool) & valid
+    fresh = inner[:, 0].copy()
+    inner[:, 0] = False
+    position = time + inner.cumsum(1)  # each real step moves right by the zero steps before it
+    ends = lengths + inner.sum(1)
+    width = int(ends.max(initial=0))
+    flags = np.zeros((width, rows_n, 2), bool)
+    zero_rows, zero_steps = np.nonzero(inner)
+    flags[position[zero_rows, zero_steps] - 1, zero_rows, 0] = True
+    flags[..., 1] = np.arange(width)[:, None] >= ends
+    real_rows, real_steps = np.nonzero(valid)
+    placed = position[real_rows, real_steps] * rows_n + real_rows
+    source = np.where(flags[..., 1], rows_n * steps + 1, rows_n * steps).reshape(-1)
+    real = real_rows * steps + real_steps
+    source[placed] = real
+    last = np.maximum(ends - 1, 0) * rows_n + rows
+    return Layout(width, source, flags, real, placed, last, lengths > 0, fresh)
+
+
+def flag_columns(cell: str, layer: Sequence[Any], torch: Any) -> Any:
+    """The two weight columns ``(G*H, 2)`` appended to a layer's ``weight_ih``: zero flag, hold flag.
+
+    The GRU zero column carries ``-bias_ih`` of the n gate, so that the step's n pre-activation is
+    ``b_in - b_in = 0`` exactly and its gradient cancels.
+    """
+    weight_ih = layer[0]
+    rows = weight_ih.shape[0]
+    size = rows // (4 if cell == "lstm" else 3)
+    big = torch.finfo(weight_ih.dtype).max / 4  # adding any sane pre-activation leaves it finite and saturated
+    columns = []
+    for flag in ("zero", "hold"):
+        values = np.zeros(rows)
+        for gate, sign in SATURATED_GATES[cell][flag].items():
+            values[gate * size : (gate + 1) * size] = sign * big
+        column = torch.as_tensor(values, dtype=weight_ih.dtype, device=weight_ih.device)
+        if cell == "gru" and flag == "zero" and len(layer) == 4:
+            new = slice(GRU_NEW_GATE * size, (GRU_NEW_GATE + 1) * size)
+            column = torch.cat([column[: new.start], -layer[2][new]])
+        columns.append(column)
+    return torch.stack(columns, 1)
+
+
+def run_saturated(
+    stack: Stack, x: Any, states: tuple, resets: np.ndarray | None, lengths: np.ndarray | None, torch: Any
+) -> tuple[Any, tuple]:
+    """Run ``stack`` on ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets``/``lengths`` (numpy).
+
+    Returns the output ``(N, T, H)`` (zeros at invalid steps) and each row's state after
+    its last valid step (unchanged for a row without one). Same contract as ``segments.run_packed``.
+    """
+    rows_n, steps, features = x.shape
+    lay = plan_layout(resets, lengths, steps)
+    if lay.steps == 0:  # no row has a valid step
+        return x.new_zeros(rows_n, steps, states[0].shape[-1]), states
+    index = {k: torch.as_tensor(getattr(lay, k), device=x.device) for k in ("source", "real", "placed", "last")}
+    if lay.fresh.any():
+        states = _where_rows(lay.fresh, 0, states, torch)
+    # The chunk's steps with two zero flag columns, then one zero step and one hold step, gathered into place.
+    flag_rows = x.new_tensor([[0.0] * features + [1, 0], [0.0] * features + [0, 1]])
+    table = torch.cat([torch.nn.functional.pad(x.reshape(-1, features), (0, 2)), flag_rows])
+    laid = table.index_select(0, index["source"]).reshape(lay.steps, rows_n, features + 2)
+    flags = torch.as_tensor(lay.flags, dtype=x.dtype, device=x.device)
+    op = torch.lstm if stack.cell == "lstm" else torch.gru
+    finals: list[list] = [[] for _ in states]
+    for k, layer in enumerate(stack.layers):
+        weights = [torch.cat([layer[0], flag_columns(stack.cell, layer, torch)], 1), *layer[1:]]
+        initial = tuple(s[k : k + 1].contiguous() for s in states)
+        out, *held = op(laid, initial if len(initial) > 1 else initial[0], weights, len(layer) == 4,
+                        1, 0.0, stack.training, False, False)  # fmt: skip
+        flat = out.reshape(-1, out.shape[-1])
+        reached = (flat.index_select(0, index["last"])[None], *held[1:])  # h at the last real step; c held since
+        for final, state in zip(finals, _where_rows(lay.moved, reached, initial, torch)):
+            final.append(state)
+        if k + 1 < len(stack.layers):
+            laid = torch.cat([out, flags], 2)
+    y = flat.index_select(0, index["placed"])
+    if len(lay.real) < rows_n * steps:
+        y = y.new_zeros(rows_n * steps, y.shape[-1]).index_copy(0, index["real"], y)
+    return y.reshape(rows_n, steps, -1), tuple(torch.cat(f, 0) for f in finals)
+
+
+def _where_rows(rows: np.ndarray, new: tuple | int, old: tuple, torch: Any) -> tuple:
+    """The states ``old`` (each ``(L, N, H)``) with the rows where ``rows`` holds taken from ``new``
+    (states like ``old``, or a number)."""
+    new = new if isinstance(new, tuple) else tuple(torch.full_like(s, new) for s in old)
+    if rows.all():
+        return new
+    mask = torch.as_tensor(rows, device=old[0].device)[None, :, None]
+    return tuple(torch.where(mask, n, s) for n, s in zip(new, old))
