@@ -5,8 +5,9 @@
   cuDNN on a GPU) through ``torch.func.functional_call``, with contiguous parameters
   built from the Keras variables (``harness.spec.cells.to_torch``), so gradients reach them.
 - TensorFlow: Keras compiles with XLA only on a GPU by default; for inference the
-  stack's recurrence is wrapped in ``tf.function(jit_compile=True)`` (``xla``; training
-  stays generic: TensorFlow cannot pass the loop's gradient lists across XLA).
+  stack's recurrence, and the step loop that takes resets and lengths, are wrapped in
+  ``tf.function(jit_compile=True)`` (``xla``; training stays generic: TensorFlow cannot
+  pass the loop's gradient lists across XLA).
 - JAX: Keras already runs LSTM/GRU as one ``lax.scan`` with the input projection
   hoisted out, inside the jitted step; on an NVIDIA GPU a float32 LSTM stack runs
   through cuDNN instead (``jax.experimental.rnn.lstm``, ``run_jax_cudnn``; never run

@@ -123,7 +123,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         self.input_size: int | None = None
         self.state_variables: list[keras.Variable] = []
         # Plain attribute, outside Keras/TensorFlow tracking; freed with the layer (no global cache).
-        object.__setattr__(self, "_xla_run", None)
+        object.__setattr__(self, "_xla", {})
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -289,7 +289,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
 
     def _stepped(self, training: bool | None) -> Callable:
         """``run(x, initial, resets, lengths, training) -> (output, finals)`` with resets and lengths."""
-        if fast_paths.path_name(self, training) == "torch-fused":
+        path = fast_paths.path_name(self, training)
+        if path == "torch-fused":
 
             def run_torch(x, initial, resets, lengths, training):
                 if not _is_concrete(x):  # shapes only (symbolic build): the step loop needs no values
@@ -300,6 +301,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                 return stepping.torch_segments(fused, x, initial, resets, lengths, stack)
 
             return run_torch
+        if path == "tf-xla" and not fast_paths.symbolic():
+            return self._compiled(self._scan)
         return self._scan
 
     def _scan(self, x, initial: list, resets, lengths, training: bool | None) -> tuple[object, list]:
@@ -317,10 +320,15 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         if path == "jax-cudnn":
             return functools.partial(fast_paths.run_jax_cudnn, self)
         if path == "tf-xla" and not fast_paths.symbolic():
-            if self._xla_run is None:
-                object.__setattr__(self, "_xla_run", fast_paths.xla(self._run_layers))
-            return self._xla_run
+            return self._compiled(self._run_layers)
         return self._run_layers
+
+    def _compiled(self, run: Callable) -> Callable:
+        """``run`` (a bound method of this layer) compiled with XLA by TensorFlow, once per layer."""
+        name = run.__name__
+        if name not in self._xla:
+            self._xla[name] = fast_paths.xla(run)
+        return self._xla[name]
 
     def _run_layers(self, x, initial: list, training: bool | None) -> tuple[object, list]:
         """The generic path: the Keras layers one after another. Returns the output and each state ``(L, N, H)``."""

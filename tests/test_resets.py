@@ -484,7 +484,7 @@ def test_training_parity_catches_a_module_that_ignores_resets(rng):
     assert not report.ok, report.table()
 
 
-PATHS = [(cell, path) for cell in CELLS for path in ("cuts", "packed", "saturated") if path != "saturated" or cell != "rnn"]
+PATHS = [(c, p) for c in CELLS for p in ("cuts", "packed", "saturated") if (c, p) != ("rnn", "saturated")]  # no gates
 
 
 def _folded_run(module, x, states, resets, lengths, path):
