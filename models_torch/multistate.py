@@ -122,8 +122,13 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             self._carried = tuple(fn(s) for s in self._carried)
         return self
 
+    @property
+    def _weight_dtype(self) -> torch.dtype:
+        """The weights' dtype (not autocast's), read without ``nn.Module.__getattr__``'s lookups per call."""
+        return self.rnn._flat_weights[0].dtype
+
     def _store(self, states: State) -> None:
-        dtype = self.rnn.weight_ih_l0.dtype  # not autocast's
+        dtype = self._weight_dtype  # not autocast's
         detach = self.detach_states
         kept = tuple(s.detach() if detach and s.requires_grad else s for s in states)
         # Straight into __dict__: nn.Module.__setattr__ costs more than a one-step chunk's bookkeeping.
@@ -137,7 +142,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     def _check_x(self, x: torch.Tensor, stream: int | None, batch_size: int | None) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        expected = self.rnn.weight_ih_l0.dtype
+        expected = self._weight_dtype
         # A streaming loop sends the same shape every call: what passed once passes again.
         key = (x.shape, x.dtype, expected, batch_size, stream) if stream is None or type(stream) is int else None
         if key is not None and key == self.__dict__.get("_passed"):
@@ -231,11 +236,14 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         if stream is None:
             batch, streams, steps, features = x.shape
             rnn = self.rnn
-            layers, hidden = rnn.num_layers, rnn.hidden_size
-            folded = tuple(s.reshape(layers, batch * streams, hidden) for s in states)
-            out, new = segments.run(
-                rnn, x.reshape(batch * streams, steps, features), folded, resets=folded_resets, lengths=folded_lengths
-            )
+            layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
+            folded = tuple(s.reshape(layers, rows, hidden) for s in states)
+            if folded_resets is None and folded_lengths is None and segments.by_cells(rnn, rows, steps, x.device):
+                out, new = segments.step_by_cells(rnn, x.reshape(rows, features), folded)  # one-frame streaming
+            else:
+                out, new = segments.run(
+                    rnn, x.reshape(rows, steps, features), folded, resets=folded_resets, lengths=folded_lengths
+                )
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:
