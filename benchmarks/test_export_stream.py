@@ -54,8 +54,9 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
 
 def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "legacy") -> dict[str, Callable]:
     """Callables that each run one frame ``(1, S, 1, H)`` and carry the states: the torch module, its raw
-    inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime, and
-    the inner RNN exported by hand (``onnxruntime-inner``: the bound for the exported model)."""
+    inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime (exported
+    for one frame per call, ``frames=1``; ``onnxruntime-dynamic``: with a dynamic time axis), and the
+    inner RNN exported by hand (``onnxruntime-inner``: the bound for the exported model)."""
     import torch
 
     from harness.export import export
@@ -64,9 +65,13 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
 
     torch.manual_seed(0)
     module = torch_class(cell)(hidden, hidden, streams).eval()
-    path = os.path.join(tempfile.mkdtemp(), f"{cell}.onnx")
-    export(module, path, exporter=exporter, verify_steps=16)
-    runner = OnnxRunner(path, threads=1)
+    folder = tempfile.mkdtemp()
+    runners = {}
+    # The dynamic export first: after a fixed-time dynamo export, torch 2.13 fixes the next one's time axis too.
+    for name, frames in (("onnxruntime-dynamic", None), ("onnxruntime", 1)):
+        path = os.path.join(folder, f"{cell}-{name}.onnx")
+        export(module, path, exporter=exporter, frames=frames, verify_steps=16)
+        runners[name] = OnnxRunner(path, threads=1)
     frame = np.random.default_rng(0).standard_normal((1, streams, 1, hidden)).astype("float32")
     frame_t = torch.from_numpy(frame)
 
@@ -82,20 +87,25 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
             _, new = module.rnn(folded, *raw_state)
         raw_state[:] = [new]
 
-    runner.run(frame)
     module(frame_t)
-    carried = runner.states()
-
-    def exported_step() -> None:  # the session itself, fed as the inner one is (OnnxRunner adds its checks)
-        _, *new = runner.session.run(None, {"x": frame, **carried})
-        carried.update(zip(runner.state_names, new))
-
     return {
         "torch": torch_step,
         "torch-raw": raw_step,
-        "onnxruntime": exported_step,
-        "onnxruntime-inner": _inner_session(module.rnn, streams, os.path.dirname(path)),
+        **{name: _session_step(runner, frame) for name, runner in runners.items()},
+        "onnxruntime-inner": _inner_session(module.rnn, streams, folder),
     }
+
+
+def _session_step(runner: object, frame: np.ndarray) -> Callable:
+    """One frame through the runner's session itself, fed as the inner one is (``OnnxRunner.run`` adds its checks)."""
+    runner.run(frame)
+    carried = runner.states()
+
+    def step() -> None:
+        _, *new = runner.session.run(None, {"x": frame, **carried})
+        carried.update(zip(runner.state_names, new))
+
+    return step
 
 
 def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7) -> float:
@@ -110,7 +120,7 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("engine", ["torch", "torch-raw", "onnxruntime", "onnxruntime-inner"])
+@pytest.mark.parametrize("engine", ["torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner"])
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
     with one_torch_thread():
@@ -140,7 +150,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each, B=1, F=H, 1 layer")
-    engines = ("torch", "torch-raw", "onnxruntime", "onnxruntime-inner")
+    engines = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner")
     print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in engines) + "  torch/ORT  ORT/inner")
     for name, (cell, streams, hidden) in SHAPES.items():
         for exporter in ("legacy", "dynamo"):

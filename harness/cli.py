@@ -175,6 +175,7 @@ def _export(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             nonlinearity=args.nonlinearity,
             exporter=args.exporter,
+            frames=args.frames,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -184,8 +185,8 @@ def _export(args: argparse.Namespace) -> int:
     outs = ", ".join(f"{n}_out" for n in result.state_names)
     print(
         f"exported {args.src} -> {args.dst} ({result.cell}, {result.num_streams} streams, {result.exporter} exporter)\n"
-        f"  inputs:  x (B, S, t, F), {states} (L, B, S, H)\n"
-        f"  outputs: y (B, S, t, H), {outs} (L, B, S, H)\n"
+        f"  inputs:  x (B, S, {args.frames or 't'}, F), {states} (L, B, S, H)\n"
+        f"  outputs: y (B, S, {args.frames or 't'}, H), {outs} (L, B, S, H)\n"
         f"verified in onnxruntime against the source over {sum(report.plan)} steps in {len(report.plan)} chunks "
         f"(outputs and states at every boundary): max abs error {report.max_abs_error:.3g}. PASS"
     )
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     exp.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
     exp.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch.onnx exporter")
+    exp.add_argument(
+        "--frames", type=_positive, default=None, help="fix the time axis at this many steps per call (leaner graph)"
+    )
     seed = sub.add_parser("seed", help="reproduce the original problem on the active Keras backend")
     seed.add_argument("--steps", type=int, default=20)
     drift = sub.add_parser("drift", help="error curve of a long run in chunks (float32), torch and Keras")

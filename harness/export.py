@@ -13,7 +13,8 @@ name       shape                  meaning
 ``c_out``  ``(L, B, S, H)``       cell state after the chunk (LSTM only)
 =========  =====================  ==================================================
 
-``B`` (batch) and ``t`` (time) are dynamic; ``S``, ``F``, ``L`` and ``H`` are fixed. Feed
+``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph);
+``S``, ``F``, ``L`` and ``H`` are fixed. Feed
 ``h_out``/``c_out`` back as ``h``/``c`` on the next chunk (zeros to start);
 ``harness.exported.OnnxRunner`` does exactly that.
 
@@ -78,23 +79,26 @@ class ExportResult:
 # ---- the exported graph -------------------------------------------------------------------------
 
 
-def _fold_run(module: Any, x: Any, states: tuple[Any, ...]) -> tuple[Any, ...]:
+def _fold_run(module: Any, x: Any, states: tuple[Any, ...], frames: int | None) -> tuple[Any, ...]:
     """``module``'s chunk as a pure function: fold streams into the batch, run the fused RNN, unfold."""
     streams, hidden, layers = module.num_streams, module.hidden_size, module.num_layers
     # Fixed sizes as Python ints and one -1: each reshape of a state exports as ONE constant Reshape,
     # which keeps the exported graph within a few nodes of the bare RNN's (one-frame calls pay per node).
     folded = tuple(s.reshape(layers, -1, hidden) for s in states)
-    steps = x.shape[2]  # read off x: time stays symbolic in both exporters
+    # With ``frames`` fixed, batch is the only unknown size: every reshape is constant, no shape arithmetic.
+    # Otherwise time is read off x (it stays symbolic in both exporters), and so is batch: a -1 there
+    # turns into 0 for a batch of 1 in the dynamo exporter.
+    steps = x.shape[2] if frames is None else frames
+    batch = x.shape[0] if frames is None else -1
     out, new = module.rnn(x.reshape(-1, steps, module.input_size), folded if len(folded) > 1 else folded[0])
     new = new if isinstance(new, tuple) else (new,)
-    batch = x.shape[0]  # read off x too: a -1 here turns into 0 for a batch of 1 in the dynamo exporter
     y = out.reshape(batch, streams, steps, hidden)
     return (y, *(s.reshape(layers, batch, streams, hidden) for s in new))
 
 
-def _chunk_module(module: Any) -> Any:
+def _chunk_module(module: Any, frames: int | None = None) -> Any:
     """An ``nn.Module`` whose ``forward(x, h[, c])`` returns ``(y, h_out[, c_out])`` (explicit arguments:
-    the dynamo exporter maps dynamic shapes onto named arguments)."""
+    the dynamo exporter maps dynamic shapes onto named arguments); ``frames``: a fixed time axis."""
     from torch import nn
 
     class ChunkH(nn.Module):
@@ -103,11 +107,11 @@ def _chunk_module(module: Any) -> Any:
             self.module = module
 
         def forward(self, x: Any, h: Any) -> tuple[Any, ...]:
-            return _fold_run(self.module, x, (h,))
+            return _fold_run(self.module, x, (h,), frames)
 
     class ChunkHC(ChunkH):
         def forward(self, x: Any, h: Any, c: Any) -> tuple[Any, ...]:  # type: ignore[override]
-            return _fold_run(self.module, x, (h, c))
+            return _fold_run(self.module, x, (h, c), frames)
 
     return (ChunkHC if len(module.state_names) == 2 else ChunkH)().eval()
 
@@ -131,20 +135,21 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_onnx(module: Any, path: str, exporter: str) -> None:
+def _write_onnx(module: Any, path: str, exporter: str, frames: int | None) -> None:
     import torch
 
     names = module.state_names
     inputs = ["x", *names]
     outputs = ["y", *(f"{n}_out" for n in names)]
     # Example sizes above 1: torch.export specializes dimensions of size 0 or 1 (batch 1 fixes the time axis too).
-    batch, steps = 2, 3
+    batch, steps = 2, frames or 3
     x = torch.zeros(batch, module.num_streams, steps, module.input_size)
     states = tuple(torch.zeros(module.num_layers, batch, module.num_streams, module.hidden_size) for _ in names)
-    chunk = _chunk_module(module)
+    chunk = _chunk_module(module, frames)
+    time_axis = {} if frames else {2: "time"}
     with _quiet(), torch.no_grad():
         if exporter == "legacy":
-            axes = {"x": {0: "batch", 2: "time"}, "y": {0: "batch", 2: "time"}}
+            axes = {"x": {0: "batch", **time_axis}, "y": {0: "batch", **time_axis}}
             axes.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
             torch.onnx.export(
                 chunk,
@@ -157,15 +162,16 @@ def _write_onnx(module: Any, path: str, exporter: str) -> None:
                 opset_version=LEGACY_OPSET,
             )
         else:
-            batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
-            shapes = ({0: batch_dim, 2: time_dim}, *({1: batch_dim} for _ in names))
+            batch_dim = torch.export.Dim("batch")
+            x_axes = {0: batch_dim} if frames else {0: batch_dim, 2: torch.export.Dim("time")}
+            shapes = (x_axes, *({1: batch_dim} for _ in names))
             program = torch.onnx.export(
                 chunk, (x, *states), dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes
             )
             program.save(path)
 
 
-def _stamp(path: str, module: Any, exporter: str) -> None:
+def _stamp(path: str, module: Any, exporter: str, frames: int | None) -> None:
     """Check the file with ``onnx.checker`` and record what it holds in its metadata."""
     import onnx
 
@@ -180,6 +186,7 @@ def _stamp(path: str, module: Any, exporter: str) -> None:
         "multistate_rnn.input_size": str(module.input_size),
         "multistate_rnn.state_names": ",".join(module.state_names),
         "multistate_rnn.exporter": exporter,
+        "multistate_rnn.frames": str(frames or "dynamic"),
     }
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -328,6 +335,7 @@ def export(
     batch_size: int | None = None,
     nonlinearity: str = "tanh",
     exporter: str = "legacy",
+    frames: int | None = None,
     verify_steps: int = 64,
     seed: int = 0,
 ) -> ExportResult:
@@ -344,7 +352,11 @@ def export(
             exported batch axis is dynamic either way.
         nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a torch weight file.
         exporter: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
-        verify_steps: time steps of the random verification input, run in random chunks (ones included).
+        frames: fix the time axis at this many steps per call (a streaming deployment sends the same
+            number every call): the graph then needs no shape arithmetic around the RNN node, and the
+            dynamo exporter may unroll a simple RNN. Default: a dynamic time axis.
+        verify_steps: time steps of the random verification input, run in random chunks (ones included;
+            chunks of ``frames`` steps when it is fixed, rounded up to a whole number of them).
         seed: seed of the verification input and chunk plan.
 
     Returns:
@@ -392,25 +404,29 @@ def export(
             "float32 only; convert the model with .float() first"
         )
 
+    if frames is not None and frames < 1:
+        raise ExportError(f"frames must be a positive number of steps per call, got {frames}")
+    plan: Any = "random" if frames is None else [frames] * -(-verify_steps // frames)
+    steps = verify_steps if frames is None else sum(plan)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((source.batch_size, module.num_streams, verify_steps, module.input_size)).astype("float32")
+    x = rng.standard_normal((source.batch_size, module.num_streams, steps, module.input_size)).astype("float32")
     keep = _keras_states_kept(source.reference) if _is_keras(source.reference) else contextlib.nullcontext()
     try:
         with atomic_path(dst) as tmp:
             try:
-                _write_onnx(module, tmp, exporter)
-                _stamp(tmp, module, exporter)
+                _write_onnx(module, tmp, exporter, frames)
+                _stamp(tmp, module, exporter, frames)
             except Exception as e:
                 raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e
             runner = OnnxRunner(tmp)
             time_axis = runner.session.get_inputs()[0].shape[2]
-            if isinstance(time_axis, int):
+            if frames is None and isinstance(time_axis, int):
                 raise ExportError(
                     f"the {exporter} exporter fixed the time axis of {module.cell} at {time_axis} steps "
                     "(it unrolls the loop); use exporter='legacy'"
                 )
             with keep:
-                report = check_parity({"source": source.reference, "onnx": runner}, x, "random", seed=seed)
+                report = check_parity({"source": source.reference, "onnx": runner}, x, plan, seed=seed)
             if not report.ok:
                 raise ExportError(
                     f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}"

@@ -95,18 +95,27 @@ class OnnxRunner:
         self.dtype = np.dtype(_ORT_DTYPES[inputs[0].type])
         self.num_streams, self.input_size = int(x_shape[1]), int(x_shape[3])
         self.num_layers, self.hidden_size = int(state_shape[0]), int(state_shape[3])
+        self.frames: int | None = x_shape[2] if isinstance(x_shape[2], int) else None  # exported with frames=
 
     def reset(self) -> None:
         """Zero the carried states (they take the batch size of the next chunk)."""
         self._states = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one chunk ``(B, S, t, F)``, carry the states on, return ``(B, S, t, H)``."""
+        """Run one chunk ``(B, S, t, F)``, carry the states on, return ``(B, S, t, H)``.
+
+        A model exported with fixed ``frames`` takes any multiple of them, one session call per group.
+        """
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 4 or x.shape[1] != self.num_streams or x.shape[3] != self.input_size or x.shape[2] < 1:
             raise ValueError(
                 f"x must be (batch, {self.num_streams} streams, time >= 1, {self.input_size} features), "
                 f"got shape {x.shape}"
+            )
+        if self.frames is not None and x.shape[2] % self.frames:
+            raise ValueError(
+                f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
+                f"{self.frames} steps, got {x.shape[2]}"
             )
         if self._states is None:
             shape = (self.num_layers, x.shape[0], self.num_streams, self.hidden_size)
@@ -116,9 +125,13 @@ class OnnxRunner:
                 f"x has batch {x.shape[0]} but the carried state has batch "
                 f"{next(iter(self._states.values())).shape[1]}: call reset() first"
             )
-        y, *new = self.session.run(None, {"x": x, **self._states})
-        self._states = dict(zip(self.state_names, new))
-        return y
+        step = self.frames or x.shape[2]
+        outputs = []
+        for start in range(0, x.shape[2], step):  # one session call, or one per group of ``frames`` steps
+            y, *new = self.session.run(None, {"x": x[:, :, start : start + step], **self._states})
+            self._states = dict(zip(self.state_names, new))
+            outputs.append(y)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
 
     def states(self) -> dict[str, np.ndarray]:
         """The carried states by name, each ``(L, B, S, H)`` (copies)."""

@@ -110,6 +110,22 @@ def test_one_frame_chunks_and_dynamic_batch(tmp_path):
     assert report.ok, report.failure_message()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-tanh"])
+def test_fixed_frames_export_has_no_shape_arithmetic(cell, tmp_path):
+    """``frames=2``: constant reshapes only, verified in chunks of 2, and the runner takes multiples of 2."""
+    module = model(cell)
+    export(module, tmp_path / "m.onnx", frames=2)
+    ops = {node.op_type for node in onnx.load(tmp_path / "m.onnx").graph.node}
+    assert "Shape" not in ops, sorted(ops)  # no size is read off an input at run time
+    runner = OnnxRunner(tmp_path / "m.onnx")
+    assert runner.frames == 2
+    report = check_parity({"torch": module, "onnx": runner}, x_of(3, 40), [2, 4, 6, 2, 26], seed=3)
+    assert report.ok and report.max_abs_error <= 1e-5, report.failure_message()
+    runner.reset()
+    with pytest.raises(ValueError, match="exported for 2 steps per call: x must have a multiple of 2 steps, got 3"):
+        runner.run(x_of(1, 3))
+
+
 def test_raw_torch_module_and_callers_state_left_alone(tmp_path):
     rnn = torch.nn.LSTM(F, H, num_layers=L, batch_first=True)
     result = export(rnn, tmp_path / "raw.onnx", num_streams=S)
@@ -151,8 +167,8 @@ def test_streams_must_agree_with_the_model(tmp_path):
 def swap_states(fold_run):
     """A planted wiring fault: the LSTM's new h and c come out swapped."""
 
-    def faulty(module, x, states):
-        y, *new = fold_run(module, x, states)
+    def faulty(module, x, states, frames):
+        y, *new = fold_run(module, x, states, frames)
         return (y, *new[::-1])
 
     return faulty
@@ -161,22 +177,23 @@ def swap_states(fold_run):
 def stale_states(fold_run):
     """A planted wiring fault: the outputs are right but the states are never carried."""
 
-    def faulty(module, x, states):
-        y, *_ = fold_run(module, x, states)
+    def faulty(module, x, states, frames):
+        y, *_ = fold_run(module, x, states, frames)
         return (y, *(s + 0 for s in states))
 
     return faulty
 
 
+@pytest.mark.parametrize("frames", [None, 1])
 @pytest.mark.parametrize("cell, fault", [("lstm", swap_states), ("gru", stale_states)])
-def test_wrong_state_wiring_is_caught_and_nothing_written(cell, fault, tmp_path, monkeypatch):
+def test_wrong_state_wiring_is_caught_and_nothing_written(cell, fault, frames, tmp_path, monkeypatch):
     import harness.export as ex
 
     target = tmp_path / "m.onnx"
     target.write_bytes(b"the previous good file")
     monkeypatch.setattr(ex, "_fold_run", fault(ex._fold_run))
     with pytest.raises(ExportError, match="disagrees with the source"):
-        export(model(cell), target)
+        export(model(cell), target, frames=frames)
     assert target.read_bytes() == b"the previous good file"
     assert os.listdir(tmp_path) == ["m.onnx"]
 
@@ -246,6 +263,10 @@ def test_cli_export_from_a_state_dict_file(tmp_path, capsys):
     assert main(["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.onnx"), "--streams", "3", "--batch", "2"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert OnnxRunner(tmp_path / "gru.onnx").num_streams == 3
+    args = ["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.onnx"), "--streams", "3", "--frames", "1"]
+    assert main(args) == 0
+    assert "x (B, S, 1, F)" in capsys.readouterr().out
+    assert OnnxRunner(tmp_path / "gru.onnx").frames == 1
     assert main(["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.tflite")]) == 1
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "error:" in capsys.readouterr().err
