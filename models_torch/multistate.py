@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.spec import contract
+from harness.spec import contract, kernels
 from harness.spec.cells import CELLS
 from harness.spec.checkpoint import StateCheckpoints
 from models_torch import segments
@@ -238,8 +238,9 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             rnn = self.rnn
             layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
-            if folded_resets is None and folded_lengths is None and segments.by_cells(rnn, rows, steps, x.device):
-                out, new = segments.step_by_cells(rnn, x.reshape(rows, features), folded)  # one-frame streaming
+            stack = segments.stack_of(rnn)
+            if folded_resets is None and folded_lengths is None and kernels.by_cells(stack, rows, steps, x.device.type):
+                out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded, torch)  # one-frame streaming
             else:
                 out, new = segments.run(
                     rnn, x.reshape(rows, steps, features), folded, resets=folded_resets, lengths=folded_lengths

@@ -77,6 +77,8 @@ DOCTESTED = [
     "harness.spec.contract",
     "harness.spec.atomic",
     "harness.spec.segments",
+    "harness.spec.saturate",
+    "harness.spec.kernels",
     "harness.parity",
     "harness.tolerances",
     "models_torch",

@@ -210,14 +210,14 @@ def test_direct_op_equals_the_modules_own_forward(cell, rng):
 @pytest.mark.parametrize("cell", VARIANTS)
 def test_one_step_through_the_cell_ops_equals_the_fused_op(cell, layers, rng, monkeypatch):
     """A one-frame chunk takes ``torch.lstm_cell``/``gru_cell``/``rnn_*_cell``: the fused op's numbers and gradients."""
-    from models_torch import segments
+    from harness.spec import kernels
 
     model = make(cell, "float64", num_layers=layers)
     x = random_input(rng, (B, S, 1, F), "float64")
     start = tuple(random_input(rng, (layers, B, S, H), "float64") for _ in model.state_names)
     results = []
     for cells in (True, False):
-        monkeypatch.setattr(segments, "CELL_STEP_MACS", 10**12 if cells else 0)
+        monkeypatch.setattr(kernels, "CELL_STEP_MACS", 10**12 if cells else 0)
         model.zero_grad()
         inputs = [torch.from_numpy(a).requires_grad_(True) for a in (x, *start)]
         out, new = model(inputs[0], initial_state=inputs[1:], return_state=True)
@@ -229,10 +229,8 @@ def test_one_step_through_the_cell_ops_equals_the_fused_op(cell, layers, rng, mo
 
 def test_one_frame_streaming_takes_the_cell_ops(rng, monkeypatch):
     """Planted fault for the dispatch: with the fused op broken, a one-frame call still runs; a longer one fails."""
-    from models_torch import segments
-
     model = make("gru")
-    monkeypatch.setattr(segments, "_op", lambda rnn: None)  # the fused op is gone
+    monkeypatch.setattr(torch, "gru", None)  # the fused op is gone
     model(torch.from_numpy(random_input(rng, (B, S, 1, F), "float32")))
     with pytest.raises(TypeError):
         model(torch.from_numpy(random_input(rng, (B, S, 2, F), "float32")))

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.spec.kernels import Stack
+
 # Per cell, torch's gate blocks that each flag drives: -1 shuts the gate (sigmoid -> 0), +1 opens it.
 SATURATED_GATES = {
     "lstm": {"zero": {0: -1, 1: -1, 3: -1}, "hold": {0: -1, 1: +1}},
@@ -64,16 +66,6 @@ class Layout:
     last: np.ndarray
     moved: np.ndarray
     fresh: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Stack:
-    """An LSTM or GRU stack as ``run_saturated`` takes it: ``cell``; per layer torch's
-    ``[weight_ih, weight_hh(, bias_ih, bias_hh)]``, the stack's own tensors; training mode."""
-
-    cell: str
-    layers: Sequence[Sequence[Any]]
-    training: bool = False
 
 
 def plan_layout(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> Layout:

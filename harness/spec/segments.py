@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec.saturate import Stack, run_saturated
+from harness.spec.kernels import Stack
+from harness.spec.saturate import SATURATED_GATES, run_saturated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +199,6 @@ def choose_path(device: str, stack: Stack | None, pieces: int, steps: int) -> st
         >>> choose_path("cpu", None, 3, 100), choose_path("cpu", None, 95, 100), choose_path("cuda", None, 3, 100)
         ('cuts', 'packed', 'packed')
     """
-    if device == "cpu" and stack is not None:
+    if device == "cpu" and stack is not None and stack.cell in SATURATED_GATES:
         return "saturated"
     return "cuts" if device == "cpu" and pieces < CUTS_PER_STEP * steps else "packed"
