@@ -244,11 +244,12 @@ class TFLiteRunner(_ChunkRunner):
         self.dtype = np.dtype(np.float32)
         self.num_streams, self.input_size = int(x[1]), int(x[3])
         self.num_layers, self.hidden_size = int(state[0]), int(state[3])
-        self._inputs = {n: inputs[n]["index"] for n in ("x", *states)}
-        self._outputs = [outputs[n]["index"] for n in ("y", *(f"{s}_out" for s in states))]
+        # Interpreter tensor index by name, inputs and outputs (to feed the interpreter directly, as benchmarks do).
+        self.tensor_index = {n: d["index"] for n, d in (*inputs.items(), *outputs.items())}
+        self._outputs = [self.tensor_index[n] for n in ("y", *(f"{s}_out" for s in states))]
 
     def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = {self._inputs["x"]: x, **{self._inputs[n]: states[n] for n in self.state_names}}
+        feeds = {self.tensor_index["x"]: x, **{self.tensor_index[n]: states[n] for n in self.state_names}}
         resized = False
         for index, value in feeds.items():
             if self._shapes.get(index) != value.shape:
