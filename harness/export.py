@@ -372,7 +372,13 @@ def export(
         from harness.export_tflite import export_tflite
 
         return export_tflite(
-            model_or_path, dst, num_streams=num_streams, batch_size=batch_size, verify_steps=verify_steps, seed=seed
+            model_or_path,
+            dst,
+            num_streams=num_streams,
+            batch_size=batch_size,
+            nonlinearity=nonlinearity,
+            verify_steps=verify_steps,
+            seed=seed,
         )
     if not str(dst).endswith(".onnx"):
         raise ExportError(f"cannot write {dst}: the destination must end in .onnx")

@@ -184,7 +184,7 @@ def _converter_reason(error: Exception) -> str:
 # ---- sources ------------------------------------------------------------------------------------
 
 
-def _keras_source(model_or_path: Any, dst: str | os.PathLike) -> Any:
+def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str) -> Any:
     """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
     if isinstance(model_or_path, (str, os.PathLike)):
         from harness import files
@@ -200,7 +200,7 @@ def _keras_source(model_or_path: Any, dst: str | os.PathLike) -> Any:
         from harness.convert import _keras_like
 
         spec = files.multistate_spec_from_keras_weights(model_or_path)
-        return files.read_keras_file(model_or_path, like=_keras_like(spec, "tanh"))
+        return files.read_keras_file(model_or_path, like=_keras_like(spec, nonlinearity))
     if _is_keras(model_or_path):
         return model_or_path
     raise _refuse(
@@ -243,6 +243,7 @@ def export_tflite(
     *,
     num_streams: int | None = None,
     batch_size: int | None = None,
+    nonlinearity: str = "tanh",
     verify_steps: int = 64,
     seed: int = 0,
 ) -> ExportResult:
@@ -259,6 +260,7 @@ def export_tflite(
         num_streams: must agree with the layer's if given.
         batch_size: must agree with the layer's carried batch if given (the verification runs at it;
             the file's batch axis is dynamic either way).
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a ``.weights.h5`` file.
         verify_steps: time steps of the random verification input.
         seed: seed of the verification input and chunk plan.
 
@@ -276,7 +278,7 @@ def export_tflite(
     from harness.spec.atomic import atomic_path
 
     try:
-        model = _keras_source(model_or_path, dst)
+        model = _keras_source(model_or_path, dst, nonlinearity)
         layer = _keras_layer_of(model)
     except (ValueError, TypeError, OSError) as e:
         raise e if isinstance(e, ExportError) else ExportError(f"cannot export {model_or_path}: {e}") from e
