@@ -1,4 +1,4 @@
-"""Streaming cost of an exported chunk model: one frame per call, onnxruntime on one thread vs torch on one thread.
+"""Streaming cost of an exported chunk model: one frame per call, onnxruntime and LiteRT on one thread vs torch.
 
 Band-split shapes (batch 1, one stream per band, ``F = H``, one layer). Under pytest each pair is a
 ``pytest-benchmark`` case; ``python -m benchmarks.test_export_stream`` prints the table of ``docs/export.md``
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 HOP_US = 16_000.0
+ENGINES = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner", "tflite")
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
 
 
@@ -52,11 +53,37 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
     return step
 
 
+def _tflite_session(module: object, folder: str) -> Callable:
+    """The module's Keras twin exported to ``.tflite``: one frame per call in the LiteRT interpreter, one thread,
+    fed directly (as ``TFLiteRunner`` does, without its checks and resizing: the shapes never change)."""
+    from harness.export import export
+    from harness.exported import TFLiteRunner
+    from harness.porting import keras_twin
+
+    path = os.path.join(folder, "twin.tflite")
+    export(keras_twin(module, batch_size=1), path, verify_steps=16)
+    runner = TFLiteRunner(path, threads=1)
+    frame = np.random.default_rng(0).standard_normal((1, runner.num_streams, 1, runner.input_size)).astype("float32")
+    runner.run(frame)  # sizes the tensors for one frame
+    interpreter, carried, index, names = runner.interpreter, runner.states(), runner.tensor_index, runner.state_names
+
+    def step() -> None:
+        interpreter.set_tensor(index["x"], frame)
+        for name in names:
+            interpreter.set_tensor(index[name], carried[name])
+        interpreter.invoke()
+        carried.update((name, interpreter.get_tensor(index[f"{name}_out"])) for name in names)
+
+    return step
+
+
 def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "legacy") -> dict[str, Callable]:
     """Callables that each run one frame ``(1, S, 1, H)`` and carry the states: the torch module, its raw
     inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime (exported
-    for one frame per call, ``frames=1``; ``onnxruntime-dynamic``: with a dynamic time axis), and the
-    inner RNN exported by hand (``onnxruntime-inner``: the bound for the exported model)."""
+    for one frame per call, ``frames=1``; ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN
+    exported by hand (``onnxruntime-inner``: the bound for the exported model), and the module's Keras twin
+    exported to ``.tflite`` in the LiteRT interpreter (``tflite``; only where Keras runs on TensorFlow and
+    the TFLite export is installed)."""
     import torch
 
     from harness.export import export
@@ -88,12 +115,26 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
         raw_state[:] = [new]
 
     module(frame_t)
-    return {
+    steppers = {
         "torch": torch_step,
         "torch-raw": raw_step,
         **{name: _session_step(runner, frame) for name, runner in runners.items()},
         "onnxruntime-inner": _inner_session(module.rnn, streams, folder),
     }
+    if tflite_usable():
+        steppers["tflite"] = _tflite_session(module, folder)
+    return steppers
+
+
+def tflite_usable() -> bool:
+    """Whether the ``.tflite`` engine can run here: Keras on TensorFlow, and the TFLite converter importable."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return False
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _session_step(runner: object, frame: np.ndarray) -> Callable:
@@ -120,9 +161,11 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("engine", ["torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
+    if engine == "tflite" and not tflite_usable():
+        pytest.skip("the .tflite engine needs Keras on TensorFlow")
     with one_torch_thread():
         step = one_frame_steppers(*SHAPES[shape])[engine]
         benchmark(step)
@@ -150,8 +193,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each, B=1, F=H, 1 layer")
-    engines = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner")
-    print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in engines) + "  torch/ORT  ORT/inner")
+    print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in ENGINES) + "  torch/ORT  ORT/inner")
     for name, (cell, streams, hidden) in SHAPES.items():
         for exporter in ("legacy", "dynamo"):
             try:
@@ -159,9 +201,9 @@ def main() -> None:
             except ExportError as e:
                 print(f"{name:<16} {exporter:<8} refused: {str(e).splitlines()[0]}")
                 continue
-            us = {e: us_per_frame(steps[e]) for e in engines}
+            us = {e: us_per_frame(steps[e]) if e in steps else float("nan") for e in ENGINES}
             ratios = f"{us['torch'] / us['onnxruntime']:>9.2f}x {us['onnxruntime'] / us['onnxruntime-inner']:>9.2f}x"
-            print(f"{name:<16} {exporter:<8} " + " ".join(f"{us[e]:>20.1f}" for e in engines) + f"  {ratios}")
+            print(f"{name:<16} {exporter:<8} " + " ".join(f"{us[e]:>20.1f}" for e in ENGINES) + f"  {ratios}")
 
 
 if __name__ == "__main__":

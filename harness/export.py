@@ -345,7 +345,8 @@ def export(
         model_or_path: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
             layer or a Keras model holding only one, or a weight file (``.pt``, ``.pth``, ``.safetensors``,
             ``.keras``, ``.weights.h5``).
-        dst: the ``.onnx`` file to write (atomically: it appears complete and verified, or not at all).
+        dst: the ``.onnx`` file to write (atomically: it appears complete and verified, or not at all); a
+            ``.tflite`` destination goes to ``harness.export_tflite.export_tflite`` (Keras sources only).
         num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
             has its own, it must agree if given.
         batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
@@ -380,8 +381,16 @@ def export(
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: expected one of {EXPORTERS}")
     if str(dst).endswith(".tflite"):
-        raise ExportError(
-            f"cannot write {dst}: .tflite export is not supported (export .onnx; no TFLite converter is wired up)"
+        from harness.export_tflite import export_tflite
+
+        return export_tflite(
+            model_or_path,
+            dst,
+            num_streams=num_streams,
+            batch_size=batch_size,
+            nonlinearity=nonlinearity,
+            verify_steps=verify_steps,
+            seed=seed,
         )
     if not str(dst).endswith(".onnx"):
         raise ExportError(f"cannot write {dst}: the destination must end in .onnx")

@@ -1,14 +1,17 @@
-"""Run an exported multi-state chunk model (``.onnx``) in onnxruntime, as a parity-engine ``Runner``.
+"""Run an exported multi-state chunk model as a parity-engine ``Runner``: ``.onnx`` in onnxruntime
+(``OnnxRunner``), ``.tflite`` in the LiteRT interpreter (``TFLiteRunner``).
 
 The file must have the signature ``harness.export`` writes: inputs ``x`` ``(B, S, t, F)``
 then the carried states in ``get_states()`` order (``h``, ``c`` for LSTM; ``h`` otherwise),
 each ``(L, B, S, H)``; outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner
-keeps the states between calls, so a stream of chunks runs like the torch module.
+keeps the states between calls, so a stream of chunks runs like the source model.
 
 Example:
     >>> from harness.parity import check_parity
     >>> report = check_parity({"torch": module, "onnx": OnnxRunner("lstm.onnx")}, x, "random")  # doctest: +SKIP
     >>> report.ok                                                                                  # doctest: +SKIP
+    True
+    >>> check_parity({"keras": layer, "tflite": TFLiteRunner("lstm.tflite")}, x, "ones").ok        # doctest: +SKIP
     True
 """
 
@@ -27,7 +30,83 @@ def _describe(values: Sequence[Any]) -> str:
     return ", ".join(f"{v.name} {v.type} {v.shape}" for v in values) or "none"
 
 
-class OnnxRunner:
+class _ChunkRunner:
+    """The state carrying and checks shared by the runners; a subclass sets the sizes and ``_call``."""
+
+    path: str
+    state_names: tuple[str, ...]
+    dtype: np.dtype
+    num_streams: int
+    input_size: int
+    num_layers: int
+    hidden_size: int
+    _states: dict[str, np.ndarray] | None
+    frames: int | None = None  # steps per call of a file exported with fixed frames
+
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One chunk through the file: ``[y, *new states]`` in ``state_names`` order."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Zero the carried states (they take the batch size of the next chunk)."""
+        self._states = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one chunk ``(B, S, t, F)``, carry the states on, return ``(B, S, t, H)``.
+
+        A file exported with fixed ``frames`` takes any multiple of them, one call per group.
+        """
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim != 4 or x.shape[1] != self.num_streams or x.shape[3] != self.input_size or x.shape[2] < 1:
+            raise ValueError(
+                f"x must be (batch, {self.num_streams} streams, time >= 1, {self.input_size} features), "
+                f"got shape {x.shape}"
+            )
+        if self.frames is not None and x.shape[2] % self.frames:
+            raise ValueError(
+                f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
+                f"{self.frames} steps, got {x.shape[2]}"
+            )
+        if self._states is None:
+            shape = (self.num_layers, x.shape[0], self.num_streams, self.hidden_size)
+            self._states = {n: np.zeros(shape, self.dtype) for n in self.state_names}
+        elif next(iter(self._states.values())).shape[1] != x.shape[0]:
+            raise ValueError(
+                f"x has batch {x.shape[0]} but the carried state has batch "
+                f"{next(iter(self._states.values())).shape[1]}: call reset() first"
+            )
+        step = self.frames or x.shape[2]
+        outputs = []
+        for start in range(0, x.shape[2], step):  # one call, or one per group of ``frames`` steps
+            y, *new = self._call(x[:, :, start : start + step], self._states)
+            self._states = dict(zip(self.state_names, new))
+            outputs.append(y)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+
+    def states(self) -> dict[str, np.ndarray]:
+        """The carried states by name, each ``(L, B, S, H)`` (copies)."""
+        if self._states is None:
+            raise RuntimeError(f"{self.path} has no state yet: run a chunk first, or use set_states()")
+        return {n: s.copy() for n, s in self._states.items()}
+
+    def set_states(self, states: Mapping[str, np.ndarray]) -> None:
+        """Replace the carried states (name -> ``(L, B, S, H)``), e.g. to resume a torch module's streams."""
+        missing = [n for n in self.state_names if n not in states]
+        if missing:
+            raise ValueError(f"states lack {missing}: expected {self.state_names}")
+        arrays = {n: np.ascontiguousarray(states[n], dtype=self.dtype) for n in self.state_names}
+        shapes = {a.shape for a in arrays.values()}
+        if len(shapes) != 1 or any(
+            len(s) != 4 or s[0] != self.num_layers or s[2:] != (self.num_streams, self.hidden_size) for s in shapes
+        ):
+            raise ValueError(
+                f"states must be {self.state_names}, each (L={self.num_layers}, B, S={self.num_streams}, "
+                f"H={self.hidden_size}), all the same shape; got {[a.shape for a in arrays.values()]}"
+            )
+        self._states = arrays
+
+
+class OnnxRunner(_ChunkRunner):
     """Drives an exported chunk model in onnxruntime and carries its states between ``run`` calls.
 
     Args:
@@ -66,7 +145,7 @@ class OnnxRunner:
         except Exception as e:
             raise ValueError(f"cannot load {self.path}: not a valid ONNX model ({type(e).__name__}: {e})") from e
         self._check_signature()
-        self._states: dict[str, np.ndarray] | None = None
+        self._states = None
 
     def _check_signature(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -91,66 +170,108 @@ class OnnxRunner:
                 f"(L, B, S, H) and outputs y, h_out[, c_out] of one float type; "
                 f"got inputs [{_describe(inputs)}], outputs [{_describe(outputs)}]"
             )
-        self.state_names: tuple[str, ...] = tuple(names)
+        self.state_names = tuple(names)
         self.dtype = np.dtype(_ORT_DTYPES[inputs[0].type])
         self.num_streams, self.input_size = int(x_shape[1]), int(x_shape[3])
         self.num_layers, self.hidden_size = int(state_shape[0]), int(state_shape[3])
-        self.frames: int | None = x_shape[2] if isinstance(x_shape[2], int) else None  # exported with frames=
+        self.frames = x_shape[2] if isinstance(x_shape[2], int) else None
 
-    def reset(self) -> None:
-        """Zero the carried states (they take the batch size of the next chunk)."""
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {"x": x, **states})
+
+
+def _interpreter_class() -> type:
+    """LiteRT's ``Interpreter`` (``ai-edge-litert``), else TensorFlow's ``tf.lite.Interpreter``."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+class TFLiteRunner(_ChunkRunner):
+    """Drives an exported ``.tflite`` chunk model in the LiteRT interpreter and carries its states between calls.
+
+    The file's signature (``harness.export_tflite``) names the tensors; batch and time may be dynamic
+    (``-1``): the runner resizes the inputs only when a chunk's shape changes, so a stream of
+    one-frame chunks costs one ``invoke`` each.
+
+    Args:
+        path: the ``.tflite`` file.
+        threads: interpreter threads (None: the interpreter's default; 1 for real-time use).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a valid TFLite model, or not a multi-state chunk model.
+
+    Example:
+        >>> runner = TFLiteRunner("gru.tflite", threads=1)                      # doctest: +SKIP
+        >>> y = runner.run(np.zeros((1, 33, 1, 16), np.float32))               # one frame  # doctest: +SKIP
+        >>> runner.states()["h"].shape                                          # doctest: +SKIP
+        (1, 1, 33, 16)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no such TFLite file: {self.path}")
+        interpreter = _interpreter_class()
+        try:
+            self.interpreter = interpreter(model_path=self.path, num_threads=threads)
+            self.interpreter.allocate_tensors()
+            signatures = self.interpreter.get_signature_list()
+        except Exception as e:
+            raise ValueError(f"cannot load {self.path}: not a valid TFLite model ({type(e).__name__}: {e})") from e
+        self.interpreter_name = f"{interpreter.__module__}.{interpreter.__name__}"
+        self._check_signature(signatures)
+        self._shapes: dict[int, tuple[int, ...]] = {}
         self._states = None
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one chunk ``(B, S, t, F)``, carry the states on, return ``(B, S, t, H)``.
+    def _check_signature(self, signatures: dict) -> None:
+        found = {k: (sorted(v["inputs"]), sorted(v["outputs"])) for k, v in signatures.items()}
+        states = [n for n in ("h", "c") if n in found.get("serving_default", ((), ()))[0]]
+        ok = len(found) == 1 and found.get("serving_default") == (
+            sorted(["x", *states]),
+            sorted(["y", *(f"{n}_out" for n in states)]),
+        )
+        ok = ok and states in (["h"], ["h", "c"])
+        if ok:
+            runner = self.interpreter.get_signature_runner("serving_default")
+            inputs, outputs = runner.get_input_details(), runner.get_output_details()
+            x, state = (tuple(inputs[n]["shape_signature"]) for n in ("x", states[0]))
+            ok = all(len(v["shape_signature"]) == 4 and v["dtype"] == np.float32 for v in [*inputs.values()])
+            ok = ok and all(len(v["shape_signature"]) == 4 for v in outputs.values())
+            fixed = (x[1], x[3], state[0], state[2], state[3]) if ok else (-1,)
+            ok = ok and min(fixed) > 0 and x[1] == state[2]
+            ok = ok and all(tuple(inputs[n]["shape_signature"]) == state for n in states)
+            # The signature must drive the primary subgraph, which ``invoke`` runs.
+            main = {d["index"] for d in self.interpreter.get_input_details()}
+            ok = ok and main == {v["index"] for v in inputs.values()}
+        if not ok:
+            raise ValueError(
+                f"{self.path} is not a multi-state chunk model: expected one signature 'serving_default' with "
+                f"float32 inputs x (B, S, t, F), h[, c] (L, B, S, H) and outputs y, h_out[, c_out]; got {found}"
+            )
+        self.state_names = tuple(states)
+        self.dtype = np.dtype(np.float32)
+        self.num_streams, self.input_size = int(x[1]), int(x[3])
+        self.num_layers, self.hidden_size = int(state[0]), int(state[3])
+        # Interpreter tensor index by name, inputs and outputs (to feed the interpreter directly, as benchmarks do).
+        self.tensor_index = {n: d["index"] for n, d in (*inputs.items(), *outputs.items())}
+        self._outputs = [self.tensor_index[n] for n in ("y", *(f"{s}_out" for s in states))]
 
-        A model exported with fixed ``frames`` takes any multiple of them, one session call per group.
-        """
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim != 4 or x.shape[1] != self.num_streams or x.shape[3] != self.input_size or x.shape[2] < 1:
-            raise ValueError(
-                f"x must be (batch, {self.num_streams} streams, time >= 1, {self.input_size} features), "
-                f"got shape {x.shape}"
-            )
-        if self.frames is not None and x.shape[2] % self.frames:
-            raise ValueError(
-                f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
-                f"{self.frames} steps, got {x.shape[2]}"
-            )
-        if self._states is None:
-            shape = (self.num_layers, x.shape[0], self.num_streams, self.hidden_size)
-            self._states = {n: np.zeros(shape, self.dtype) for n in self.state_names}
-        elif next(iter(self._states.values())).shape[1] != x.shape[0]:
-            raise ValueError(
-                f"x has batch {x.shape[0]} but the carried state has batch "
-                f"{next(iter(self._states.values())).shape[1]}: call reset() first"
-            )
-        step = self.frames or x.shape[2]
-        outputs = []
-        for start in range(0, x.shape[2], step):  # one session call, or one per group of ``frames`` steps
-            y, *new = self.session.run(None, {"x": x[:, :, start : start + step], **self._states})
-            self._states = dict(zip(self.state_names, new))
-            outputs.append(y)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
-
-    def states(self) -> dict[str, np.ndarray]:
-        """The carried states by name, each ``(L, B, S, H)`` (copies)."""
-        if self._states is None:
-            raise RuntimeError(f"{self.path} has no state yet: run a chunk first, or use set_states()")
-        return {n: s.copy() for n, s in self._states.items()}
-
-    def set_states(self, states: Mapping[str, np.ndarray]) -> None:
-        """Replace the carried states (name -> ``(L, B, S, H)``), e.g. to resume a torch module's streams."""
-        missing = [n for n in self.state_names if n not in states]
-        if missing:
-            raise ValueError(f"states lack {missing}: expected {self.state_names}")
-        arrays = {n: np.ascontiguousarray(states[n], dtype=self.dtype) for n in self.state_names}
-        shapes = {a.shape for a in arrays.values()}
-        if len(shapes) != 1 or any(
-            len(s) != 4 or s[0] != self.num_layers or s[2:] != (self.num_streams, self.hidden_size) for s in shapes
-        ):
-            raise ValueError(
-                f"states must be {self.state_names}, each (L={self.num_layers}, B, S={self.num_streams}, "
-                f"H={self.hidden_size}), all the same shape; got {[a.shape for a in arrays.values()]}"
-            )
-        self._states = arrays
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {self.tensor_index["x"]: x, **{self.tensor_index[n]: states[n] for n in self.state_names}}
+        resized = False
+        for index, value in feeds.items():
+            if self._shapes.get(index) != value.shape:
+                self.interpreter.resize_tensor_input(index, value.shape, strict=True)
+                self._shapes[index], resized = value.shape, True
+        if resized:
+            self.interpreter.allocate_tensors()
+        for index, value in feeds.items():
+            self.interpreter.set_tensor(index, value)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(i) for i in self._outputs]

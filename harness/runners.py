@@ -94,13 +94,17 @@ class KerasRunner:
 
 
 def as_runner(model: Any) -> Runner:
-    """Wrap ``model`` in the runner for its framework (runners pass through)."""
+    """Wrap ``model`` in the runner for its framework (runners pass through; ``.onnx``/``.tflite`` paths: the file)."""
     if isinstance(model, Runner):
         return model
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
         from harness.exported import OnnxRunner
 
         return OnnxRunner(model)
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".tflite"):
+        from harness.exported import TFLiteRunner
+
+        return TFLiteRunner(model)
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         return KerasRunner(model)
     if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):
