@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import tempfile
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 HOP_US = 16_000.0
-ENGINES = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner", "tflite")
+ENGINES = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner", "tflite", "keras-step")
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
 
 
@@ -77,13 +78,31 @@ def _tflite_session(module: object, folder: str) -> Callable:
     return step
 
 
+def _keras_step(module: object, frame: np.ndarray) -> Callable:
+    """The module's Keras twin on the active backend, one frame per call through ``layer.streaming_step()``
+    (numpy in, numpy out, as onnxruntime)."""
+    import keras
+
+    import models_keras
+    from harness.porting import keras_twin
+
+    (layer,) = models_keras.multistate_layers(keras_twin(module, batch_size=1))
+    run = layer.streaming_step()
+
+    def step() -> None:
+        keras.ops.convert_to_numpy(run(frame))
+
+    return step
+
+
 def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "legacy") -> dict[str, Callable]:
     """Callables that each run one frame ``(1, S, 1, H)`` and carry the states: the torch module, its raw
     inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime (exported
     for one frame per call, ``frames=1``; ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN
     exported by hand (``onnxruntime-inner``: the bound for the exported model), and the module's Keras twin
     exported to ``.tflite`` in the LiteRT interpreter (``tflite``; only where Keras runs on TensorFlow and
-    the TFLite export is installed)."""
+    the TFLite export is installed) and run by the Keras layer's ``streaming_step()`` on the active backend
+    (``keras-step``; where Keras is installed)."""
     import torch
 
     from harness.export import export
@@ -123,6 +142,8 @@ def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "le
     }
     if tflite_usable():
         steppers["tflite"] = _tflite_session(module, folder)
+    if importlib.util.find_spec("keras") is not None:
+        steppers["keras-step"] = _keras_step(module, frame)
     return steppers
 
 
@@ -161,11 +182,15 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "engine", [pytest.param(e, marks=pytest.mark.keras) if e == "keras-step" else e for e in ENGINES]
+)
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
     if engine == "tflite" and not tflite_usable():
         pytest.skip("the .tflite engine needs Keras on TensorFlow")
+    if engine == "keras-step" and importlib.util.find_spec("keras") is None:
+        pytest.skip("the keras-step engine needs Keras")
     with one_torch_thread():
         step = one_frame_steppers(*SHAPES[shape])[engine]
         benchmark(step)
@@ -192,7 +217,11 @@ def main() -> None:
     from harness.export import ExportError
 
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each, B=1, F=H, 1 layer")
+    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each (Keras on {keras_backend}: "
+        "its own threads), B=1, F=H, 1 layer"
+    )
     print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in ENGINES) + "  torch/ORT  ORT/inner")
     for name, (cell, streams, hidden) in SHAPES.items():
         for exporter in ("legacy", "dynamo"):

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 
 from harness.spec.cells import CELLS, to_torch
-from harness.spec.saturate import SATURATED_GATES, Stack
+from harness.spec.kernels import Stack, run_plain
 
 
 def path_name(layer: Any, training: bool | None = False) -> str:
@@ -153,17 +153,26 @@ def parameters(layer: Any) -> dict[str, Any]:
 def torch_fused(layer: Any, dtype: Any, training: bool | None, params: dict[str, Any] | None = None) -> Callable:
     """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
 
-    ``x`` is an ``(N, T, F)`` tensor or a ``PackedSequence``; ``hx`` a sequence of ``(L, N, H)`` states;
-    ``params``: ``parameters(layer)`` where the caller has them already.
+    ``x`` is an ``(N, T, F)`` tensor (``harness.spec.kernels.run_plain``: torch's op, or its cell ops for a
+    small one-step chunk) or a ``PackedSequence`` (an ``nn`` module of the stack's shape through
+    ``functional_call``); ``hx`` a sequence of ``(L, N, H)`` states; ``params``: ``parameters(layer)``
+    where the caller has them already.
     """
+    import torch
     from torch.func import functional_call
 
-    nonlinearity = layer.rnn_layers[0].cell.activation.__name__
-    module = _template(layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, dtype)
-    module.train(bool(training))
     params = parameters(layer) if params is None else params
+    stack = torch_stack(layer, params, training)
 
     def fused(x: Any, initial: Any) -> tuple[Any, list]:
+        if isinstance(x, torch.Tensor):
+            out, final = run_plain(stack, x, tuple(initial), torch)
+            return out, list(final)
+        nonlinearity = layer.rnn_layers[0].cell.activation.__name__
+        module = _template(
+            layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, dtype
+        )
+        module.train(bool(training))
         hx = tuple(s.contiguous() for s in initial)
         out, final = functional_call(module, params, (x, hx if len(hx) > 1 else hx[0]))
         return out, list(final) if isinstance(final, tuple) else [final]
@@ -171,14 +180,12 @@ def torch_fused(layer: Any, dtype: Any, training: bool | None, params: dict[str,
     return fused
 
 
-def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> Stack | None:
-    """The stack as ``harness.spec.saturate`` runs resets and lengths (LSTM, GRU; None for a simple RNN),
-    on the torch-named ``params`` of ``parameters(layer)``."""
-    if layer.cell not in SATURATED_GATES:
-        return None
+def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> Stack:
+    """The stack as ``harness.spec.kernels`` runs it, on the torch-named ``params`` of ``parameters(layer)``."""
     names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if layer.use_bias else ())
     layers = [[params[f"{name}_l{k}"] for name in names] for k in range(layer.num_layers)]
-    return Stack(layer.cell, layers, bool(training))
+    nonlinearity = layer.rnn_layers[0].cell.activation.__name__
+    return Stack(layer.cell, layers, bool(training), nonlinearity=nonlinearity)
 
 
 def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:

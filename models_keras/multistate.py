@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -22,7 +23,7 @@ from keras import ops
 from harness.spec import contract
 from harness.spec.cells import CELLS
 from harness.spec.checkpoint import StateCheckpoints
-from models_keras import checks, distributed, exact, fast_paths, stepping
+from models_keras import checks, distributed, exact, fast_paths, stepping, streaming
 
 # Guards the read-modify-write of one stream's slice in eager ``stream=k`` calls from several threads.
 _STATE_LOCK = threading.Lock()
@@ -337,6 +338,20 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
             finals.append(final)
         return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
+
+    def streaming_step(self) -> Callable[[Any], Any]:
+        """``step(x) -> y``: one chunk on the carried state without Keras's per-call cost, for inference loops.
+
+        The same numbers and carried state as ``self(x)``; no ``training``, ``stream``, ``resets``,
+        ``lengths`` or ``mask`` (``models_keras.streaming`` says how each backend runs it).
+
+        Example:
+            >>> layer = MultiStateGRU(16, num_streams=33, batch_size=1)
+            >>> step = layer.streaming_step()
+            >>> tuple(step(np.zeros((1, 33, 1, 16), "float32")).shape)
+            (1, 33, 1, 16)
+        """
+        return streaming.step_function(self)
 
     def reset_states(self, streams: Sequence[int] | None = None, mask: np.ndarray | None = None) -> None:
         """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True.

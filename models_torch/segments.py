@@ -33,8 +33,9 @@ def stack_of(rnn: nn.RNNBase) -> Stack:
     """``rnn`` as the floor's ops take it: its own weights (``rnn._flat_weights``, the list that
     ``forward`` itself passes: views into cuDNN's flat buffer on a GPU; torch has no public spelling
     of it that is not rebuilt per call), its mode and settings."""
-    per_layer = len(rnn._flat_weights) // rnn.num_layers
-    layers = [rnn._flat_weights[k * per_layer : (k + 1) * per_layer] for k in range(rnn.num_layers)]
+    weights, count = rnn._flat_weights, rnn.num_layers
+    per_layer = len(weights) // count
+    layers = [weights] if count == 1 else [weights[k * per_layer : (k + 1) * per_layer] for k in range(count)]
     cell = "lstm" if isinstance(rnn, nn.LSTM) else "gru" if isinstance(rnn, nn.GRU) else "rnn"
     return Stack(cell, layers, rnn.training, float(rnn.dropout), getattr(rnn, "nonlinearity", "tanh"))
 

@@ -29,7 +29,7 @@ from typing import Any
 CELL_STEP_MACS = 2_000_000
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class Stack:
     """An RNN stack as the ops take it: ``cell`` ("lstm", "gru", "rnn"); per layer torch's
     ``[weight_ih, weight_hh(, bias_ih, bias_hh)]``, the stack's own tensors (gradients reach them);
