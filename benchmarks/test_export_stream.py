@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 HOP_US = 16_000.0
-ENGINES = ("torch", "torch-raw", "onnxruntime", "onnxruntime-dynamic", "onnxruntime-inner", "tflite", "keras-step")
+# In this order: after a fixed-time dynamo export, torch 2.13 fixes the next dynamo export's time axis too.
+ENGINES = ("torch", "torch-raw", "onnxruntime-dynamic", "onnxruntime", "onnxruntime-inner", "tflite", "keras-step")
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
 
 
@@ -95,56 +96,61 @@ def _keras_step(module: object, frame: np.ndarray) -> Callable:
     return step
 
 
-def one_frame_steppers(cell: str, streams: int, hidden: int, exporter: str = "legacy") -> dict[str, Callable]:
-    """Callables that each run one frame ``(1, S, 1, H)`` and carry the states: the torch module, its raw
-    inner ``nn`` RNN on the folded frame (``torch-raw``), the exported chunk model in onnxruntime (exported
-    for one frame per call, ``frames=1``; ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN
-    exported by hand (``onnxruntime-inner``: the bound for the exported model), and the module's Keras twin
-    exported to ``.tflite`` in the LiteRT interpreter (``tflite``; only where Keras runs on TensorFlow and
-    the TFLite export is installed) and run by the Keras layer's ``streaming_step()`` on the active backend
-    (``keras-step``; where Keras is installed)."""
+def one_frame_steppers(
+    cell: str, streams: int, hidden: int, exporter: str = "legacy", engines: tuple[str, ...] = ENGINES
+) -> dict[str, Callable]:
+    """Callables, one per engine asked for and usable here, that each run one frame ``(1, S, 1, H)`` and
+    carry the states: the torch module, its raw inner ``nn`` RNN on the folded frame (``torch-raw``), the
+    exported chunk model in onnxruntime (exported for one frame per call, ``frames=1``;
+    ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN exported by hand
+    (``onnxruntime-inner``: the bound for the exported model), the module's Keras twin exported to
+    ``.tflite`` in the LiteRT interpreter (``tflite``; where Keras runs on TensorFlow) and run by the
+    Keras layer's ``streaming_step()`` on the active backend (``keras-step``; where Keras is installed)."""
     import torch
 
-    from harness.export import export
-    from harness.exported import OnnxRunner
     from harness.porting import torch_class
 
     torch.manual_seed(0)
     module = torch_class(cell)(hidden, hidden, streams).eval()
     folder = tempfile.mkdtemp()
-    runners = {}
-    # The dynamic export first: after a fixed-time dynamo export, torch 2.13 fixes the next one's time axis too.
-    for name, frames in (("onnxruntime-dynamic", None), ("onnxruntime", 1)):
-        path = os.path.join(folder, f"{cell}-{name}.onnx")
-        export(module, path, exporter=exporter, frames=frames, verify_steps=16)
-        runners[name] = OnnxRunner(path, threads=1)
     frame = np.random.default_rng(0).standard_normal((1, streams, 1, hidden)).astype("float32")
     frame_t = torch.from_numpy(frame)
+    module(frame_t)
 
     def torch_step() -> None:
         with torch.no_grad():
             module(frame_t)
 
     folded = frame_t.reshape(streams, 1, hidden)
-    raw_state = [tuple(s.reshape(1, streams, hidden) for s in module.get_states())] if module.batch_size else []
+    states = tuple(s.reshape(1, streams, hidden) for s in module.get_states())
+    raw_state = [states if len(states) > 1 else states[0]]
 
     def raw_step() -> None:
         with torch.no_grad():
             _, new = module.rnn(folded, *raw_state)
         raw_state[:] = [new]
 
-    module(frame_t)
-    steppers = {
-        "torch": torch_step,
-        "torch-raw": raw_step,
-        **{name: _session_step(runner, frame) for name, runner in runners.items()},
-        "onnxruntime-inner": _inner_session(module.rnn, streams, folder),
+    builders = {
+        "torch": lambda: torch_step,
+        "torch-raw": lambda: raw_step,
+        "onnxruntime-dynamic": lambda: _session_step(_exported(module, folder, exporter, None), frame),
+        "onnxruntime": lambda: _session_step(_exported(module, folder, exporter, 1), frame),
+        "onnxruntime-inner": lambda: _inner_session(module.rnn, streams, folder),
+        "tflite": lambda: _tflite_session(module, folder),
+        "keras-step": lambda: _keras_step(module, frame),
     }
-    if tflite_usable():
-        steppers["tflite"] = _tflite_session(module, folder)
-    if importlib.util.find_spec("keras") is not None:
-        steppers["keras-step"] = _keras_step(module, frame)
-    return steppers
+    usable = {"tflite": tflite_usable(), "keras-step": importlib.util.find_spec("keras") is not None}
+    return {e: builders[e]() for e in engines if usable.get(e, True)}
+
+
+def _exported(module: object, folder: str, exporter: str, frames: int | None) -> object:
+    """``module`` exported to ONNX (``frames``: fixed steps per call, or None), in an ``OnnxRunner`` on one thread."""
+    from harness.export import export
+    from harness.exported import OnnxRunner
+
+    path = os.path.join(folder, f"{exporter}-{frames}.onnx")
+    export(module, path, exporter=exporter, frames=frames, verify_steps=16)
+    return OnnxRunner(path, threads=1)
 
 
 def tflite_usable() -> bool:
@@ -192,7 +198,7 @@ def test_one_frame(shape: str, engine: str, benchmark) -> None:
     if engine == "keras-step" and importlib.util.find_spec("keras") is None:
         pytest.skip("the keras-step engine needs Keras")
     with one_torch_thread():
-        step = one_frame_steppers(*SHAPES[shape])[engine]
+        step = one_frame_steppers(*SHAPES[shape], engines=(engine,))[engine]
         benchmark(step)
 
 
