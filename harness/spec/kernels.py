@@ -25,8 +25,10 @@ from typing import Any
 
 # Below this many multiply-adds per step (rows x gate rows x (F + H)), a one-step chunk on the CPU runs through
 # the cell ops: the fused op's fixed cost per call (oneDNN's setup, ~30-60 µs) outweighs the step itself.
-# Measured on one thread: GRU 33 rows H=16 22 µs vs 47 µs; LSTM 31 rows H=32 30 vs 83; LSTM 257 rows H=64 322 vs 286.
-CELL_STEP_MACS = 2_000_000
+# Measured here, cell ops vs fused op, µs: GRU 33 rows H=16 22 vs 47 (1 thread); LSTM 31 rows H=32 30 vs 83
+# (1 thread); LSTM 32 rows F=32 H=128 (2.6M) 106 vs 114 (2 threads), 118 vs 140 (1); LSTM 257 rows H=64 (8.4M)
+# 222 vs 180 (2 threads).
+CELL_STEP_MACS = 4_000_000
 
 
 @dataclasses.dataclass(slots=True)
