@@ -327,6 +327,31 @@ def _keras_states_kept(model: Any) -> Iterator[None]:
 # ---- export -------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def landing(dst: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``dst`` that becomes ``dst`` only if the block completes (``atomic_path``);
+    a ``ValueError`` or ``OSError`` inside comes out as ``ExportError``."""
+    from harness.spec.atomic import atomic_path
+
+    try:
+        with atomic_path(dst) as tmp:
+            yield tmp
+    except ExportError:
+        raise
+    except (ValueError, OSError) as e:
+        raise ExportError(str(e)) from e
+
+
+def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
+    """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
+    from harness.parity import check_parity
+
+    report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
+    if not report.ok:
+        raise ExportError(f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}")
+    return report
+
+
 def export(
     model_or_path: Any,
     dst: str | os.PathLike,
@@ -375,8 +400,6 @@ def export(
     import torch
 
     from harness.exported import OnnxRunner
-    from harness.parity import check_parity
-    from harness.spec.atomic import atomic_path
 
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: expected one of {EXPORTERS}")
@@ -420,28 +443,19 @@ def export(
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((source.batch_size, module.num_streams, steps, module.input_size)).astype("float32")
     keep = _keras_states_kept(source.reference) if _is_keras(source.reference) else contextlib.nullcontext()
-    try:
-        with atomic_path(dst) as tmp:
-            try:
-                _write_onnx(module, tmp, exporter, frames)
-                _stamp(tmp, module, exporter, frames)
-            except Exception as e:
-                raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e
-            runner = OnnxRunner(tmp)
-            time_axis = runner.session.get_inputs()[0].shape[2]
-            if frames is None and isinstance(time_axis, int):
-                raise ExportError(
-                    f"the {exporter} exporter fixed the time axis of {module.cell} at {time_axis} steps "
-                    "(it unrolls the loop); use exporter='legacy'"
-                )
-            with keep:
-                report = check_parity({"source": source.reference, "onnx": runner}, x, plan, seed=seed)
-            if not report.ok:
-                raise ExportError(
-                    f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}"
-                )
-    except ExportError:
-        raise
-    except (ValueError, OSError) as e:
-        raise ExportError(str(e)) from e
+    with landing(dst) as tmp:
+        try:
+            _write_onnx(module, tmp, exporter, frames)
+            _stamp(tmp, module, exporter, frames)
+        except Exception as e:
+            raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e
+        runner = OnnxRunner(tmp)
+        time_axis = runner.session.get_inputs()[0].shape[2]
+        if frames is None and isinstance(time_axis, int):
+            raise ExportError(
+                f"the {exporter} exporter fixed the time axis of {module.cell} at {time_axis} steps "
+                "(it unrolls the loop); use exporter='legacy'"
+            )
+        with keep:
+            report = prove(source.reference, "onnx", runner, x, plan, seed)
     return ExportResult(str(dst), exporter, module.cell, tuple(module.state_names), module.num_streams, report)

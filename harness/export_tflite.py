@@ -1,18 +1,9 @@
 """Export a Keras multi-state layer to TFLite (LiteRT) as one streaming chunk, then prove the file.
 
 ``harness.export.export(model, "m.tflite")`` lands here. The ``.tflite`` file holds one call of the
-layer on a chunk, with the carried states explicit, under the signature ``serving_default``:
-
-=========  =====================  ==================================================
-name       shape                  meaning
-=========  =====================  ==================================================
-``x``      ``(B, S, t, F)``       the chunk (input)
-``h``      ``(L, B, S, H)``       carried hidden state (input)
-``c``      ``(L, B, S, H)``       carried cell state (input; LSTM only)
-``y``      ``(B, S, t, H)``       the chunk's output
-``h_out``  ``(L, B, S, H)``       hidden state after the chunk
-``c_out``  ``(L, B, S, H)``       cell state after the chunk (LSTM only)
-=========  =====================  ==================================================
+layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
+tensors are named and shaped as in the ONNX file (the table in ``harness.export``: inputs ``x``, ``h``
+[, ``c``], outputs ``y``, ``h_out`` [, ``c_out``]).
 
 ``B`` (batch) and ``t`` (time) are dynamic (``-1`` in the shape signature); ``S``, ``F``, ``L``, ``H``
 are fixed. The graph is built from the layer's weights (frozen as constants) and its cells'
@@ -44,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import ExportError, ExportResult, _is_keras, _keras_layer_of, _keras_states_kept
+from harness.export import ExportError, ExportResult, _is_keras, _keras_layer_of, _keras_states_kept, landing, prove
 
 SIGNATURE = "serving_default"
 
@@ -274,8 +265,6 @@ def export_tflite(
         ('tflite', ('h', 'c'))
     """
     from harness.exported import TFLiteRunner
-    from harness.parity import check_parity
-    from harness.spec.atomic import atomic_path
 
     try:
         model = _keras_source(model_or_path, dst, nonlinearity)
@@ -290,26 +279,16 @@ def export_tflite(
 
     shape = (layer.batch_size, layer.num_streams, verify_steps, layer.input_size)
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
-    try:
-        with atomic_path(dst) as tmp:
-            try:
-                data = convert(layer)
-            except Exception as e:
-                raise ExportError(
-                    f"cannot write {dst}: the TFLite converter cannot express {layer.name} ({layer.cell}) with "
-                    f"TFLite builtin ops: {_converter_reason(e)}"
-                ) from e
-            with open(tmp, "wb") as f:
-                f.write(data)
-            runner = TFLiteRunner(tmp)
-            with _keras_states_kept(model):
-                report = check_parity({"source": model, "tflite": runner}, x, "random", seed=seed)
-            if not report.ok:
-                raise ExportError(
-                    f"the exported .tflite file disagrees with the source; nothing written.\n{report.failure_message()}"
-                )
-    except ExportError:
-        raise
-    except (ValueError, OSError) as e:
-        raise ExportError(str(e)) from e
+    with landing(dst) as tmp:
+        try:
+            data = convert(layer)
+        except Exception as e:
+            raise ExportError(
+                f"cannot write {dst}: the TFLite converter cannot express {layer.name} ({layer.cell}) with "
+                f"TFLite builtin ops: {_converter_reason(e)}"
+            ) from e
+        with open(tmp, "wb") as f:
+            f.write(data)
+        with _keras_states_kept(model):
+            report = prove(model, "tflite", TFLiteRunner(tmp), x, "random", seed)
     return ExportResult(str(dst), "tflite", layer.cell, tuple(layer.state_names), layer.num_streams, report)
