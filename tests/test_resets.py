@@ -548,3 +548,24 @@ def test_saturation_too_weak_to_shut_the_gates_is_caught(rng, monkeypatch):
         out, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, "saturated")
     error = float((out - want.detach()).abs().max())
     assert error > 1e-6, f"a leaking reset went unnoticed: max error {error:.1e}"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(("cell", "path"), PATHS)
+def test_a_reset_inside_the_chunk_clears_a_non_finite_state(cell, path, value, rng):
+    """NaN/Inf carried into a chunk is gone after a reset at step 4: the same numbers as starting there from zeros.
+
+    On the saturated path a zero step would keep it (0 * NaN = NaN): a non-finite chunk or state takes
+    another path; this test holds every forced path to it.
+    """
+    module = make_module(cell, num_layers=2)
+    x, resets = rng.standard_normal((B, S, T, F)), np.zeros((B, S, T), bool)
+    resets[:, :, 4] = True
+    states = tuple(torch.full((2, B, S, H), value, dtype=torch.float64) for _ in module.state_names)
+    with torch.no_grad():
+        out, new = _folded_run(module, torch.from_numpy(x), states, resets, np.full((B, S), T), path)
+        zeros = tuple(torch.zeros_like(s) for s in states)
+        want, want_states = reference_run(module, torch.from_numpy(x[:, :, 4:]), zeros)
+    close(out[:, :, 4:], want, 1e-12)
+    for got, expected in zip(new, want_states, strict=True):
+        close(got, expected, 1e-12)

@@ -171,7 +171,8 @@ def run_segmented(
     One plain call when no reset falls after step 0 and every length is full. Otherwise, on a CPU,
     an LSTM or GRU ``stack`` runs with saturated gates (``saturate.run_saturated``: one plain call
     per layer); else the time axis is cut (``run_cuts``) or the segments packed (``run_packed``),
-    whichever costs less here. ``path`` forces one: "saturated", "cuts" or "packed".
+    whichever costs less here (also for a non-finite chunk or state, which only ``torch.where`` clears).
+    ``path`` forces one: "saturated", "cuts" or "packed".
     ``fused(x_or_packed, states)`` runs the stack once; ``torch`` is the torch module (this floor
     imports no framework).
     """
@@ -185,6 +186,8 @@ def run_segmented(
         return fused(x, states)
     cuts = cut_points(host_resets, host_lengths, steps)
     path = path or choose_path(x.device.type, stack, len(cuts) - 1, steps)
+    if path == "saturated" and not all(bool(torch.isfinite(t).all()) for t in (x, *states)):
+        path = choose_path(x.device.type, None, len(cuts) - 1, steps)  # a zero step cannot clear NaN: 0 * NaN = NaN
     if path == "saturated":
         return run_saturated(stack, x, states, host_resets, host_lengths, torch)
     if path == "cuts":
