@@ -22,13 +22,19 @@ from harness import scenarios
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
+EXPORTED = ("onnx", "tflite")  # backends that are exported files: float32 only, no resets or lengths
+
+
 def installed_backends() -> list[str]:
-    """``torch`` (the reference), every Keras backend whose framework is importable, and ``onnx`` with its extra."""
+    """``torch`` (the reference), every Keras backend whose framework is importable, and the exported
+    formats with their extras: ``onnx`` (onnx, onnxruntime), ``tflite`` (Keras on TensorFlow)."""
     found = ["torch"] if importlib.util.find_spec("torch") else []
     if importlib.util.find_spec("keras"):
         found += [f"keras-{b}" for b in KERAS_BACKENDS if importlib.util.find_spec(b)]
     if found and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         found.append("onnx")
+    if "keras-tensorflow" in found:
+        found.append("tflite")
     return found
 
 
@@ -37,6 +43,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if backend.startswith("keras-"):
         env["KERAS_BACKEND"] = backend.removeprefix("keras-")
+    if backend == "tflite":
+        env["KERAS_BACKEND"] = "tensorflow"  # the TFLite converter takes TensorFlow graphs
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
     cmd = [
@@ -92,12 +100,13 @@ def _parity(args: argparse.Namespace) -> int:
         print(f"error: --device cuda: {problem}", file=sys.stderr)
         return 1
     backends = args.backend or installed_backends()
-    if args.episodes and "onnx" in backends:
-        if args.backend:
-            print("error: --episodes: an exported ONNX chunk takes no resets or lengths", file=sys.stderr)
-            return 1
-        backends.remove("onnx")
-        print("onnx left out: an exported ONNX chunk takes no resets or lengths", file=sys.stderr)
+    exported = [b for b in backends if b in EXPORTED] if args.episodes else []
+    if exported and args.backend:
+        print(f"error: --episodes: an exported {exported[0]} chunk takes no resets or lengths", file=sys.stderr)
+        return 1
+    for backend in exported:
+        backends.remove(backend)
+        print(f"{backend} left out: an exported chunk takes no resets or lengths", file=sys.stderr)
     rows: list[dict] = []
     for i, backend in enumerate(backends, 1):
         started = time.perf_counter()
@@ -242,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "_worker":
             p.add_argument("which")
         else:
-            p.add_argument("--backend", nargs="+", choices=["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], "onnx"])
+            backends = ["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], *EXPORTED]
+            p.add_argument("--backend", nargs="+", choices=backends)
             p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
         p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])

@@ -51,7 +51,7 @@ def model_device(model: Any) -> str:
     import sys
 
     if isinstance(model, (str, os.PathLike)):
-        return "onnxruntime-cpu"
+        return "litert-cpu" if str(model).endswith(".tflite") else "onnxruntime-cpu"
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         value = model.weights[0].value
         if hasattr(value, "devices"):  # a JAX array
@@ -61,24 +61,25 @@ def model_device(model: Any) -> str:
 
 
 def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
-    """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its ONNX file."""
-    if backend == "onnx":
-        from harness.export import export
-
-        path = os.path.join(folder, f"{module.cell}.onnx")
-        export(module, path, batch_size=BATCH)
-        return path
+    """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its exported
+    file (``onnx``; ``tflite``: exported from the Keras twin)."""
+    from harness.export import export
     from harness.porting import keras_twin
 
+    if backend in ("onnx", "tflite"):
+        path = os.path.join(folder, f"{module.cell}.{backend}")
+        export(module if backend == "onnx" else keras_twin(module, batch_size=BATCH), path, batch_size=BATCH)
+        return path
     return keras_twin(module) if eager else keras_twin(module, batch_size=BATCH)
 
 
 def run_backend(
     backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu", episodes: float = 0.0
 ) -> Iterator[dict]:
-    """Parity rows for ``backend`` ("torch" alone, "keras-<name>" or "onnx" against torch), torch on ``device``.
+    """Parity rows for ``backend`` ("torch" alone, "keras-<name>", "onnx" or "tflite" against torch), torch on
+    ``device``.
 
-    ONNX runs float32 only (onnxruntime's recurrent kernels have no float64). ``episodes`` > 0:
+    Exported files run float32 only (onnxruntime's recurrent kernels and TFLite's have no float64). ``episodes`` > 0:
     streams restart inside chunks, with per-step resets at that rate and lengths in ``[T/2, T]``
     (the Keras side then runs as an eager layer, which takes them as arguments).
     """
@@ -87,7 +88,7 @@ def run_backend(
         for cell in cells:
             for dtype in dtypes:
                 x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
-                if backend == "onnx" and dtype != "float32":
+                if backend in ("onnx", "tflite") and dtype != "float32":
                     continue
                 models = {"torch": torch_model(cell, streams, dtype, device=device)}
                 if backend != "torch":

@@ -234,3 +234,13 @@ def test_runner_contract_and_tf_lite_fallback(exported, monkeypatch):
     fallback = TFLiteRunner(path, threads=1)
     assert fallback.interpreter_name.endswith("Interpreter") and "ai_edge_litert" not in fallback.interpreter_name
     np.testing.assert_allclose(fallback.run(x_of(2, 3)), y, atol=1e-6)
+
+
+def test_main_job_includes_the_tflite_backend(capsys):
+    """``python -m harness parity`` lists ``tflite`` where Keras runs on TensorFlow, and proves the file vs torch."""
+    from harness.cli import installed_backends, main
+
+    assert "tflite" in installed_backends()
+    assert main(["parity", "--backend", "tflite", "--cell", "rnn"]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "tflite vs torch" in printed and "tflite=litert-cpu" in printed

@@ -162,8 +162,9 @@ def test_cli_parity_with_episodes(capsys):
     assert "PASS" in capsys.readouterr().out
     assert main(["parity", "--episodes", "1.5"]) == 1
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    assert main(["parity", "--backend", "onnx", "--episodes", "0.1"]) == 1
-    assert "takes no resets or lengths" in capsys.readouterr().err
+    for exported in ("onnx", "tflite"):
+        assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
+        assert "takes no resets or lengths" in capsys.readouterr().err
 
 
 def test_entry_point_refusals(tmp_path, capsys):
