@@ -150,29 +150,25 @@ def parameters(layer: Any) -> dict[str, Any]:
     return params
 
 
-def torch_fused(layer: Any, dtype: Any, training: bool | None, params: dict[str, Any] | None = None) -> Callable:
+def torch_fused(layer: Any, dtype: Any, params: dict[str, Any], stack: Stack) -> Callable:
     """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
 
-    ``x`` is an ``(N, T, F)`` tensor (``harness.spec.kernels.run_plain``: torch's op, or its cell ops for a
-    small one-step chunk) or a ``PackedSequence`` (an ``nn`` module of the stack's shape through
-    ``functional_call``); ``hx`` a sequence of ``(L, N, H)`` states; ``params``: ``parameters(layer)``
-    where the caller has them already.
+    ``x`` is an ``(N, T, F)`` tensor (``harness.spec.kernels.run_plain`` on ``stack``: torch's op, or its
+    cell ops for a small one-step chunk) or a ``PackedSequence`` (an ``nn`` module of the stack's shape
+    through ``functional_call`` on ``params``, ``parameters(layer)``); ``hx`` a sequence of ``(L, N, H)``
+    states.
     """
     import torch
     from torch.func import functional_call
-
-    params = parameters(layer) if params is None else params
-    stack = torch_stack(layer, params, training)
 
     def fused(x: Any, initial: Any) -> tuple[Any, list]:
         if isinstance(x, torch.Tensor):
             out, final = run_plain(stack, x, tuple(initial), torch)
             return out, list(final)
-        nonlinearity = layer.rnn_layers[0].cell.activation.__name__
         module = _template(
-            layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, nonlinearity, dtype
+            layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, stack.nonlinearity, dtype
         )
-        module.train(bool(training))
+        module.train(stack.training)
         hx = tuple(s.contiguous() for s in initial)
         out, final = functional_call(module, params, (x, hx if len(hx) > 1 else hx[0]))
         return out, list(final) if isinstance(final, tuple) else [final]
@@ -190,4 +186,5 @@ def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> St
 
 def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
     """Run the whole stack on ``x`` ``(N, T, F)`` from ``initial`` (each ``(L, N, H)``) in one fused call."""
-    return torch_fused(layer, x.dtype, training)(x, initial)
+    params = parameters(layer)
+    return torch_fused(layer, x.dtype, params, torch_stack(layer, params, training))(x, initial)

@@ -297,8 +297,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                 if not _is_concrete(x):  # shapes only (symbolic build): the step loop needs no values
                     return self._scan(x, initial, resets, lengths, training)
                 params = fast_paths.parameters(self)
-                fused = fast_paths.torch_fused(self, x.dtype, training, params)
                 stack = fast_paths.torch_stack(self, params, training)
+                fused = fast_paths.torch_fused(self, x.dtype, params, stack)
                 return stepping.torch_segments(fused, x, initial, resets, lengths, stack)
 
             return run_torch

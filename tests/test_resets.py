@@ -569,3 +569,26 @@ def test_a_reset_inside_the_chunk_clears_a_non_finite_state(cell, path, value, r
     close(out[:, :, 4:], want, 1e-12)
     for got, expected in zip(new, want_states, strict=True):
         close(got, expected, 1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_an_lstm_or_gru_on_the_cpu_takes_the_saturated_path(cell, rng, monkeypatch):
+    """Dispatch, with the saturated path planted broken: LSTM/GRU must reach it (the equality tests would pass on
+    cuts or packed too), a simple RNN must not, and neither must a chunk holding NaN."""
+    from harness.spec import segments
+
+    def broken(*args):
+        raise RuntimeError("saturated path taken")
+
+    monkeypatch.setattr(segments, "run_saturated", broken)
+    module = make_module(cell)
+    x, resets, lengths = _episodes(rng)
+    x_t = torch.from_numpy(x)
+    with torch.no_grad():
+        if cell == "rnn":
+            module(x_t, resets=resets, lengths=lengths)
+        else:
+            with pytest.raises(RuntimeError, match="saturated path taken"):
+                module(x_t, resets=resets, lengths=lengths)
+        x_t[0, 0, 0, 0] = float("nan")
+        module(x_t, resets=resets, lengths=lengths)
