@@ -168,11 +168,11 @@ def run_segmented(
 ) -> tuple[Any, tuple]:
     """Run ``x`` ``(N, T, F)`` from ``states`` with ``resets`` ``(N, T)`` and ``lengths`` ``(N,)`` (tensors or None).
 
-    One plain call when no reset falls after step 0 and every length is full. Otherwise, on a CPU,
-    an LSTM or GRU ``stack`` runs with saturated gates (``saturate.run_saturated``: one plain call
-    per layer); else the time axis is cut (``run_cuts``) or the segments packed (``run_packed``),
-    whichever costs less here (also for a non-finite chunk or state, which only ``torch.where`` clears).
-    ``path`` forces one: "saturated", "cuts" or "packed".
+    One plain call when no reset falls after step 0 and every length is full. Otherwise, where
+    ``saturable``, an LSTM or GRU ``stack`` runs with saturated gates (``saturate.run_saturated``: one
+    plain call per layer); else the time axis is cut (``run_cuts``) while that makes fewer than
+    ``CUTS_PER_STEP`` calls per step on a CPU, or the segments are packed (``run_packed``). ``path``
+    forces one: "saturated" (where ``saturable``, else as default), "cuts" or "packed".
     ``fused(x_or_packed, states)`` runs the stack once; ``torch`` is the torch module (this floor
     imports no framework).
     """
@@ -184,24 +184,28 @@ def run_segmented(
             first = torch.as_tensor(host_resets[:, 0], device=x.device)[None, :, None]
             states = tuple(torch.where(first, 0, s) for s in states)
         return fused(x, states)
-    cuts = cut_points(host_resets, host_lengths, steps)
-    path = path or choose_path(x.device.type, stack, len(cuts) - 1, steps)
-    if path == "saturated" and not all(bool(torch.isfinite(t).all()) for t in (x, *states)):
-        path = choose_path(x.device.type, None, len(cuts) - 1, steps)  # a zero step cannot clear NaN: 0 * NaN = NaN
-    if path == "saturated":
+    if path in (None, "saturated") and saturable(x, states, stack, torch):
         return run_saturated(stack, x, states, host_resets, host_lengths, torch)
+    cuts = cut_points(host_resets, host_lengths, steps)
+    if path in (None, "saturated"):
+        path = "cuts" if x.device.type == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else "packed"
     if path == "cuts":
         return run_cuts(fused, x, states, host_resets, host_lengths, cuts, torch)
     return run_packed(fused, x, states, plan_segments(host_resets, host_lengths, steps), torch)
 
 
-def choose_path(device: str, stack: Stack | None, pieces: int, steps: int) -> str:
-    """The cheapest way here to run a chunk that ``pieces`` plain pieces would cover.
+def saturable(x: Any, states: tuple, stack: Stack | None, torch: Any) -> bool:
+    """Whether saturated gates can run this chunk: an LSTM or GRU on a CPU, its input and states finite
+    (a zero step cannot clear NaN: 0 * NaN = NaN; only ``torch.where`` on the other paths does).
 
     Example:
-        >>> choose_path("cpu", None, 3, 100), choose_path("cpu", None, 95, 100), choose_path("cuda", None, 3, 100)
-        ('cuts', 'packed', 'packed')
+        >>> import torch
+        >>> x, h = torch.zeros(2, 3, 4), (torch.zeros(1, 2, 5),)
+        >>> saturable(x, h, Stack("gru", []), torch), saturable(x, h, Stack("rnn", []), torch)
+        (True, False)
+        >>> saturable(x.fill_(float("nan")), h, Stack("gru", []), torch)
+        False
     """
-    if device == "cpu" and stack is not None and stack.cell in SATURATED_GATES:
-        return "saturated"
-    return "cuts" if device == "cpu" and pieces < CUTS_PER_STEP * steps else "packed"
+    if x.device.type != "cpu" or stack is None or stack.cell not in SATURATED_GATES:
+        return False
+    return all(bool(torch.isfinite(t).all()) for t in (x, *states))
