@@ -17,7 +17,7 @@ from torch import nn
 from harness.spec import contract, kernels
 from harness.spec.cells import CELLS
 from harness.spec.checkpoint import StateCheckpoints
-from models_torch import segments
+from models_torch import segments, streaming
 
 State = tuple[torch.Tensor, ...]
 Array = torch.Tensor | np.ndarray
@@ -321,6 +321,21 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             batch_size=self.declared_batch_size,
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
+
+    def streaming_step(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``step(x) -> y``: ``self(x)`` for frame-by-frame inference, without the module's per-call cost.
+
+        The same output and carried state as ``self(x)`` under ``torch.no_grad()``, straight through
+        the ops that ``self(x)`` calls; inference only: no autograd, ``stream``, ``resets``,
+        ``lengths`` or ``initial_state`` (``models_torch.streaming`` says more).
+
+        Example:
+            >>> gru = MultiStateGRU(4, 8, num_streams=3).eval()
+            >>> step = gru.streaming_step()
+            >>> step(torch.zeros(2, 3, 1, 4)).shape
+            torch.Size([2, 3, 1, 8])
+        """
+        return streaming.StreamingStep(self)
 
     def extra_repr(self) -> str:
         return f"num_streams={self.num_streams}, batch_size={self.batch_size}"

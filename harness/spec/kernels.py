@@ -66,7 +66,7 @@ def step_by_cells(stack: Stack, x: Any, states: tuple, torch: Any) -> tuple[Any,
     if len(stack.layers) == 1:  # streaming's common case, without the per-layer bookkeeping
         new = op(x, tuple(s[0] for s in states) if len(states) > 1 else states[0][0], *stack.layers[0])
         new = new if isinstance(new, tuple) else (new,)
-        return new[0], tuple(s[None] for s in new)
+        return new[0].clone(), tuple(s[None] for s in new)  # the output must not alias the state carried on
     finals = []
     for k, weights in enumerate(stack.layers):
         new = op(x, tuple(s[k] for s in states) if len(states) > 1 else states[0][k], *weights)
