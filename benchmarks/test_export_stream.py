@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import tempfile
@@ -24,7 +25,18 @@ import pytest
 
 HOP_US = 16_000.0
 # In this order: after a fixed-time dynamo export, torch 2.13 fixes the next dynamo export's time axis too.
-ENGINES = ("torch", "torch-raw", "onnxruntime-dynamic", "onnxruntime", "onnxruntime-inner", "tflite", "keras-step")
+ENGINES = (
+    "torch",
+    "torch-step",
+    "torch-compiled",
+    "torch-raw",
+    "onnxruntime-dynamic",
+    "onnxruntime",
+    "onnxruntime-inner",
+    "tflite",
+    "keras-step",
+)
+BY_EXPORTER = ("onnxruntime-dynamic", "onnxruntime")  # the engines that differ between the ONNX exporters
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
 
 
@@ -100,7 +112,8 @@ def one_frame_steppers(
     cell: str, streams: int, hidden: int, exporter: str = "legacy", engines: tuple[str, ...] = ENGINES
 ) -> dict[str, Callable]:
     """Callables, one per engine asked for and usable here, that each run one frame ``(1, S, 1, H)`` and
-    carry the states: the torch module, its raw inner ``nn`` RNN on the folded frame (``torch-raw``), the
+    carry the states: the torch module, its ``streaming_step()`` (``torch-step``; ``torch-compiled``: compiled
+    by AOTInductor), its raw inner ``nn`` RNN on the folded frame (``torch-raw``), the
     exported chunk model in onnxruntime (exported for one frame per call, ``frames=1``;
     ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN exported by hand
     (``onnxruntime-inner``: the bound for the exported model), the module's Keras twin exported to
@@ -132,6 +145,8 @@ def one_frame_steppers(
 
     builders = {
         "torch": lambda: torch_step,
+        "torch-step": lambda: functools.partial(module.streaming_step(), frame_t),
+        "torch-compiled": lambda: functools.partial(module.streaming_step(compiled=True), frame_t),
         "torch-raw": lambda: raw_step,
         "onnxruntime-dynamic": lambda: _session_step(_exported(module, folder, exporter, None), frame),
         "onnxruntime": lambda: _session_step(_exported(module, folder, exporter, 1), frame),
@@ -228,17 +243,33 @@ def main() -> None:
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, one thread each (Keras on {keras_backend}: "
         "its own threads), B=1, F=H, 1 layer"
     )
-    print(f"{'shape':<16} {'exporter':<8} " + " ".join(f"{e + ' µs':>20}" for e in ENGINES) + "  torch/ORT  ORT/inner")
+    print(
+        f"{'shape':<16} {'exporter':<8} "
+        + " ".join(f"{e + ' µs':>20}" for e in ENGINES)
+        + "  torch/ORT  step/ORT  compiled/ORT  ORT/inner"
+    )
     for name, (cell, streams, hidden) in SHAPES.items():
         for exporter in ("legacy", "dynamo"):
-            try:
-                steps = one_frame_steppers(cell, streams, hidden, exporter)
+            try:  # the engines that do not depend on the exporter: on the first row only
+                steps = one_frame_steppers(
+                    cell, streams, hidden, exporter, ENGINES if exporter == "legacy" else BY_EXPORTER
+                )
             except ExportError as e:
                 print(f"{name:<16} {exporter:<8} refused: {str(e).splitlines()[0]}")
                 continue
             us = {e: us_per_frame(steps[e]) if e in steps else float("nan") for e in ENGINES}
-            ratios = f"{us['torch'] / us['onnxruntime']:>9.2f}x {us['onnxruntime'] / us['onnxruntime-inner']:>9.2f}x"
-            print(f"{name:<16} {exporter:<8} " + " ".join(f"{us[e]:>20.1f}" for e in ENGINES) + f"  {ratios}")
+            ort = us["onnxruntime"]
+            ratios = [
+                us["torch"] / ort,
+                us["torch-step"] / ort,
+                us["torch-compiled"] / ort,
+                ort / us["onnxruntime-inner"],
+            ]
+            print(
+                f"{name:<16} {exporter:<8} "
+                + " ".join(f"{us[e]:>20.1f}" if e in steps else f"{'-':>20}" for e in ENGINES)
+                + "  ".join(f"{r:>9.2f}x" if r == r else f"{'-':>10}" for r in ratios)  # r != r: not measured
+            )
 
 
 if __name__ == "__main__":

@@ -322,12 +322,13 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
 
-    def streaming_step(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def streaming_step(self, compiled: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
         """``step(x) -> y``: ``self(x)`` for frame-by-frame inference, without the module's per-call cost.
 
         The same output and carried state as ``self(x)`` under ``torch.no_grad()``, straight through
         the ops that ``self(x)`` calls; inference only: no autograd, ``stream``, ``resets``,
-        ``lengths`` or ``initial_state`` (``models_torch.streaming`` says more).
+        ``lengths`` or ``initial_state``. ``compiled=True``: compiled ahead of time by AOTInductor
+        (CPU; seconds per input shape; faster again). ``models_torch.streaming`` says more.
 
         Example:
             >>> gru = MultiStateGRU(4, 8, num_streams=3).eval()
@@ -335,7 +336,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             >>> step(torch.zeros(2, 3, 1, 4)).shape
             torch.Size([2, 3, 1, 8])
         """
-        return streaming.StreamingStep(self)
+        return streaming.StreamingStep(self, compiled)
 
     def extra_repr(self) -> str:
         return f"num_streams={self.num_streams}, batch_size={self.batch_size}"

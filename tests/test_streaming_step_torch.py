@@ -47,22 +47,28 @@ def test_streaming_step_equals_the_module_call(cell, layers):
         assert_same(stepped, called, step(x), call(called, x))
 
 
-def test_streaming_step_sees_states_and_weights_changed_between_calls():
-    stepped, called = twins("lstm")
-    step = stepped.streaming_step()
+@pytest.mark.parametrize("compiled", [False, True])
+def test_streaming_step_sees_states_and_weights_changed_between_calls(compiled):
+    """Also: the compiled step (AOTInductor) equals ``module(x)``, and no output aliases a carried state."""
+    stepped, called = twins("lstm", num_layers=2)
+    step = stepped.streaming_step(compiled=compiled)
     x = torch.randn(B, S, 1, F, dtype=torch.float64)
     changes = [
-        lambda m: m.set_states([torch.full((1, B, S, H), 0.3, dtype=torch.float64)] * 2),
+        lambda m: m.set_states([torch.full((2, B, S, H), 0.3, dtype=torch.float64)] * 2),
         lambda m: m.reset_states(streams=[1]),
         lambda m: call(m, x),  # the module itself moves the state
         lambda m: m.rnn.weight_hh_l0.data.mul_(0.5),  # in place, as an optimizer step does
-        lambda m: setattr(m.rnn, "bias_ih_l0", torch.nn.Parameter(m.rnn.bias_ih_l0 + 0.1)),  # replaced
+        lambda m: setattr(m.rnn, "bias_ih_l1", torch.nn.Parameter(m.rnn.bias_ih_l1 + 0.1)),  # replaced
         lambda m: m.reset_states(),
     ]
     for change in changes:
         assert_same(stepped, called, step(x), call(called, x))
         change(stepped), change(called)
-        assert_same(stepped, called, step(x), call(called, x))
+        y = step(x)
+        assert_same(stepped, called, y, call(called, x))
+        y += 1.0  # ``y += skip`` must not move the carried state (checked by the next comparison)
+    if compiled:
+        assert len(step.programs) == 1, "one input shape, one compiled program"
 
 
 @pytest.mark.parametrize("run", ["module", "streaming_step"])
@@ -115,4 +121,20 @@ def test_streaming_step_refuses_dropout_in_training_mode():
     module, _ = twins("lstm", num_layers=2, dropout=0.5)
     with pytest.raises(ValueError, match="eval"):
         module.train().streaming_step()(torch.zeros(B, S, 1, F, dtype=torch.float64))
+    assert module.batch_size is None
+
+
+def test_the_compiled_step_refuses_a_gpu_and_explains_a_failed_compile(monkeypatch):
+    import torch._inductor
+
+    module, _ = twins("gru")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        module.streaming_step(compiled=True)(torch.zeros(B, S, 1, F, dtype=torch.float64, device="meta"))
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("g++: not found")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*g\\+\\+: not found"):
+        module.streaming_step(compiled=True)(torch.zeros(B, S, 1, F, dtype=torch.float64))
     assert module.batch_size is None
