@@ -79,12 +79,14 @@ DOCTESTED = [
     "harness.spec.segments",
     "harness.spec.saturate",
     "harness.spec.kernels",
+    "harness.spec.step_runs",
     "harness.parity",
     "harness.tolerances",
     "models_torch",
     "models_torch.multistate",
     "models_torch.segments",
     "models_torch.distributed",
+    "models_torch.streaming",
 ]
 
 
