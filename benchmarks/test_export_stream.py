@@ -35,6 +35,7 @@ ENGINES = (
     "onnxruntime-inner",
     "tflite",
     "keras-step",
+    "keras-compiled",
 )
 BY_EXPORTER = ("onnxruntime-dynamic", "onnxruntime")  # the engines that differ between the ONNX exporters
 SHAPES = {"gru-S33-H16": ("gru", 33, 16), "lstm-S31-H32": ("lstm", 31, 32), "lstm-S257-H64": ("lstm", 257, 64)}
@@ -91,19 +92,18 @@ def _tflite_session(module: object, folder: str) -> Callable:
     return step
 
 
-def _keras_step(module: object, frame: np.ndarray) -> Callable:
+def _keras_step(module: object, frame: np.ndarray, compiled: bool = False) -> Callable:
     """The module's Keras twin on the active backend, one frame per call through ``layer.streaming_step()``
     (numpy in, numpy out, as onnxruntime)."""
-    import keras
 
     import models_keras
     from harness.porting import keras_twin
 
     (layer,) = models_keras.multistate_layers(keras_twin(module, batch_size=1))
-    run = layer.streaming_step()
+    run = layer.streaming_step(compiled=compiled)
 
     def step() -> None:
-        keras.ops.convert_to_numpy(run(frame))
+        np.asarray(run(frame))
 
     return step
 
@@ -118,7 +118,8 @@ def one_frame_steppers(
     ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN exported by hand
     (``onnxruntime-inner``: the bound for the exported model), the module's Keras twin exported to
     ``.tflite`` in the LiteRT interpreter (``tflite``; where Keras runs on TensorFlow) and run by the
-    Keras layer's ``streaming_step()`` on the active backend (``keras-step``; where Keras is installed)."""
+    Keras layer's ``streaming_step()`` on the active backend (``keras-step``; where Keras is installed;
+    ``keras-compiled``: compiled by AOTInductor, where Keras runs on torch)."""
     import torch
 
     from harness.porting import torch_class
@@ -153,8 +154,10 @@ def one_frame_steppers(
         "onnxruntime-inner": lambda: _inner_session(module.rnn, streams, folder),
         "tflite": lambda: _tflite_session(module, folder),
         "keras-step": lambda: _keras_step(module, frame),
+        "keras-compiled": lambda: _keras_step(module, frame, compiled=True),
     }
-    usable = {"tflite": tflite_usable(), "keras-step": importlib.util.find_spec("keras") is not None}
+    keras_here = importlib.util.find_spec("keras") is not None
+    usable = {"tflite": tflite_usable(), "keras-step": keras_here, "keras-compiled": keras_here and _keras_on_torch()}
     return {e: builders[e]() for e in engines if usable.get(e, True)}
 
 
@@ -166,6 +169,11 @@ def _exported(module: object, folder: str, exporter: str, frames: int | None) ->
     path = os.path.join(folder, f"{exporter}-{frames}.onnx")
     export(module, path, exporter=exporter, frames=frames, verify_steps=16)
     return OnnxRunner(path, threads=1)
+
+
+def _keras_on_torch() -> bool:
+    """Whether Keras runs on torch here: the only backend where ``streaming_step(compiled=True)`` differs."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow") == "torch"
 
 
 def tflite_usable() -> bool:
@@ -204,14 +212,16 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize(
-    "engine", [pytest.param(e, marks=pytest.mark.keras) if e == "keras-step" else e for e in ENGINES]
+    "engine", [pytest.param(e, marks=pytest.mark.keras) if e.startswith("keras") else e for e in ENGINES]
 )
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
     if engine == "tflite" and not tflite_usable():
         pytest.skip("the .tflite engine needs Keras on TensorFlow")
-    if engine == "keras-step" and importlib.util.find_spec("keras") is None:
-        pytest.skip("the keras-step engine needs Keras")
+    if engine.startswith("keras") and importlib.util.find_spec("keras") is None:
+        pytest.skip(f"the {engine} engine needs Keras")
+    if engine == "keras-compiled" and not _keras_on_torch():
+        pytest.skip("streaming_step(compiled=True) differs from keras-step on the torch backend only")
     with one_torch_thread():
         step = one_frame_steppers(*SHAPES[shape], engines=(engine,))[engine]
         benchmark(step)

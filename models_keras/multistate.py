@@ -339,11 +339,13 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             finals.append(final)
         return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
 
-    def streaming_step(self) -> Callable[[Any], Any]:
+    def streaming_step(self, compiled: bool = False) -> Callable[[Any], Any]:
         """``step(x) -> y``: one chunk on the carried state without Keras's per-call cost, for inference loops.
 
         The same numbers and carried state as ``self(x)``; no ``training``, ``stream``, ``resets``,
-        ``lengths`` or ``mask`` (``models_keras.streaming`` says how each backend runs it).
+        ``lengths`` or ``mask``. ``compiled=True``: on the torch backend, compiled ahead of time by
+        AOTInductor (CPU; seconds per input shape); JAX and TensorFlow steps are compiled anyway
+        (``models_keras.streaming`` says how each backend runs it).
 
         Example:
             >>> layer = MultiStateGRU(16, num_streams=33, batch_size=1)
@@ -351,7 +353,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             >>> tuple(step(np.zeros((1, 33, 1, 16), "float32")).shape)
             (1, 33, 1, 16)
         """
-        return streaming.step_function(self)
+        return streaming.step_function(self, compiled)
 
     def reset_states(self, streams: Sequence[int] | None = None, mask: np.ndarray | None = None) -> None:
         """Zero carried states: all of them, the listed ``streams``, or where the ``(B, S)`` ``mask`` is True.

@@ -35,13 +35,13 @@ from keras import ops
 from models_keras import fast_paths
 
 
-def step_function(layer: Any) -> Callable[[Any], Any]:
+def step_function(layer: Any, compiled: bool = False) -> Callable[[Any], Any]:
     """``step(x) -> y`` for ``layer`` on the active backend (see the module docstring)."""
     backend = keras.backend.backend()
     if backend == "jax":
         return _jax_step(layer)
     if backend == "torch" and fast_paths.path_name(layer) == "torch-fused" and not _mixed(layer):
-        return _torch_step(layer)
+        return _TorchStep(layer, compiled)
     if backend == "tensorflow":
         return _tf_step(layer)
     return layer
@@ -67,7 +67,7 @@ class _Checked:
             dtype = keras.backend.standardize_dtype(x.dtype)
             if keras.backend.is_float_dtype(dtype) and dtype != layer.compute_dtype:
                 x = ops.cast(x, layer.compute_dtype)
-        key = (tuple(x.shape), str(x.dtype))
+        key = (tuple(x.shape), x.dtype)
         if key not in self.passed:
             if not layer.built:
                 layer.build(key[0])
@@ -97,36 +97,53 @@ def _jax_step(layer: Any) -> Callable[[Any], Any]:
     return step
 
 
-def _torch_step(layer: Any) -> Callable[[Any], Any]:
-    import torch
+class _TorchStep:
+    """The torch backend's step: the layer's stack in torch's layout through ``harness.spec.step_runs`` (as
+    ``models_torch.streaming``), planned once per input shape and again only after a weight or a state
+    variable changed (their tensors' in-place versions: Keras assigns a torch variable in place); the new
+    states are copied into the state variables' own tensors."""
 
-    from harness.spec.kernels import run_plain
+    def __init__(self, layer: Any, compiled: bool) -> None:
+        self.layer, self.checked = layer, _Checked(layer)
+        self.programs: dict | None = {} if compiled else None  # the compiled programs, by shape
+        self.plan: dict[str, Any] = {}
 
-    checked = _Checked(layer)
-    cache: dict[str, Any] = {}
+    def __call__(self, x: Any) -> Any:
+        import torch
 
-    def stack() -> Any:
-        """The torch stack of the layer's weights, rebuilt only after one of them changed."""
-        if "variables" not in cache:  # the layer is built by now
-            cache["variables"] = [w for rnn in layer.rnn_layers for w in rnn.cell.weights]
-        key = tuple((id(t), t._version) for t in (v.value for v in cache["variables"]))
-        if cache.get("key") != key:
-            cache["key"], cache["stack"] = key, fast_paths.torch_stack(layer, fast_paths.parameters(layer), False)
-        return cache["stack"]
+        x, plan = self.checked(x), self.plan
+        if not plan or x.shape != plan["shape"] or [t._version for t in plan["tensors"]] != plan["versions"]:
+            plan = self._prepare(x)
+        on_cpu = isinstance(x, np.ndarray) and plan["device"].type == "cpu"
+        y, new = plan["run"](
+            torch.from_numpy(x) if on_cpu else torch.as_tensor(x, device=plan["device"]), plan["folded"]
+        )
+        for held, value in zip(plan["folded"], new):  # no graph: state variables are not trainable
+            held.copy_(value)
+        plan["versions"] = [t._version for t in plan["tensors"]]
+        return y if self.layer.return_sequences else y[:, :, -1]
 
-    def step(x: Any) -> Any:
-        x = torch.as_tensor(checked(x))
-        batch, streams, steps, features = x.shape
-        rows, layers, units = batch * streams, layer.num_layers, layer.units
-        with torch.no_grad():
-            states = tuple(v.value.reshape(layers, rows, units) for v in layer.state_variables)
-            out, new = run_plain(stack(), x.reshape(rows, steps, features), states, torch)
-            for variable, value in zip(layer.state_variables, new):
-                variable.assign(value.reshape(layers, batch, streams, units))
-        out = out.reshape(batch, streams, steps, units)
-        return out if layer.return_sequences else out[:, :, -1]
+    def _prepare(self, x: Any) -> dict[str, Any]:
+        import torch
 
-    return step
+        from harness.spec.step_runs import plan_run
+
+        layer = self.layer
+        states = [v.value for v in layer.state_variables]
+        weights = [w.value for rnn in layer.rnn_layers for w in rnn.cell.weights]
+        with torch.no_grad():  # torch-layout copies of the weights: the plan is rebuilt when a variable moves
+            stack = fast_paths.torch_stack(layer, fast_paths.parameters(layer), False)
+        device = states[0].device
+        run, fold = plan_run(stack, tuple(x.shape), tuple(states[0].shape), device.type, torch, self.programs)
+        self.plan = {
+            "shape": x.shape,
+            "tensors": weights + states,
+            "versions": [t._version for t in weights + states],
+            "run": run,
+            "folded": [s.view(fold) for s in states],  # views into the state variables
+            "device": device,
+        }
+        return self.plan
 
 
 def _tf_step(layer: Any) -> Callable[[Any], Any]:

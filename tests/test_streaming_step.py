@@ -39,16 +39,26 @@ def test_streaming_step_equals_the_layer_call(cell, layers, rng):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
-def test_streaming_step_without_sequences_and_after_a_weight_change(rng):
-    """``return_sequences=False`` gives the last step; new weights are picked up (the torch path caches them)."""
-    stepped, called = twins("lstm", return_sequences=False)
-    step = stepped.streaming_step()
+@pytest.mark.parametrize("compiled", [False, True])
+def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, rng):
+    """New weights and states set between calls are picked up (the torch path plans on them; ``compiled``:
+    AOTInductor there); ``return_sequences=False`` gives the last step; no output aliases a carried state."""
+    stepped, called = twins("lstm", num_layers=2, return_sequences=False)
+    step = stepped.streaming_step(compiled=compiled)
     x = rng.standard_normal((B, S, 2, F))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(step(x)), keras.ops.convert_to_numpy(called(x)), atol=1e-12)
-    new_weights = [w + 0.1 for w in stepped.get_weights()[: len(stepped.get_weights()) - 2]]
-    for layer in (stepped, called):
-        layer.set_weights(new_weights + layer.get_weights()[len(new_weights) :])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(step(x)), keras.ops.convert_to_numpy(called(x)), atol=1e-12)
+    shifted = [w + 0.1 for w in stepped.get_weights()[: len(stepped.get_weights()) - 2]]
+    changes = [
+        lambda layer: layer.set_weights(shifted + layer.get_weights()[len(shifted) :]),
+        lambda layer: layer.set_states([np.full((2, B, S, H), 0.3)] * 2),
+        lambda layer: layer.reset_states(streams=[1]),
+        lambda layer: layer(x),  # the layer itself moves the state
+    ]
+    for change in [lambda layer: None, *changes]:
+        change(stepped), change(called)
+        y = keras.ops.convert_to_numpy(step(x))
+        np.testing.assert_allclose(y, keras.ops.convert_to_numpy(called(x)), atol=1e-12)
+        for got, want in zip(stepped.get_states(), called.get_states(), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 @pytest.mark.parametrize(
