@@ -19,7 +19,9 @@ def assert_equal_arrays(a, b, atol: float = 0.0) -> None:
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("plan", ["halves", "random", "ones"])
+# Random chunk lengths (long chunks and single steps) in both dtypes; one step per call, the slowest plan
+# (a state check at every boundary), in float64 only: the same paths, at the stricter tolerance.
+@pytest.mark.parametrize(("dtype", "plan"), [("float32", "random"), ("float64", "random"), ("float64", "ones")])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
 def test_keras_matches_torch_chunked_and_whole(cell, layers, plan, dtype, rng):

@@ -43,6 +43,8 @@ def test_streaming_step_equals_the_layer_call(cell, layers, rng):
 def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, rng):
     """New weights and states set between calls are picked up (the torch path plans on them; ``compiled``:
     AOTInductor there); ``return_sequences=False`` gives the last step; no output aliases a carried state."""
+    if compiled and keras.backend.backend() != "torch":
+        pytest.skip("compiled=True differs from the plain step on the torch backend only")
     stepped, called = twins("lstm", num_layers=2, return_sequences=False)
     step = stepped.streaming_step(compiled=compiled)
     x = rng.standard_normal((B, S, 2, F))
