@@ -19,9 +19,10 @@ def assert_equal_arrays(a, b, atol: float = 0.0) -> None:
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
-# Random chunk lengths (long chunks and single steps) in both dtypes; one step per call, the slowest plan
-# (a state check at every boundary), in float64 only: the same paths, at the stricter tolerance.
-@pytest.mark.parametrize(("dtype", "plan"), [("float32", "random"), ("float64", "random"), ("float64", "ones")])
+# Random chunk lengths (long chunks and single steps) in float32, one step per call (a state check at every
+# boundary) in float64: the same paths at the stricter tolerance. float64 random chunks: test_porting.py's
+# test_multistate_float64_parity_both_directions (with and without bias).
+@pytest.mark.parametrize(("dtype", "plan"), [("float32", "random"), ("float64", "ones")])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
 def test_keras_matches_torch_chunked_and_whole(cell, layers, plan, dtype, rng):
