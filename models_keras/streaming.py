@@ -5,12 +5,14 @@ An eager ``layer(x)`` spends 0.2-1.5 ms in Keras's own dispatch (input conversio
 frame-by-frame inference loops, ``layer.streaming_step()`` returns ``step(x) -> y``: the same
 numbers and the same carried state as ``layer(x)``, on each backend its cheapest route:
 
-- JAX: the layer's own ``call``, compiled once by ``jax.jit`` through ``layer.stateless_call``;
-  the new states are assigned back to the layer's variables.
-- torch: the stack straight through torch's ops (``harness.spec.kernels.run_plain``: the cell ops
-  for a small one-frame chunk), its weights converted once, and again only after a variable
-  changed; where the layer has no torch fast path (``fast_paths.path_name``), ``layer(x)``.
-- TensorFlow: the layer's ``call`` in one ``tf.function``.
+- JAX: the layer's own ``call``, compiled once by ``jax.jit`` through ``layer.stateless_call`` on
+  the variables' stored arrays; the new states are assigned back to the layer's variables.
+- torch: the stack straight through torch's ops, planned once per input shape on the floor that
+  ``models_torch.streaming`` uses (``harness.spec.step_runs``: the cell op for a small frame), its
+  weights converted once, and again only after a variable changed; ``compiled=True``: the step
+  compiled ahead of time by AOTInductor (CPU). Where the layer has no torch fast path
+  (``fast_paths.path_name``), ``layer(x)``.
+- TensorFlow: the layer's ``call`` in one ``tf.function`` (``compiled`` changes nothing there, nor on JAX).
 
 Inference only: no ``training``, ``stream``, ``resets``, ``lengths`` or ``mask``. ``x`` is
 checked as ``layer(x)`` checks it, before any state moves; floating inputs are cast to the
