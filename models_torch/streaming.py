@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,8 +54,7 @@ class _Plan:
 
     shape: torch.Size
     dtype: torch.dtype
-    weights: tuple  # the inner RNN's weight list (torch updates the list in place when one is replaced) ...
-    weight_ids: list[int]  # ... and their ids, unique while the plan holds them
+    weights: list  # the inner RNN's weight list as it was (torch replaces a weight inside the list, in place)
     training: bool
     carried: State | None  # the module's carried states as this step left them (or found them)
     folded: State  # the same states as ``run`` takes them
@@ -65,7 +65,7 @@ class _Plan:
         return (
             x.shape == self.shape
             and x.dtype is self.dtype
-            and list(map(id, rnn._flat_weights)) == self.weight_ids
+            and all(map(operator.is_, rnn._flat_weights, self.weights))  # same length: one RNN
             and rnn.training is self.training
             and carried is self.carried
         )
@@ -103,8 +103,7 @@ class StreamingStep:
         return _Plan(
             shape=x.shape,
             dtype=x.dtype,
-            weights=tuple(rnn._flat_weights),
-            weight_ids=list(map(id, rnn._flat_weights)),
+            weights=list(rnn._flat_weights),
             training=rnn.training,
             carried=module._carried,
             folded=tuple(s.reshape(fold) for s in carried),

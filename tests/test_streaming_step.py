@@ -61,6 +61,8 @@ def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, 
         np.testing.assert_allclose(y, keras.ops.convert_to_numpy(called(x)), atol=1e-12)
         for got, want in zip(stepped.get_states(), called.get_states(), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-12)
+    if compiled:
+        assert len(step.programs) == 1, "one input shape, one compiled program"
 
 
 @pytest.mark.parametrize(
