@@ -63,6 +63,10 @@ def test_torch_autocast_keeps_the_state_dtype(cell, rng, tmp_path):
     model = torch_class(cell)(F, H, S)
     x = torch.from_numpy(random_input(rng, (B, S, T, F)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        try:
+            model.rnn(x[:, 0])  # torch's own module: oneDNN has no bfloat16 LSTM on some CPUs (AVX2-only)
+        except RuntimeError as error:
+            pytest.skip(f"torch's own {type(model.rnn).__name__} fails under CPU bfloat16 autocast here: {error}")
         model(x)
     assert {s.dtype for s in model.get_states()} == {torch.float32}
     model(x)
