@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.spec.step_runs import Run, plan_run
-from models_torch.segments import stack_of
+from models_torch.segments import plain_weights, stack_of
 
 if TYPE_CHECKING:
     from models_torch.multistate import MultiStateBase
@@ -49,12 +49,13 @@ State = tuple[torch.Tensor, ...]
 
 @dataclasses.dataclass(slots=True)
 class _Plan:
-    """How to run one chunk, worked out for one input shape and dtype, one weight list and mode of the
+    """How to run one chunk, worked out for one input shape and dtype, one set of weights and mode of the
     inner RNN, and the carried states this step stored last (``fits`` says whether they still hold)."""
 
     shape: torch.Size
     dtype: torch.dtype
-    weights: list  # the inner RNN's weight list as it was (torch replaces a weight inside the list, in place)
+    weights: list | None  # ``plain_weights(rnn)`` as it was; None: hooks or parametrizations, read anew each call
+    pointers: list  # their storage: ``param.data = ...`` swaps it under the same Parameter
     training: bool
     carried: State | None  # the module's carried states as this step left them (or found them)
     folded: State  # the same states as ``run`` takes them
@@ -62,13 +63,19 @@ class _Plan:
     run: Run
 
     def fits(self, x: torch.Tensor, rnn: torch.nn.RNNBase, carried: State | None) -> bool:
+        weights = plain_weights(rnn)
         return (
             x.shape == self.shape
             and x.dtype is self.dtype
-            and all(map(operator.is_, rnn._flat_weights, self.weights))  # same length: one RNN
+            and weights is not None
+            and all(map(operator.is_, weights, self.weights))  # same length: one RNN
+            and list(map(_DATA_PTR, weights)) == self.pointers
             and rnn.training is self.training
             and carried is self.carried
         )
+
+
+_DATA_PTR = torch.Tensor.data_ptr
 
 
 class StreamingStep:
@@ -99,11 +106,16 @@ class StreamingStep:
         if rnn.training and rnn.dropout:
             raise ValueError("streaming_step runs inference: call module.eval() first (dropout is on in training mode)")
         carried = tuple(s.detach() for s in module._carried or module._zeros(x.shape[0]))
-        run, fold = plan_run(stack_of(rnn), x.shape, carried[0].shape, x.device.type, torch, self.programs)
+        layers, batch, streams, hidden = carried[0].shape
+        with torch.no_grad():  # hooks and parametrizations compute the weights: no graph
+            stack = stack_of(rnn, x.reshape(batch * streams, -1, x.shape[-1]), tuple(s.flatten(1, 2) for s in carried))
+        run, fold = plan_run(stack, x.shape, carried[0].shape, x.device.type, torch, self.programs)
+        weights = plain_weights(rnn)
         return _Plan(
             shape=x.shape,
             dtype=x.dtype,
-            weights=list(rnn._flat_weights),
+            weights=None if weights is None else list(weights),
+            pointers=[] if weights is None else list(map(_DATA_PTR, weights)),
             training=rnn.training,
             carried=module._carried,
             folded=tuple(s.reshape(fold) for s in carried),
