@@ -237,12 +237,19 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             batch, streams, steps, features = x.shape
             rnn = self.rnn
             layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
-            folded, flat = tuple(s.reshape(layers, rows, hidden) for s in states), x.reshape(rows, steps, features)
-            stack = segments.stack_of(rnn, flat, folded)
+            folded = tuple(s.reshape(layers, rows, hidden) for s in states)
+            stack = segments.stack_of(rnn, x, folded)
             if folded_resets is None and folded_lengths is None and kernels.by_cells(stack, rows, steps, x.device.type):
-                out, new = kernels.step_by_cells(stack, flat[:, 0], folded, torch)  # one-frame streaming
+                out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded, torch)  # one-frame streaming
             else:
-                out, new = segments.run(rnn, flat, folded, resets=folded_resets, lengths=folded_lengths, stack=stack)
+                out, new = segments.run(
+                    rnn,
+                    x.reshape(rows, steps, features),
+                    folded,
+                    resets=folded_resets,
+                    lengths=folded_lengths,
+                    stack=stack,
+                )
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:

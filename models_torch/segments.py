@@ -31,8 +31,8 @@ State = tuple[torch.Tensor, ...]
 
 
 def stack_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> Stack:
-    """``rnn`` as the floor's ops take it when called on ``x`` ``(N, T, F)`` from ``states`` (each
-    ``(L, N, H)``): the weights ``rnn(x, states)`` would run with (``weights_of``), its mode and settings."""
+    """``rnn`` as the floor's ops take it for the chunk ``x`` ``(..., T, F)`` from ``states`` (each
+    ``(L, N, H)``): the weights ``rnn`` would run it with (``weights_of``), its mode and settings."""
     weights, count = weights_of(rnn, x, states), rnn.num_layers
     per_layer = len(weights) // count
     layers = [weights] if count == 1 else [weights[k * per_layer : (k + 1) * per_layer] for k in range(count)]
@@ -42,28 +42,27 @@ def stack_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> Stack:
 
 def plain_weights(rnn: nn.RNNBase) -> list[torch.Tensor] | None:
     """``rnn._flat_weights`` (the list ``forward`` passes to the op: views into cuDNN's flat buffer on a GPU)
-    when that list is what ``rnn(...)`` would run with: no hook on ``rnn`` and every entry the Parameter
-    registered under its name. Otherwise None: a hook, a parametrization, pruning, ``weight_norm``, or a
-    Parameter swapped in ``rnn._parameters`` decides the weights (``weights_of``)."""
-    flat, params = rnn._flat_weights, rnn._parameters
-    if _hooked(rnn) or not all(map(operator.is_, map(params.get, rnn._flat_weights_names), flat)):
+    when that list is what ``rnn(...)`` would run with: no hook on ``rnn`` and its registered Parameters are
+    that list. Otherwise None: a hook, a parametrization, pruning, ``weight_norm``, or a Parameter swapped in
+    ``rnn._parameters`` decides the weights (``weights_of``)."""
+    if rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks:
         return None
-    return flat
-
-
-def _hooked(rnn: nn.RNNBase) -> bool:
-    return bool(rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks)
+    flat, params = rnn._flat_weights, rnn._parameters
+    # Registered in the list's order (RNNBase.__init__); another order only costs the slow path.
+    return flat if len(params) == len(flat) and all(map(operator.is_, params.values(), flat)) else None
 
 
 def weights_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> list[torch.Tensor]:
-    """The weights ``rnn(x, states)`` would run with, in ``rnn._flat_weights_names`` order.
+    """The weights ``rnn`` would run the chunk ``x`` ``(..., T, F)`` from ``states`` (each ``(L, N, H)``)
+    with, in ``rnn._flat_weights_names`` order.
 
-    As ``nn.Module.__call__`` and ``nn.LSTM``/``GRU``/``RNN.forward`` do: ``rnn``'s forward pre-hooks run
-    (the hook forms of ``weight_norm``, ``spectral_norm`` and pruning write the weight there), then each
-    weight is read by its name (a parametrization computes it then, with its graph). Without hooks and
-    parametrizations that is ``plain_weights(rnn)``, at no cost. Hooks that could not act as they would
-    in ``rnn(...)`` are refused, before any state moves: forward and backward hooks on ``rnn`` (the ops
-    are called, not ``rnn``), and a forward pre-hook that returns new inputs.
+    As ``nn.Module.__call__`` and ``nn.LSTM``/``GRU``/``RNN.forward`` do: ``rnn``'s forward pre-hooks run on
+    ``(x, hx)`` as ``rnn`` takes them (``x`` folded to ``(N, T, F)``; the hook forms of ``weight_norm``,
+    ``spectral_norm`` and pruning write the weight there), then each weight is read by its name (a
+    parametrization computes it then, with its graph). Without hooks and parametrizations that is
+    ``plain_weights(rnn)``, at no cost. Hooks that could not act as in ``rnn(...)`` are refused, before any
+    state moves: forward and backward hooks on ``rnn`` (the ops are called, not ``rnn``), and a forward
+    pre-hook that returns new inputs.
     """
     flat = plain_weights(rnn)
     if flat is not None:
@@ -73,7 +72,7 @@ def weights_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> list[torch.Te
             "module.rnn has forward or backward hooks: a multi-state module runs the inner RNN's ops, not "
             "module.rnn(...), so they would never fire; register them on the multi-state module instead"
         )
-    args = (x, tuple(states) if len(states) > 1 else states[0])
+    args = (x.reshape(-1, *x.shape[-2:]), tuple(states) if len(states) > 1 else states[0])
     for key, hook in rnn._forward_pre_hooks.items():
         changed = hook(rnn, args, {}) if key in rnn._forward_pre_hooks_with_kwargs else hook(rnn, args)
         if changed is not None:

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import TYPE_CHECKING
 
 import torch
@@ -54,8 +53,10 @@ class _Plan:
 
     shape: torch.Size
     dtype: torch.dtype
-    weights: list | None  # ``plain_weights(rnn)`` as it was; None: hooks or parametrizations, read anew each call
-    pointers: list  # their storage: ``param.data = ...`` swaps it under the same Parameter
+    # Where each of the inner RNN's registered Parameters keeps its numbers (a Parameter replaced, given new
+    # storage by ``param.data = ...``, or taken out by a parametrization, pruning or weight_norm changes it);
+    # None: hooks or parametrizations decide the weights, read anew on each call.
+    pointers: list[int] | None
     training: bool
     carried: State | None  # the module's carried states as this step left them (or found them)
     folded: State  # the same states as ``run`` takes them
@@ -63,13 +64,11 @@ class _Plan:
     run: Run
 
     def fits(self, x: torch.Tensor, rnn: torch.nn.RNNBase, carried: State | None) -> bool:
-        weights = plain_weights(rnn)
         return (
             x.shape == self.shape
             and x.dtype is self.dtype
-            and weights is not None
-            and all(map(operator.is_, weights, self.weights))  # same length: one RNN
-            and list(map(_DATA_PTR, weights)) == self.pointers
+            and not (rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks)
+            and list(map(_DATA_PTR, rnn._parameters.values())) == self.pointers
             and rnn.training is self.training
             and carried is self.carried
         )
@@ -106,16 +105,13 @@ class StreamingStep:
         if rnn.training and rnn.dropout:
             raise ValueError("streaming_step runs inference: call module.eval() first (dropout is on in training mode)")
         carried = tuple(s.detach() for s in module._carried or module._zeros(x.shape[0]))
-        layers, batch, streams, hidden = carried[0].shape
         with torch.no_grad():  # hooks and parametrizations compute the weights: no graph
-            stack = stack_of(rnn, x.reshape(batch * streams, -1, x.shape[-1]), tuple(s.flatten(1, 2) for s in carried))
+            stack = stack_of(rnn, x, tuple(s.flatten(1, 2) for s in carried))
         run, fold = plan_run(stack, x.shape, carried[0].shape, x.device.type, torch, self.programs)
-        weights = plain_weights(rnn)
         return _Plan(
             shape=x.shape,
             dtype=x.dtype,
-            weights=None if weights is None else list(weights),
-            pointers=[] if weights is None else list(map(_DATA_PTR, weights)),
+            pointers=None if plain_weights(rnn) is None else list(map(_DATA_PTR, rnn._parameters.values())),
             training=rnn.training,
             carried=module._carried,
             folded=tuple(s.reshape(fold) for s in carried),

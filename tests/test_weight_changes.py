@@ -166,7 +166,8 @@ def check_module_call(module: nn.Module, x: torch.Tensor) -> None:
 
 
 def check_step(module: nn.Module, x: torch.Tensor, change: Callable[[nn.Module], object]) -> None:
-    """A step planned before ``change`` runs what the per-stream reference runs after it, twice."""
+    """A step planned before ``change`` runs what the per-stream reference runs after it, twice: the second
+    time after every parameter moved in place (an optimizer step between frames)."""
     step = module.streaming_step()
     with torch.no_grad():
         step(x)
@@ -179,6 +180,8 @@ def check_step(module: nn.Module, x: torch.Tensor, change: Callable[[nn.Module],
             _assert_close("output", y, want_y)
             for name, got, want in zip(module.state_names, module.get_states(), want_states, strict=True):
                 _assert_close(f"state {name}", got, want)
+            for p in module.parameters():
+                p.mul_(1.1)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -241,7 +244,7 @@ def _raw_weights(rnn: nn.Module, *args: object) -> list[torch.Tensor]:
 
 
 PLANTED = {  # kind -> (module, attribute, planted value, the check that must catch it)
-    "stale-weight step (plan keyed on Parameter identity)": (streaming, "_DATA_PTR", lambda w: 0, "step"),
+    "stale-weight step (plan blind to new storage)": (streaming, "_DATA_PTR", lambda w: 0, "step"),
     "stale-weight step (hooked weights planned once)": (streaming, "plain_weights", _raw_weights, "step"),
     "parametrization ignored (raw _flat_weights read)": (segments, "weights_of", _raw_weights, "module"),
 }
