@@ -8,7 +8,10 @@ bands, hidden 16: ~20 µs of ATen work). For frame-by-frame inference loops,
 state as ``module(x)`` under ``torch.no_grad()``, through the ops that ``module(x)`` calls
 (``harness.spec.step_runs``). Everything that only depends on the input's shape and dtype, the
 weights and the carried state's identity is worked out once (a "plan") and reused while they
-stay the same: a one-layer one-frame step on the CPU is then the cell op and three views.
+stay the same: a one-layer one-frame step on the CPU is then the cell op and three views. The weights
+are those ``module(x)`` reads (``segments.weights_of``): a Parameter replaced or given new storage
+(``param.data = ...``) makes a new plan; with hooks or parametrizations on the inner RNN the weights are
+read anew on every call.
 
 ``compiled=True`` (CPU only) compiles the step ahead of time with torch's AOTInductor (C++, a
 few seconds per input shape; needs a C++ compiler): the whole chunk then runs in one call of
