@@ -106,8 +106,9 @@ def _jax_step(layer: Any) -> Callable[[Any], Any]:
 class _TorchStep:
     """The torch backend's step: the layer's stack in torch's layout through ``harness.spec.step_runs`` (as
     ``models_torch.streaming``), planned once per input shape and again only after a weight or a state
-    variable changed (their tensors' in-place versions: Keras assigns a torch variable in place); the new
-    states are copied into the state variables' own tensors."""
+    variable changed (``_stamps``: Keras assigns a torch variable in place, ``param.data = ...`` and
+    ``vector_to_parameters`` swap its storage); the new states are copied into the state variables' own
+    tensors."""
 
     def __init__(self, layer: Any, compiled: bool) -> None:
         self.layer, self.checked = layer, _Checked(layer)
@@ -118,7 +119,7 @@ class _TorchStep:
         import torch
 
         x, plan = self.checked(x), self.plan
-        if not plan or x.shape != plan["shape"] or [t._version for t in plan["tensors"]] != plan["versions"]:
+        if not plan or x.shape != plan["shape"] or _stamps(plan["tensors"]) != plan["stamps"]:
             plan = self._prepare(x)
         on_cpu = isinstance(x, np.ndarray) and plan["device"].type == "cpu"
         y, new = plan["run"](
@@ -126,7 +127,7 @@ class _TorchStep:
         )
         for held, value in zip(plan["folded"], new):  # no graph: state variables are not trainable
             held.copy_(value)
-        plan["versions"] = [t._version for t in plan["tensors"]]
+        plan["stamps"] = _stamps(plan["tensors"])
         return y if self.layer.return_sequences else y[:, :, -1]
 
     def _prepare(self, x: Any) -> dict[str, Any]:
@@ -144,12 +145,17 @@ class _TorchStep:
         self.plan = {
             "shape": x.shape,
             "tensors": weights + states,
-            "versions": [t._version for t in weights + states],
+            "stamps": _stamps(weights + states),
             "run": run,
             "folded": [s.view(fold) for s in states],  # views into the state variables
             "device": device,
         }
         return self.plan
+
+
+def _stamps(tensors: list) -> list[tuple[int, int]]:
+    """What changes when a torch tensor is written in place (its version) or given new storage (its address)."""
+    return [(t._version, t.data_ptr()) for t in tensors]
 
 
 def _tf_step(layer: Any) -> Callable[[Any], Any]:

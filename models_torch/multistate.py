@@ -238,12 +238,17 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             rnn = self.rnn
             layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
-            stack = segments.stack_of(rnn)
+            stack = segments.stack_of(rnn, x, folded)
             if folded_resets is None and folded_lengths is None and kernels.by_cells(stack, rows, steps, x.device.type):
                 out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded, torch)  # one-frame streaming
             else:
                 out, new = segments.run(
-                    rnn, x.reshape(rows, steps, features), folded, resets=folded_resets, lengths=folded_lengths
+                    rnn,
+                    x.reshape(rows, steps, features),
+                    folded,
+                    resets=folded_resets,
+                    lengths=folded_lengths,
+                    stack=stack,
                 )
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)

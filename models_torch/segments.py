@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import operator
 
 import torch
 from torch import nn
@@ -29,22 +30,69 @@ from harness.spec.segments import run_segmented
 State = tuple[torch.Tensor, ...]
 
 
-def stack_of(rnn: nn.RNNBase) -> Stack:
-    """``rnn`` as the floor's ops take it: its own weights (``rnn._flat_weights``, the list that
-    ``forward`` itself passes: views into cuDNN's flat buffer on a GPU; torch has no public spelling
-    of it that is not rebuilt per call), its mode and settings."""
-    weights, count = rnn._flat_weights, rnn.num_layers
+def stack_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> Stack:
+    """``rnn`` as the floor's ops take it for the chunk ``x`` ``(..., T, F)`` from ``states`` (each
+    ``(L, N, H)``): the weights ``rnn`` would run it with (``weights_of``), its mode and settings."""
+    weights, count = weights_of(rnn, x, states), rnn.num_layers
     per_layer = len(weights) // count
     layers = [weights] if count == 1 else [weights[k * per_layer : (k + 1) * per_layer] for k in range(count)]
     cell = "lstm" if isinstance(rnn, nn.LSTM) else "gru" if isinstance(rnn, nn.GRU) else "rnn"
     return Stack(cell, layers, rnn.training, float(rnn.dropout), getattr(rnn, "nonlinearity", "tanh"))
 
 
-def fused(rnn: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence, states: State) -> tuple[object, State]:
+def plain_weights(rnn: nn.RNNBase) -> list[torch.Tensor] | None:
+    """``rnn._flat_weights`` (the list ``forward`` passes to the op: views into cuDNN's flat buffer on a GPU)
+    when that list is what ``rnn(...)`` would run with: no hook on ``rnn`` and its registered Parameters are
+    that list. Otherwise None: a hook, a parametrization, pruning, ``weight_norm``, or a Parameter swapped in
+    ``rnn._parameters`` decides the weights (``weights_of``)."""
+    if rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks:
+        return None
+    flat, params = rnn._flat_weights, rnn._parameters
+    # Registered in the list's order (RNNBase.__init__); another order only costs the slow path.
+    return flat if len(params) == len(flat) and all(map(operator.is_, params.values(), flat)) else None
+
+
+def weights_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> list[torch.Tensor]:
+    """The weights ``rnn`` would run the chunk ``x`` ``(..., T, F)`` from ``states`` (each ``(L, N, H)``)
+    with, in ``rnn._flat_weights_names`` order.
+
+    As ``nn.Module.__call__`` and ``nn.LSTM``/``GRU``/``RNN.forward`` do: ``rnn``'s forward pre-hooks run on
+    ``(x, hx)`` as ``rnn`` takes them (``x`` folded to ``(N, T, F)``; the hook forms of ``weight_norm``,
+    ``spectral_norm`` and pruning write the weight there), then each weight is read by its name (a
+    parametrization computes it then, with its graph). Without hooks and parametrizations that is
+    ``plain_weights(rnn)``, at no cost. Hooks that could not act as in ``rnn(...)`` are refused, before any
+    state moves: forward and backward hooks on ``rnn`` (the ops are called, not ``rnn``), and a forward
+    pre-hook that returns new inputs.
+    """
+    flat = plain_weights(rnn)
+    if flat is not None:
+        return flat
+    if rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks:
+        raise ValueError(
+            "module.rnn has forward or backward hooks: a multi-state module runs the inner RNN's ops, not "
+            "module.rnn(...), so they would never fire; register them on the multi-state module instead"
+        )
+    args = (x.reshape(-1, *x.shape[-2:]), tuple(states) if len(states) > 1 else states[0])
+    for key, hook in rnn._forward_pre_hooks.items():
+        changed = hook(rnn, args, {}) if key in rnn._forward_pre_hooks_with_kwargs else hook(rnn, args)
+        if changed is not None:
+            raise ValueError(
+                "a forward pre-hook on module.rnn returned new inputs: a multi-state module cannot pass them on "
+                "(it runs the inner RNN's ops); register input-changing hooks on the multi-state module instead"
+            )
+    return [getattr(rnn, name) for name in rnn._flat_weights_names]
+
+
+def fused(
+    rnn: nn.RNNBase,
+    x: torch.Tensor | nn.utils.rnn.PackedSequence,
+    states: State,
+    stack: Stack | None = None,
+) -> tuple[object, State]:
     """One call of ``rnn`` from ``states`` (each ``(L, N, H)``); returns the output and the final states.
 
     A plain chunk goes straight to the op that ``nn.LSTM``/``GRU``/``RNN.forward`` would call, with
-    the same weights and settings (``harness.spec.kernels.run_plain``; a small one-step chunk on the
+    the same weights and settings (``stack``, as ``stack_of`` reads it; a small one-step chunk on the
     CPU through the cell ops): the module's Python checks, already done by the multi-state layer,
     cost more than a one-step chunk itself. ``tests/test_torch_models.py`` holds both paths equal,
     bit for bit, and fails loudly if ``rnn._flat_weights`` moves.
@@ -52,7 +100,7 @@ def fused(rnn: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence, states
     if isinstance(x, nn.utils.rnn.PackedSequence):
         out, new = rnn(x, tuple(s.contiguous() for s in states) if len(states) > 1 else states[0].contiguous())
         return out, (new if isinstance(new, tuple) else (new,))
-    return run_plain(stack_of(rnn), x, states, torch)
+    return run_plain(stack or stack_of(rnn, x, states), x, states, torch)
 
 
 def run(
@@ -63,14 +111,17 @@ def run(
     resets: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     path: str | None = None,
+    stack: Stack | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Run ``x`` ``(N, T, F)`` from ``states``; ``resets`` ``(N, T)`` bool zeroes a row's state before
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
     Returns the output ``(N, T, H)`` and each row's state after its last valid step. ``path`` forces
     "saturated", "cuts" or "packed" (``harness.spec.segments.run_segmented``; default: the cheaper here).
+    ``stack``: ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
     """
+    stack = stack or stack_of(rnn, x, states)
     if resets is None and lengths is None:
-        return fused(rnn, x, states)
-    stack = None if rnn.training and rnn.dropout else stack_of(rnn)  # saturated gates: no dropout between layers
-    return run_segmented(functools.partial(fused, rnn), x, states, resets, lengths, torch, path, stack)
+        return fused(rnn, x, states, stack)
+    saturable = None if rnn.training and rnn.dropout else stack  # saturated gates: no dropout between layers
+    return run_segmented(functools.partial(fused, rnn, stack=stack), x, states, resets, lengths, torch, path, saturable)

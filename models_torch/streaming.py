@@ -8,7 +8,10 @@ bands, hidden 16: ~20 µs of ATen work). For frame-by-frame inference loops,
 state as ``module(x)`` under ``torch.no_grad()``, through the ops that ``module(x)`` calls
 (``harness.spec.step_runs``). Everything that only depends on the input's shape and dtype, the
 weights and the carried state's identity is worked out once (a "plan") and reused while they
-stay the same: a one-layer one-frame step on the CPU is then the cell op and three views.
+stay the same: a one-layer one-frame step on the CPU is then the cell op and three views. The weights
+are those ``module(x)`` reads (``segments.weights_of``): a Parameter replaced or given new storage
+(``param.data = ...``) makes a new plan; with hooks or parametrizations on the inner RNN the weights are
+read anew on every call.
 
 ``compiled=True`` (CPU only) compiles the step ahead of time with torch's AOTInductor (C++, a
 few seconds per input shape; needs a C++ compiler): the whole chunk then runs in one call of
@@ -33,13 +36,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import TYPE_CHECKING
 
 import torch
 
 from harness.spec.step_runs import Run, plan_run
-from models_torch.segments import stack_of
+from models_torch.segments import plain_weights, stack_of
 
 if TYPE_CHECKING:
     from models_torch.multistate import MultiStateBase
@@ -49,12 +51,15 @@ State = tuple[torch.Tensor, ...]
 
 @dataclasses.dataclass(slots=True)
 class _Plan:
-    """How to run one chunk, worked out for one input shape and dtype, one weight list and mode of the
+    """How to run one chunk, worked out for one input shape and dtype, one set of weights and mode of the
     inner RNN, and the carried states this step stored last (``fits`` says whether they still hold)."""
 
     shape: torch.Size
     dtype: torch.dtype
-    weights: list  # the inner RNN's weight list as it was (torch replaces a weight inside the list, in place)
+    # Where each of the inner RNN's registered Parameters keeps its numbers (a Parameter replaced, given new
+    # storage by ``param.data = ...``, or taken out by a parametrization, pruning or weight_norm changes it);
+    # None: hooks or parametrizations decide the weights, read anew on each call.
+    pointers: list[int] | None
     training: bool
     carried: State | None  # the module's carried states as this step left them (or found them)
     folded: State  # the same states as ``run`` takes them
@@ -65,10 +70,14 @@ class _Plan:
         return (
             x.shape == self.shape
             and x.dtype is self.dtype
-            and all(map(operator.is_, rnn._flat_weights, self.weights))  # same length: one RNN
+            and not (rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks)
+            and list(map(_DATA_PTR, rnn._parameters.values())) == self.pointers
             and rnn.training is self.training
             and carried is self.carried
         )
+
+
+_DATA_PTR = torch.Tensor.data_ptr
 
 
 class StreamingStep:
@@ -99,11 +108,13 @@ class StreamingStep:
         if rnn.training and rnn.dropout:
             raise ValueError("streaming_step runs inference: call module.eval() first (dropout is on in training mode)")
         carried = tuple(s.detach() for s in module._carried or module._zeros(x.shape[0]))
-        run, fold = plan_run(stack_of(rnn), x.shape, carried[0].shape, x.device.type, torch, self.programs)
+        with torch.no_grad():  # hooks and parametrizations compute the weights: no graph
+            stack = stack_of(rnn, x, tuple(s.flatten(1, 2) for s in carried))
+        run, fold = plan_run(stack, x.shape, carried[0].shape, x.device.type, torch, self.programs)
         return _Plan(
             shape=x.shape,
             dtype=x.dtype,
-            weights=list(rnn._flat_weights),
+            pointers=None if plain_weights(rnn) is None else list(map(_DATA_PTR, rnn._parameters.values())),
             training=rnn.training,
             carried=module._carried,
             folded=tuple(s.reshape(fold) for s in carried),

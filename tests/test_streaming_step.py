@@ -39,6 +39,15 @@ def test_streaming_step_equals_the_layer_call(cell, layers, rng):
             np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+def _new_storage(layer: keras.layers.Layer) -> None:
+    """On the torch backend a variable is a torch Parameter: ``param.data = ...`` swaps its storage."""
+    import torch
+
+    torch.nn.utils.vector_to_parameters(
+        torch.nn.utils.parameters_to_vector(layer.parameters()) * 0.5, layer.parameters()
+    )
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, rng):
     """New weights and states set between calls are picked up (the torch path plans on them; ``compiled``:
@@ -54,6 +63,7 @@ def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, 
         lambda layer: layer.set_states([np.full((2, B, S, H), 0.3)] * 2),
         lambda layer: layer.reset_states(streams=[1]),
         lambda layer: layer(x),  # the layer itself moves the state
+        *([_new_storage] if keras.backend.backend() == "torch" else []),
     ]
     for change in [lambda layer: None, *changes]:
         change(stepped), change(called)

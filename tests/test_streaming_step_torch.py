@@ -16,6 +16,13 @@ from harness.spec import step_runs
 from tests.helpers import CELLS, B, F, H, S
 
 
+class Triple(torch.nn.Module):
+    """A parametrization: the weight run is three times the stored one."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 3 * weight
+
+
 def twins(cell: str, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Two float64 modules in eval mode with the same weights and no state yet."""
     torch.manual_seed(0)
@@ -49,7 +56,8 @@ def test_streaming_step_equals_the_module_call(cell, layers):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_streaming_step_sees_states_and_weights_changed_between_calls(compiled):
-    """Also: the compiled step (AOTInductor) equals ``module(x)``, and no output aliases a carried state."""
+    """Also: the compiled step (AOTInductor) equals ``module(x)``, and no output aliases a carried state.
+    (``tests/test_weight_changes.py`` holds ``module(x)`` and the plain step to every kind of weight change.)"""
     stepped, called = twins("lstm", num_layers=2)
     step = stepped.streaming_step(compiled=compiled)
     x = torch.randn(B, S, 1, F, dtype=torch.float64)
@@ -59,6 +67,8 @@ def test_streaming_step_sees_states_and_weights_changed_between_calls(compiled):
         lambda m: call(m, x),  # the module itself moves the state
         lambda m: m.rnn.weight_hh_l0.data.mul_(0.5),  # in place, as an optimizer step does
         lambda m: setattr(m.rnn, "bias_ih_l1", torch.nn.Parameter(m.rnn.bias_ih_l1 + 0.1)),  # replaced
+        lambda m: setattr(m.rnn.weight_ih_l1, "data", m.rnn.weight_ih_l1 * 0.7),  # new storage, same Parameter
+        lambda m: torch.nn.utils.parametrize.register_parametrization(m.rnn, "weight_hh_l1", Triple()),
         lambda m: m.reset_states(),
     ]
     for change in changes:
