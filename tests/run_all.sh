@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# The whole suite: every test once with Keras on TensorFlow, then the Keras tests again on JAX and on
-# torch, each backend in its own process (Keras fixes it at import); the benchmark code once without
-# timing (a smoke check; timing is benchmarks/run_cpu.sh), and ruff. The JAX run goes alongside the
-# torch-backend run and the smoke run (each keeps about one core busy): 1.5 min less on 2 cores.
+# The whole suite: every test with Keras on TensorFlow, the Keras tests again on JAX and on torch (each
+# backend in its own process: Keras fixes it at import), the benchmark code once without timing (a smoke
+# check; timing is benchmarks/run_cpu.sh), then ruff. The five jobs share the machine's cores: each takes
+# the next free slot, longest first, with one thread per framework (small tests on two threads only spin
+# against each other); their logs are printed in the order below, a failure in any one named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export TF_CPP_MIN_LOG_LEVEL=2
-python -m pytest "$@"
+export TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
+slots=${SUITE_SLOTS:-$(nproc)}
+names=("TensorFlow, torch-only tests" "Keras on TensorFlow" "Keras on JAX" "Keras on torch" "benchmark smoke")
+jobs=(
+  "python -m pytest -m 'not keras' $*"
+  "python -m pytest -m keras $*"
+  "KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -m keras $*"
+  "KERAS_BACKEND=torch python -m pytest -m keras $*"
+  "python -m pytest benchmarks --benchmark-disable -q -x -k 'not (compiled and lstm)'"  # one compile is enough
+)
 logs=$(mktemp -d)
-KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -m keras "$@" >"$logs/jax.log" 2>&1 &
-jax=$!
-{
-  KERAS_BACKEND=torch python -m pytest -m keras "$@"
-  python -m pytest benchmarks --benchmark-disable -q -x -k "not (compiled and lstm)"  # one compile is enough here
-} >"$logs/torch-and-benchmarks.log" 2>&1 &
-rest=$!
+for i in "${!jobs[@]}"; do
+  while (($(jobs -rp | wc -l) >= slots)); do wait -n || true; done
+  { SECONDS=0; rc=0; bash -c "${jobs[$i]}" >"$logs/$i.log" 2>&1 || rc=$?; echo "$rc $SECONDS" >"$logs/$i.rc"; } &
+done
+wait
 failed=()
-wait "$jax" || failed+=("JAX")
-wait "$rest" || failed+=("torch backend / benchmark smoke")
-echo "=== Keras on JAX ===" && cat "$logs/jax.log"
-echo "=== Keras on torch, then the benchmark smoke run ===" && cat "$logs/torch-and-benchmarks.log"
+for i in "${!jobs[@]}"; do
+  read -r rc seconds <"$logs/$i.rc"
+  echo "=== ${names[$i]} (${seconds} s, exit ${rc}) ===" && cat "$logs/$i.log"
+  ((rc == 0)) || failed+=("${names[$i]}")
+done
 if ((${#failed[@]})); then
-  echo "run_all.sh: failed: ${failed[*]}" >&2
+  printf 'run_all.sh: failed: %s\n' "${failed[@]}" >&2
   exit 1
 fi
 ruff check .
