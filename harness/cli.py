@@ -95,9 +95,23 @@ def cuda_problem() -> str | None:
     return None
 
 
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written (``check_writable``), or None: asked before a job whose results it keeps."""
+    from harness.spec.atomic import check_writable
+
+    try:
+        check_writable(path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _parity(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (problem := cuda_problem()):
         print(f"error: --device cuda: {problem}", file=sys.stderr)
+        return 1
+    if args.json and (problem := _unwritable(args.json)):
+        print(f"error: --json: {problem}", file=sys.stderr)
         return 1
     backends = args.backend or installed_backends()
     exported = [b for b in backends if b in EXPORTED] if args.episodes else []

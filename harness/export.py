@@ -327,6 +327,16 @@ def _keras_states_kept(model: Any) -> Iterator[None]:
 # ---- export -------------------------------------------------------------------------------------
 
 
+def check_destination(dst: str | os.PathLike) -> None:
+    """Refuse (``ExportError``) a destination that cannot be written, before any model is read or exported."""
+    from harness.spec.atomic import check_writable
+
+    try:
+        check_writable(dst)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
 @contextlib.contextmanager
 def landing(dst: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``dst`` that becomes ``dst`` only if the block completes (``atomic_path``);
@@ -417,6 +427,7 @@ def export(
         )
     if not str(dst).endswith(".onnx"):
         raise ExportError(f"cannot write {dst}: the destination must end in .onnx")
+    check_destination(dst)
     try:
         if isinstance(model_or_path, (str, os.PathLike)):
             source = _from_file(model_or_path, num_streams, batch_size, nonlinearity)

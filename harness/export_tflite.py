@@ -35,7 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import ExportError, ExportResult, _is_keras, _keras_layer_of, _keras_states_kept, landing, prove
+from harness.export import (
+    ExportError,
+    ExportResult,
+    _is_keras,
+    _keras_layer_of,
+    _keras_states_kept,
+    check_destination,
+    landing,
+    prove,
+)
 
 SIGNATURE = "serving_default"
 
@@ -266,6 +275,7 @@ def export_tflite(
     """
     from harness.exported import TFLiteRunner
 
+    check_destination(dst)
     try:
         model = _keras_source(model_or_path, dst, nonlinearity)
         layer = _keras_layer_of(model)

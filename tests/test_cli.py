@@ -89,7 +89,8 @@ def test_bad_options_are_refused(lstm_pt, tmp_path, capsys):
 
 @pytest.mark.parametrize(("dst", "message"), [("locked/out.keras", "not writable"), ("kept.keras", "read-only")])
 def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, capsys, monkeypatch):
-    """The refusal reads the permission bits (``os.access``), faked here so that it holds when CI runs as root."""
+    """The refusal asks ``os.access`` too (ACLs, read-only mounts), faked here; the real permission bits, as
+    root included, are held in ``tests/test_read_only_writes.py``."""
     (tmp_path / "locked").mkdir()
     (tmp_path / "kept.keras").write_text("the user's file")
     denied = {str(tmp_path / "locked"), str(tmp_path / "kept.keras")}
@@ -98,6 +99,20 @@ def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, cap
     assert status == 1 and message in err, err
     assert (tmp_path / "kept.keras").read_text() == "the user's file"
     assert _files(tmp_path / "locked") == set()
+
+
+@pytest.mark.parametrize(("dst", "message"), [("no/such/x.json", "no such folder"), ("x.json/", "it is a folder")])
+def test_parity_json_destination_is_checked_before_the_job(dst, message, tmp_path, capsys, monkeypatch):
+    """``parity --json`` to a path it cannot write: exit status 1 at once, the job never starts."""
+    from harness import cli
+
+    started = []
+    monkeypatch.setattr(cli, "_run_backend", lambda backend, args: started.append(backend) or [])
+    (tmp_path / "x.json").mkdir()
+    status = main(["parity", "--backend", "torch", "--cell", "gru", "--json", str(tmp_path / dst)])
+    err = capsys.readouterr().err
+    assert (status, started) == (1, []), f"status {status}, backends run {started}; stderr: {err}"
+    assert f"error: --json: cannot write {tmp_path / dst}" in err and message in err, err
 
 
 @pytest.mark.parametrize("dst", ["folder.keras", "no/such/folder/out.keras"])
