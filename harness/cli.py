@@ -22,6 +22,7 @@ from harness import scenarios
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
+NONLINEARITY_HELP = "a simple RNN's activation: required for one in a .pt/.pth/.safetensors/.weights.h5 file"
 EXPORTED = ("onnx", "tflite")  # backends that are exported files: float32 only, no resets or lengths
 
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     port.add_argument("dst", help="destination file in the other framework's format")
     port.add_argument("--streams", type=_positive, default=1, help="streams of the Keras model made from a torch file")
     port.add_argument("--batch", type=_positive, default=1, help="batch size of the Keras model made from a torch file")
-    port.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
+    port.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
     exp = sub.add_parser("export", help="export a model to ONNX as one streaming chunk, verified in onnxruntime")
     exp.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     exp.add_argument("dst", help="destination .onnx file (written only once verified)")
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument(
         "--batch", type=_positive, default=None, help="batch of the verification input (the axis is dynamic)"
     )
-    exp.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
+    exp.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
     exp.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch.onnx exporter")
     exp.add_argument(
         "--frames", type=_positive, default=None, help="fix the time axis at this many steps per call (leaner graph)"

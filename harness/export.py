@@ -280,7 +280,9 @@ def _from_keras(model: Any, num_streams: int | None, batch_size: int | None) -> 
     return _Source(module, model, layer.batch_size or batch_size or 1)
 
 
-def _from_file(path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str) -> _Source:
+def _from_file(
+    path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str | None
+) -> _Source:
     """The source of a weight file (a Keras file is verified against the Keras model read from it)."""
     from harness import files
 
@@ -368,7 +370,7 @@ def export(
     *,
     num_streams: int | None = None,
     batch_size: int | None = None,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     exporter: str = "legacy",
     frames: int | None = None,
     verify_steps: int = 64,
@@ -386,7 +388,8 @@ def export(
             has its own, it must agree if given.
         batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
             exported batch axis is dynamic either way.
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a torch weight file.
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a torch or
+            ``.weights.h5`` file (they do not record it).
         exporter: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
         frames: fix the time axis at this many steps per call (a streaming deployment sends the same
             number every call): the graph then needs no shape arithmetic around the RNN node, and the

@@ -184,7 +184,7 @@ def _converter_reason(error: Exception) -> str:
 # ---- sources ------------------------------------------------------------------------------------
 
 
-def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str) -> Any:
+def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str | None) -> Any:
     """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
     if isinstance(model_or_path, (str, os.PathLike)):
         from harness import files
@@ -243,7 +243,7 @@ def export_tflite(
     *,
     num_streams: int | None = None,
     batch_size: int | None = None,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     verify_steps: int = 64,
     seed: int = 0,
 ) -> ExportResult:
@@ -260,7 +260,8 @@ def export_tflite(
         num_streams: must agree with the layer's if given.
         batch_size: must agree with the layer's carried batch if given (the verification runs at it;
             the file's batch axis is dynamic either way).
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a ``.weights.h5`` file.
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a ``.weights.h5``
+            file (it does not record it).
         verify_steps: time steps of the random verification input.
         seed: seed of the verification input and chunk plan.
 

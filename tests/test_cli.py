@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,13 @@ def _pickle_payload(tmp_path):
     return path
 
 
+def _spectral_norm(tmp_path):
+    """A parametrization that is not weight norm (``weight_hh_l0_orig``/``_u``/``_v``): refused, naming the keys."""
+    path = tmp_path / "spectral.pt"
+    write_torch_file(torch.nn.utils.spectral_norm(torch.nn.GRU(F, H), "weight_hh_l0").state_dict(), path)
+    return path
+
+
 SOURCES = {  # README rows 17, 21, 22, 23
     "proj_size": (_proj_size, "out.keras", "proj_size"),
     "truncated file": (_truncated, "out.keras", "cannot read"),
@@ -67,6 +75,7 @@ SOURCES = {  # README rows 17, 21, 22, 23
     "unknown suffix": (lambda p: p / "w.onnx", "out.keras", "unsupported weight file"),
     "same framework": (lambda p: p / "a.pt", "b.safetensors", "are both torch files"),
     "missing file": (lambda p: p / "missing.pt", "out.keras", "no such weight file"),
+    "spectral norm": (_spectral_norm, "out.keras", "no weight_hh_l0 among the keys ['bias_hh_l0', 'bias_ih_l0', 'w"),
 }
 
 
@@ -120,6 +129,32 @@ def test_bad_destination_paths_are_refused(dst, lstm_pt, tmp_path, capsys):
     (tmp_path / "folder.keras").mkdir()
     status, err = _port(capsys, lstm_pt, tmp_path / dst)
     assert status == 1 and "cannot write" in err, err
+
+
+def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
+    """Neither a state_dict nor a ``.weights.h5`` file says tanh or relu: without ``--nonlinearity`` the port
+    is refused (it used to build a tanh model and prove the port against that); with it, the Keras file
+    computes the relu RNN."""
+    from harness.convert import _keras_like
+    from harness.files import multistate_spec_from_keras_weights, read_keras_file
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
+    write_torch_file(rnn.state_dict(), tmp_path / "relu.pt")
+    h5 = tmp_path / "relu.weights.h5"
+    status, err = _port(capsys, tmp_path / "relu.pt", h5)
+    assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
+    assert _files(tmp_path) == {"relu.pt"}
+    assert _port(capsys, tmp_path / "relu.pt", h5, "--nonlinearity", "relu")[0] == 0
+    model = read_keras_file(h5, like=_keras_like(multistate_spec_from_keras_weights(h5), "relu"))
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
+    with torch.no_grad():
+        expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
+    error = float(np.abs(np.asarray(model(x))[:, 0] - expected).max())
+    assert error <= 1e-6, f"the ported file is off the relu RNN by {error:.3g}"
+    status, err = _port(capsys, h5, tmp_path / "back.pt")
+    assert status == 1 and "the .weights.h5 file holds a simple RNN" in err, (status, err)
+    assert _files(tmp_path) == {"relu.pt", "relu.weights.h5"}
 
 
 def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monkeypatch):
