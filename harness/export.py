@@ -213,6 +213,7 @@ def _check_streams(asked: int | None, has: int, what: str) -> int:
 def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
     import torch
 
+    from harness import files
     from harness.porting import describe, torch_class
     from models_torch import MultiStateBase
 
@@ -247,7 +248,8 @@ def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> 
         dtype=rnn.weight_ih_l0.dtype,
         **({"nonlinearity": spec.activation} if spec.cell == "rnn" else {}),
     )
-    module.rnn.load_state_dict(rnn.state_dict())
+    plain = files.without_weight_norm({k: v.detach().cpu().numpy() for k, v in rnn.state_dict().items()})
+    module.rnn.load_state_dict({k: torch.from_numpy(v) for k, v in plain.items()})
     module.eval()
     return _Source(module, module, fixed or batch_size or 1)
 

@@ -285,12 +285,16 @@ def test_cli_export_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys
     assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
     assert sorted(os.listdir(tmp_path)) == ["relu.pt"]
     assert main(["export", str(tmp_path / "relu.pt"), str(tmp_path / "relu.onnx"), "--nonlinearity", "relu"]) == 0
+    error = _error_against(rnn, tmp_path / "relu.onnx")
+    assert error <= 1e-6, f"the exported file is off the relu RNN by {error:.3g}"
+
+
+def _error_against(rnn: torch.nn.Module, path) -> float:
+    """Largest difference of the one-stream ONNX file ``path`` from the raw ``batch_first`` ``rnn``."""
     x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
-    y = OnnxRunner(tmp_path / "relu.onnx").run(x)
     with torch.no_grad():
         expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
-    error = float(np.abs(y[:, 0] - expected).max())
-    assert error <= 1e-6, f"the exported file is off the relu RNN by {error:.3g}"
+    return float(np.abs(OnnxRunner(path).run(x)[:, 0] - expected).max())
 
 
 def _weight_normed_export_error(form: str, tmp_path, capsys) -> float:
@@ -299,10 +303,7 @@ def _weight_normed_export_error(form: str, tmp_path, capsys) -> float:
     torch.save(rnn.state_dict(), tmp_path / "wn.pt")
     status = main(["export", str(tmp_path / "wn.pt"), str(tmp_path / "wn.onnx")])
     assert status == 0, capsys.readouterr().err
-    x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
-    with torch.no_grad():
-        expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
-    return float(np.abs(OnnxRunner(tmp_path / "wn.onnx").run(x)[:, 0] - expected).max())
+    return _error_against(rnn, tmp_path / "wn.onnx")
 
 
 @pytest.mark.parametrize("form", ["hook", "parametrization"])
@@ -310,6 +311,14 @@ def test_cli_export_of_a_weight_normed_state_dict(form, tmp_path, capsys):
     """A weight-normed state_dict (``g``/``v`` keys) used to end in ``KeyError: ('weight_hh', '0', None)``; the
     weight is recomputed, and the exported file computes what the weight-normed module computes."""
     error = _weight_normed_export_error(form, tmp_path, capsys)
+    assert error <= 1e-6, f"the exported file is off the weight-normed module by {error:.3g}"
+
+
+def test_a_weight_normed_module_exports_to_what_it_computes(tmp_path):
+    """The module itself (not its file) under weight norm: its state_dict holds ``g``/``v`` too."""
+    rnn = weight_normed_rnn("hook")
+    export(rnn, tmp_path / "wn.onnx")
+    error = _error_against(rnn, tmp_path / "wn.onnx")
     assert error <= 1e-6, f"the exported file is off the weight-normed module by {error:.3g}"
 
 
