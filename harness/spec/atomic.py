@@ -23,10 +23,10 @@ COMPOUND_SUFFIXES = (".weights.h5",)
 
 
 def writable(path: str | os.PathLike) -> bool:
-    """Whether this process may write ``path`` (a file, or a folder to create files in), as a user is refused.
+    """Whether this process may write ``path`` (a file, or a folder to create files in).
 
-    ``os.access`` answers yes to root for every path, so a path whose mode grants no write bit to anyone
-    (``chmod a-w``: a read-only file, a locked folder) is refused as well, for root too.
+    ``os.access`` decides, and a path whose mode grants no write bit to anyone (``chmod a-w``: a read-only
+    file, a locked folder) is refused as well: ``os.access`` answers yes to root for every such path.
     """
     return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
