@@ -22,6 +22,7 @@ from harness import scenarios
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
+NONLINEARITY_HELP = "a simple RNN's activation: required for one in a .pt/.pth/.safetensors/.weights.h5 file"
 EXPORTED = ("onnx", "tflite")  # backends that are exported files: float32 only, no resets or lengths
 
 
@@ -95,9 +96,23 @@ def cuda_problem() -> str | None:
     return None
 
 
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written (``check_writable``), or None: asked before a job whose results it keeps."""
+    from harness.spec.atomic import check_writable
+
+    try:
+        check_writable(path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _parity(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (problem := cuda_problem()):
         print(f"error: --device cuda: {problem}", file=sys.stderr)
+        return 1
+    if args.json and (problem := _unwritable(args.json)):
+        print(f"error: --json: {problem}", file=sys.stderr)
         return 1
     backends = args.backend or installed_backends()
     exported = [b for b in backends if b in EXPORTED] if args.episodes else []
@@ -270,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     port.add_argument("dst", help="destination file in the other framework's format")
     port.add_argument("--streams", type=_positive, default=1, help="streams of the Keras model made from a torch file")
     port.add_argument("--batch", type=_positive, default=1, help="batch size of the Keras model made from a torch file")
-    port.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
+    port.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
     exp = sub.add_parser("export", help="export a model to ONNX as one streaming chunk, verified in onnxruntime")
     exp.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     exp.add_argument("dst", help="destination .onnx file (written only once verified)")
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument(
         "--batch", type=_positive, default=None, help="batch of the verification input (the axis is dynamic)"
     )
-    exp.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="a simple RNN's activation")
+    exp.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
     exp.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch.onnx exporter")
     exp.add_argument(
         "--frames", type=_positive, default=None, help="fix the time axis at this many steps per call (leaner graph)"

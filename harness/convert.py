@@ -44,10 +44,12 @@ class ParityFailed(ValueError):
         self.result = result
 
 
-def _keras_like(spec: dict, nonlinearity: str) -> Any:
-    """A Keras multi-state model of the architecture ``spec`` (random weights, to load a file into)."""
+def _keras_like(spec: dict, nonlinearity: str | None) -> Any:
+    """A Keras multi-state model of the architecture ``spec`` (random weights, to load a file into); a simple
+    RNN's ``nonlinearity`` must be given (a ``.weights.h5`` file does not record it)."""
     import torch
 
+    is_rnn = spec["cell"] == "rnn"
     module = torch_class(spec["cell"])(
         spec["input_size"],
         spec["units"],
@@ -55,7 +57,7 @@ def _keras_like(spec: dict, nonlinearity: str) -> Any:
         num_layers=spec["num_layers"],
         bias=spec["use_bias"],
         dtype=getattr(torch, spec["dtype"]),
-        **({"nonlinearity": nonlinearity} if spec["cell"] == "rnn" else {}),
+        **({"nonlinearity": files.rnn_nonlinearity(nonlinearity, "the .weights.h5 file")} if is_rnn else {}),
     )
     return keras_twin(module, batch_size=spec["batch_size"])
 
@@ -75,15 +77,17 @@ def convert_file(
     *,
     num_streams: int = 1,
     batch_size: int = 1,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     steps: int = 16,
     seed: int = 0,
 ) -> ConvertResult:
     """Port ``src`` to ``dst`` (the other framework's format), then check parity of the reloaded result.
 
     ``num_streams``, ``batch_size`` and ``nonlinearity`` describe the Keras model made
-    from a torch file (a state_dict does not hold them). Raises ``ParityFailed`` (and
-    writes nothing) if the reloaded destination differs from the source.
+    from a torch file (a state_dict does not hold them); ``nonlinearity`` (``"tanh"`` or ``"relu"``)
+    is required for a simple RNN in a torch or ``.weights.h5`` file (``ValueError`` without it), and
+    unused otherwise. Raises ``ParityFailed`` (and writes nothing) if the reloaded destination differs
+    from the source.
     """
     kinds = files.file_kind(src), files.file_kind(dst)
     if kinds[0] == kinds[1]:
@@ -105,7 +109,7 @@ def _convert(
     kind: str,
     num_streams: int,
     batch_size: int,
-    nonlinearity: str,
+    nonlinearity: str | None,
     steps: int,
     seed: int,
 ) -> ConvertResult:
@@ -126,7 +130,7 @@ def _convert(
             "dtype": str(module.rnn.weight_ih_l0.dtype).removeprefix("torch."),
         }
         model = files.read_keras_file(
-            dst, like=None if str(dst).endswith(".keras") else _keras_like(spec, nonlinearity)
+            dst, like=None if str(dst).endswith(".keras") else _keras_like(spec, describe(module).activation)
         )
     else:
         if str(src).endswith(".keras"):

@@ -213,6 +213,7 @@ def _check_streams(asked: int | None, has: int, what: str) -> int:
 def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
     import torch
 
+    from harness import files
     from harness.porting import describe, torch_class
     from models_torch import MultiStateBase
 
@@ -247,7 +248,8 @@ def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> 
         dtype=rnn.weight_ih_l0.dtype,
         **({"nonlinearity": spec.activation} if spec.cell == "rnn" else {}),
     )
-    module.rnn.load_state_dict(rnn.state_dict())
+    plain = files.without_weight_norm({k: v.detach().cpu().numpy() for k, v in rnn.state_dict().items()})
+    module.rnn.load_state_dict({k: torch.from_numpy(v) for k, v in plain.items()})
     module.eval()
     return _Source(module, module, fixed or batch_size or 1)
 
@@ -280,7 +282,9 @@ def _from_keras(model: Any, num_streams: int | None, batch_size: int | None) -> 
     return _Source(module, model, layer.batch_size or batch_size or 1)
 
 
-def _from_file(path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str) -> _Source:
+def _from_file(
+    path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str | None
+) -> _Source:
     """The source of a weight file (a Keras file is verified against the Keras model read from it)."""
     from harness import files
 
@@ -327,6 +331,16 @@ def _keras_states_kept(model: Any) -> Iterator[None]:
 # ---- export -------------------------------------------------------------------------------------
 
 
+def check_destination(dst: str | os.PathLike) -> None:
+    """Refuse (``ExportError``) a destination that cannot be written, before any model is read or exported."""
+    from harness.spec.atomic import check_writable
+
+    try:
+        check_writable(dst)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
 @contextlib.contextmanager
 def landing(dst: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``dst`` that becomes ``dst`` only if the block completes (``atomic_path``);
@@ -358,7 +372,7 @@ def export(
     *,
     num_streams: int | None = None,
     batch_size: int | None = None,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     exporter: str = "legacy",
     frames: int | None = None,
     verify_steps: int = 64,
@@ -376,7 +390,8 @@ def export(
             has its own, it must agree if given.
         batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
             exported batch axis is dynamic either way.
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a torch weight file.
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a torch or
+            ``.weights.h5`` file (they do not record it).
         exporter: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
         frames: fix the time axis at this many steps per call (a streaming deployment sends the same
             number every call): the graph then needs no shape arithmetic around the RNN node, and the
@@ -417,6 +432,7 @@ def export(
         )
     if not str(dst).endswith(".onnx"):
         raise ExportError(f"cannot write {dst}: the destination must end in .onnx")
+    check_destination(dst)
     try:
         if isinstance(model_or_path, (str, os.PathLike)):
             source = _from_file(model_or_path, num_streams, batch_size, nonlinearity)

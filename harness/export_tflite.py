@@ -35,7 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import ExportError, ExportResult, _is_keras, _keras_layer_of, _keras_states_kept, landing, prove
+from harness.export import (
+    ExportError,
+    ExportResult,
+    _is_keras,
+    _keras_layer_of,
+    _keras_states_kept,
+    check_destination,
+    landing,
+    prove,
+)
 
 SIGNATURE = "serving_default"
 
@@ -175,7 +184,7 @@ def _converter_reason(error: Exception) -> str:
 # ---- sources ------------------------------------------------------------------------------------
 
 
-def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str) -> Any:
+def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str | None) -> Any:
     """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
     if isinstance(model_or_path, (str, os.PathLike)):
         from harness import files
@@ -234,7 +243,7 @@ def export_tflite(
     *,
     num_streams: int | None = None,
     batch_size: int | None = None,
-    nonlinearity: str = "tanh",
+    nonlinearity: str | None = None,
     verify_steps: int = 64,
     seed: int = 0,
 ) -> ExportResult:
@@ -251,7 +260,8 @@ def export_tflite(
         num_streams: must agree with the layer's if given.
         batch_size: must agree with the layer's carried batch if given (the verification runs at it;
             the file's batch axis is dynamic either way).
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation in a ``.weights.h5`` file.
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a ``.weights.h5``
+            file (it does not record it).
         verify_steps: time steps of the random verification input.
         seed: seed of the verification input and chunk plan.
 
@@ -266,6 +276,7 @@ def export_tflite(
     """
     from harness.exported import TFLiteRunner
 
+    check_destination(dst)
     try:
         model = _keras_source(model_or_path, dst, nonlinearity)
         layer = _keras_layer_of(model)

@@ -78,24 +78,88 @@ def write_torch_file(state: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(tensors, tmp)
 
 
+NONLINEARITIES = ("tanh", "relu")
+
+
+def rnn_nonlinearity(nonlinearity: str | None, source: str) -> str:
+    """A simple RNN's activation as given by the caller: its weights do not record it, so none is guessed.
+
+    ``source`` names what was read (for the message). Raises ``ValueError`` when it is missing or unknown.
+    """
+    if nonlinearity is None:
+        raise ValueError(
+            f"{source} holds a simple RNN, whose weights do not record its nonlinearity (tanh or relu): "
+            "give it with --nonlinearity tanh|relu (nonlinearity= in Python)"
+        )
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    return nonlinearity
+
+
+_TORCH_PARAM = r"(?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?"
 _TORCH_KEY = re.compile(r"^(?:.*\.)?(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+# weight norm: ``weight_hh_l0_g``/``_v`` (torch.nn.utils.weight_norm) or
+# ``parametrizations.weight_hh_l0.original0``/``1`` (torch.nn.utils.parametrizations.weight_norm)
+_WEIGHT_NORM_KEY = re.compile(rf"^(.*?)(?:parametrizations\.({_TORCH_PARAM})\.original([01])|({_TORCH_PARAM})_([gv]))$")
+
+
+def _weight_norm_part(key: str) -> tuple[str, str] | None:
+    """``(parameter name, "g" or "v")`` of a weight-norm key, None for any other key."""
+    if not (m := _WEIGHT_NORM_KEY.match(key)):
+        return None
+    prefix, param, index, hook_param, part = m.groups()
+    return (prefix + param, "gv"[int(index)]) if param else (prefix + hook_param, part)
+
+
+def _weight_norm(g: np.ndarray, v: np.ndarray, name: str) -> np.ndarray:
+    """The weight ``g * v / ||v||`` exactly as torch computes it; the norm runs over every axis but the one
+    ``g`` keeps (``dim``), or over all of ``v`` when ``g`` is a scalar (``dim=None``)."""
+    import torch
+
+    kept = [d for d in range(g.ndim) if g.shape[d] != 1]
+    if g.ndim not in (0, v.ndim) or len(kept) > 1 or any(g.shape[d] != v.shape[d] for d in kept):
+        raise ValueError(f"weight norm of {name}: g of shape {g.shape} does not fit v of shape {v.shape}")
+    dim = kept[0] if kept else -1
+    return torch._weight_norm(torch.from_numpy(np.array(v)), torch.from_numpy(np.array(g)), dim).numpy()
+
+
+def without_weight_norm(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``state`` with each weight-normed parameter (a ``g``/``v`` pair in either of torch's two forms)
+    replaced by the plain tensor torch computes from them, bit for bit (``torch._weight_norm``, which both
+    forms call). Other keys, an unpaired ``_v`` (spectral norm's) among them, are kept as they are."""
+    pairs: dict[str, dict[str, str]] = {}
+    for key in state:
+        if part := _weight_norm_part(key):
+            pairs.setdefault(part[0], {})[part[1]] = key
+    complete = {name: keys for name, keys in pairs.items() if set(keys) == {"g", "v"}}
+    folded = {key for keys in complete.values() for key in keys.values()}
+    plain = {k: v for k, v in state.items() if k not in folded}
+    plain.update({name: _weight_norm(state[keys["g"]], state[keys["v"]], name) for name, keys in complete.items()})
+    return plain
 
 
 def torch_module_from_state(
-    state: dict[str, np.ndarray], num_streams: int, *, nonlinearity: str = "tanh", batch_size: int | None = None
+    state: dict[str, np.ndarray], num_streams: int, *, nonlinearity: str | None = None, batch_size: int | None = None
 ) -> Any:
     """A ``models_torch`` multi-state module whose cell and sizes are read off ``state``'s names and shapes.
 
     Gate count gives the cell (4 LSTM, 3 GRU, 1 RNN); a simple RNN's nonlinearity
-    cannot be read off the weights and comes from ``nonlinearity``.
+    cannot be read off the weights and must come from ``nonlinearity`` (``ValueError`` without it).
     """
     import torch
 
     from harness.porting import torch_class
 
+    state = without_weight_norm(state)
     keys = {m.groups(): k for k in state if (m := _TORCH_KEY.match(k))}
-    if not keys:
-        raise ValueError(f"no recurrent weights (weight_ih_l0, ...) among the keys {sorted(state)[:8]}")
+    layers = sorted({layer for _, layer, _ in keys} or {"0"})
+    missing = [f"{n}_l{layer}" for layer in layers for n in ("weight_ih", "weight_hh") if (n, layer, None) not in keys]
+    if missing:
+        raise ValueError(
+            f"no {', '.join(missing)} among the keys {sorted(state)[:12]}: expected the parameters of an "
+            "nn.LSTM/GRU/RNN (weight norm is read; for another parametrization, save the state_dict after "
+            "torch.nn.utils.parametrize.remove_parametrizations, or remove_spectral_norm)"
+        )
     if any(name == "weight_hr" for name, _, _ in keys):
         raise ValueError("torch LSTM with proj_size > 0 is not portable: Keras LSTM has no projection")
     if any(rev for _, _, rev in keys):
@@ -116,7 +180,7 @@ def torch_module_from_state(
         bias=any(name == "bias_ih" for name, _, _ in keys),
         batch_size=batch_size,
         dtype=torch.from_numpy(np.zeros(0, weight_ih.dtype)).dtype,
-        **({"nonlinearity": nonlinearity} if cell == "rnn" else {}),
+        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the state_dict")} if cell == "rnn" else {}),
     )
     module.rnn.load_state_dict(
         {f"{n}_l{layer}": torch.from_numpy(np.array(state[k])) for (n, layer, _), k in keys.items()}

@@ -69,15 +69,31 @@ def local_rows(global_batch: int, world_size: int | None = None) -> int:
     return global_batch // world_size
 
 
+def _check_same_shapes(states: State, world: int) -> None:
+    """Agree on the state shapes over all ranks (a fixed-size ``all_gather``) before the states are gathered:
+    gloo aborts the process on tensors of different sizes."""
+    shape = torch.tensor([len(states), *states[0].shape], dtype=torch.int64, device=states[0].device)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    found = [tuple(s.tolist()) for s in shapes]  # (number of states, L, b, S, H) of each rank
+    if len(set(found)) > 1:
+        ranks = "; ".join(f"rank {r}: batch {f[2]}, {f[0]} states {f[1:]}" for r, f in enumerate(found))
+        raise ValueError(
+            f"gather_states needs the same local batch and state shape (L, b, S, H) on every rank; found {ranks}"
+        )
+
+
 def gather_states(module: torch.nn.Module) -> State:
     """The global states, each ``(L, B_global, S, H)`` in global row order, on every rank (``all_gather``).
 
-    Every rank must hold the same local batch; ``module`` may be the DDP wrapper.
+    Every rank must hold states of the same shapes (the same local batch); otherwise every rank raises a
+    ``ValueError`` naming each rank's shape, before the data is gathered. ``module`` may be the DDP wrapper.
     """
     states = _unwrap(module).get_states()
     rank, world = _world()
     if world == 1:
         return states
+    _check_same_shapes(states, world)
     gathered = []
     for state in states:
         parts = [torch.empty_like(state) for _ in range(world)]

@@ -110,3 +110,25 @@ BAD_CALLS: dict[str, BadCall] = {
     ),
     "set_states count": (lambda m, t: m.set_states([np.zeros((1, B, S, H), "float32")]), "expected 2 state", BOTH),
 }
+
+
+def weight_normed_rnn(form: str) -> Any:
+    """A seeded 2-layer ``nn.GRU`` (``batch_first``) under weight norm in ``form``: ``"hook"``
+    (``torch.nn.utils.weight_norm``) or ``"parametrization"`` (``torch.nn.utils.parametrizations.weight_norm``),
+    on ``weight_hh_l0`` (dim 0), ``weight_ih_l0`` (dim 1) and ``weight_ih_l1`` (dim None)."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(F, H, num_layers=2, batch_first=True)
+    norm = torch.nn.utils.weight_norm if form == "hook" else torch.nn.utils.parametrizations.weight_norm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the hook form is deprecated, and still in use
+        for name, dim in (("weight_hh_l0", 0), ("weight_ih_l0", 1), ("weight_ih_l1", None)):
+            norm(rnn, name, dim=dim)
+    with torch.no_grad():  # g away from ||v||, so that a file read as v alone (or g ignored) is off
+        for name, param in rnn.named_parameters():
+            if name.endswith(("_g", "original0")):
+                param.mul_(1.5)
+    return rnn

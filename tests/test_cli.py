@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,13 @@ def _pickle_payload(tmp_path):
     return path
 
 
+def _spectral_norm(tmp_path):
+    """A parametrization that is not weight norm (``weight_hh_l0_orig``/``_u``/``_v``): refused, naming the keys."""
+    path = tmp_path / "spectral.pt"
+    write_torch_file(torch.nn.utils.spectral_norm(torch.nn.GRU(F, H), "weight_hh_l0").state_dict(), path)
+    return path
+
+
 SOURCES = {  # README rows 17, 21, 22, 23
     "proj_size": (_proj_size, "out.keras", "proj_size"),
     "truncated file": (_truncated, "out.keras", "cannot read"),
@@ -67,6 +75,7 @@ SOURCES = {  # README rows 17, 21, 22, 23
     "unknown suffix": (lambda p: p / "w.onnx", "out.keras", "unsupported weight file"),
     "same framework": (lambda p: p / "a.pt", "b.safetensors", "are both torch files"),
     "missing file": (lambda p: p / "missing.pt", "out.keras", "no such weight file"),
+    "spectral norm": (_spectral_norm, "out.keras", "no weight_hh_l0 among the keys ['bias_hh_l0', 'bias_ih_l0', 'w"),
 }
 
 
@@ -89,7 +98,8 @@ def test_bad_options_are_refused(lstm_pt, tmp_path, capsys):
 
 @pytest.mark.parametrize(("dst", "message"), [("locked/out.keras", "not writable"), ("kept.keras", "read-only")])
 def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, capsys, monkeypatch):
-    """The refusal reads the permission bits (``os.access``), faked here so that it holds when CI runs as root."""
+    """The refusal asks ``os.access`` too (ACLs, read-only mounts), faked here; the real permission bits, as
+    root included, are held in ``tests/test_read_only_writes.py``."""
     (tmp_path / "locked").mkdir()
     (tmp_path / "kept.keras").write_text("the user's file")
     denied = {str(tmp_path / "locked"), str(tmp_path / "kept.keras")}
@@ -100,11 +110,53 @@ def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, cap
     assert _files(tmp_path / "locked") == set()
 
 
+@pytest.mark.parametrize(("dst", "message"), [("no/such/x.json", "no such folder"), ("x.json/", "it is a folder")])
+def test_parity_json_destination_is_checked_before_the_job(dst, message, tmp_path, capsys, monkeypatch):
+    """``parity --json`` to a path it cannot write: exit status 1 at once, the job never starts."""
+    from harness import cli
+
+    started = []
+    monkeypatch.setattr(cli, "_run_backend", lambda backend, args: started.append(backend) or [])
+    (tmp_path / "x.json").mkdir()
+    status = main(["parity", "--backend", "torch", "--cell", "gru", "--json", str(tmp_path / dst)])
+    err = capsys.readouterr().err
+    assert (status, started) == (1, []), f"status {status}, backends run {started}; stderr: {err}"
+    assert f"error: --json: cannot write {tmp_path / dst}" in err and message in err, err
+
+
 @pytest.mark.parametrize("dst", ["folder.keras", "no/such/folder/out.keras"])
 def test_bad_destination_paths_are_refused(dst, lstm_pt, tmp_path, capsys):
     (tmp_path / "folder.keras").mkdir()
     status, err = _port(capsys, lstm_pt, tmp_path / dst)
     assert status == 1 and "cannot write" in err, err
+
+
+def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
+    """Neither a state_dict nor a ``.weights.h5`` file says tanh or relu: without ``--nonlinearity`` the port
+    is refused (it used to build a tanh model and prove the port against that); with it, the Keras file
+    computes the relu RNN."""
+    import keras
+
+    from harness.convert import _keras_like
+    from harness.files import multistate_spec_from_keras_weights, read_keras_file
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
+    write_torch_file(rnn.state_dict(), tmp_path / "relu.pt")
+    h5 = tmp_path / "relu.weights.h5"
+    status, err = _port(capsys, tmp_path / "relu.pt", h5)
+    assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
+    assert _files(tmp_path) == {"relu.pt"}
+    assert _port(capsys, tmp_path / "relu.pt", h5, "--nonlinearity", "relu")[0] == 0
+    model = read_keras_file(h5, like=_keras_like(multistate_spec_from_keras_weights(h5), "relu"))
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
+    with torch.no_grad():
+        expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
+    error = float(np.abs(keras.ops.convert_to_numpy(model(x))[:, 0] - expected).max())
+    assert error <= 1e-6, f"the ported file is off the relu RNN by {error:.3g}"
+    status, err = _port(capsys, h5, tmp_path / "back.pt")
+    assert status == 1 and "the .weights.h5 file holds a simple RNN" in err, (status, err)
+    assert _files(tmp_path) == {"relu.pt", "relu.weights.h5"}
 
 
 def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monkeypatch):

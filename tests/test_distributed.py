@@ -6,6 +6,7 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from harness.distributed import leave_worker
 from harness.porting import torch_class
 from models_torch import MultiStateLSTM
+from models_torch.distributed import gather_states
 from tests.helpers import F, H, S
 
 RANKS, ROWS, CHUNKS, STEPS = 2, 2, 3, 5  # ROWS batch rows per rank
@@ -53,8 +55,21 @@ def _rank(rank: int, port: int, out: str, planted: bool) -> None:
     _train(DistributedDataParallel(module), module, slice(rank * ROWS, (rank + 1) * ROWS))
     h, c = module.numpy_states()
     np.savez(f"{out}/rank{rank}.npz", h=h, c=c, **{k: v.detach().numpy() for k, v in module.rnn.state_dict().items()})
+    _gather_unequal_batches(rank, out)
     dist.barrier()  # no rank tears the group down while another still talks to it
     leave_worker()
+
+
+def _gather_unequal_batches(rank: int, out: str) -> None:
+    """Rank r carries r + 1 rows: ``gather_states`` must raise on every rank (it aborted the worker inside
+    gloo), and the group must still work afterwards (the caller's barrier). Writes the message."""
+    try:
+        gather_states(MultiStateLSTM(F, H, S, batch_size=rank + 1))
+        message = "no error"
+    except ValueError as e:
+        message = str(e)
+    with open(f"{out}/refusal{rank}.txt", "w") as f:
+        f.write(message)
 
 
 def _free_port() -> int:
@@ -81,9 +96,25 @@ def _worst_state_error(tmp_path, planted: bool) -> tuple[float, float]:
     return state_error, weight_error
 
 
-def test_ddp_keeps_each_ranks_stream_states(tmp_path):
-    state_error, weight_error = _worst_state_error(tmp_path, planted=False)
+@pytest.fixture(scope="module")
+def unplanted_run(tmp_path_factory):
+    """One run of the ranks (spawning them is the slow part) for the tests that read it."""
+    folder = tmp_path_factory.mktemp("ddp")
+    return folder, _worst_state_error(folder, planted=False)
+
+
+def test_ddp_keeps_each_ranks_stream_states(unplanted_run):
+    _, (state_error, weight_error) = unplanted_run
     assert state_error <= 1e-6 and weight_error <= 1e-6, (state_error, weight_error)
+
+
+def test_gather_states_refuses_unequal_local_batches_on_every_rank(unplanted_run):
+    """Unequal local batches used to abort the workers inside gloo (SIGABRT); now a ValueError on each rank,
+    before the data is gathered, naming every rank's batch."""
+    folder, _ = unplanted_run
+    for rank in range(RANKS):
+        message = (folder / f"refusal{rank}.txt").read_text()
+        assert "rank 0: batch 1" in message and "rank 1: batch 2" in message, f"rank {rank}: {message}"
 
 
 def test_planted_state_in_buffers_is_caught(tmp_path):

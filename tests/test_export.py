@@ -19,6 +19,7 @@ from harness.cli import main  # noqa: E402
 from harness.export import ExportError, export  # noqa: E402
 from harness.exported import OnnxRunner  # noqa: E402
 from harness.porting import torch_class  # noqa: E402
+from tests.helpers import weight_normed_rnn  # noqa: E402
 
 S, F, H, L = 3, 4, 8, 2
 CELLS = {"lstm": {}, "gru": {}, "rnn-tanh": {"nonlinearity": "tanh"}, "rnn-relu": {"nonlinearity": "relu"}}
@@ -271,6 +272,65 @@ def test_cli_export_from_a_state_dict_file(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "error:" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["gru.onnx", "gru.pt"]
+
+
+def test_cli_export_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
+    """A state_dict does not say tanh or relu: without ``--nonlinearity`` the export is refused (it used to
+    build a tanh RNN and prove the file against that); with it, the file computes the relu RNN."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
+    torch.save(rnn.state_dict(), tmp_path / "relu.pt")
+    status = main(["export", str(tmp_path / "relu.pt"), str(tmp_path / "relu.onnx")])
+    err = capsys.readouterr().err
+    assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
+    assert sorted(os.listdir(tmp_path)) == ["relu.pt"]
+    assert main(["export", str(tmp_path / "relu.pt"), str(tmp_path / "relu.onnx"), "--nonlinearity", "relu"]) == 0
+    error = _error_against(rnn, tmp_path / "relu.onnx")
+    assert error <= 1e-6, f"the exported file is off the relu RNN by {error:.3g}"
+
+
+def _error_against(rnn: torch.nn.Module, path) -> float:
+    """Largest difference of the one-stream ONNX file ``path`` from the raw ``batch_first`` ``rnn``."""
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
+    with torch.no_grad():
+        expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
+    return float(np.abs(OnnxRunner(path).run(x)[:, 0] - expected).max())
+
+
+def _weight_normed_export_error(form: str, tmp_path, capsys) -> float:
+    """Export a weight-normed GRU's state_dict by the CLI; the file's largest error against the module itself."""
+    rnn = weight_normed_rnn(form)
+    torch.save(rnn.state_dict(), tmp_path / "wn.pt")
+    status = main(["export", str(tmp_path / "wn.pt"), str(tmp_path / "wn.onnx")])
+    assert status == 0, capsys.readouterr().err
+    return _error_against(rnn, tmp_path / "wn.onnx")
+
+
+@pytest.mark.parametrize("form", ["hook", "parametrization"])
+def test_cli_export_of_a_weight_normed_state_dict(form, tmp_path, capsys):
+    """A weight-normed state_dict (``g``/``v`` keys) used to end in ``KeyError: ('weight_hh', '0', None)``; the
+    weight is recomputed, and the exported file computes what the weight-normed module computes."""
+    error = _weight_normed_export_error(form, tmp_path, capsys)
+    assert error <= 1e-6, f"the exported file is off the weight-normed module by {error:.3g}"
+
+
+def test_a_weight_normed_module_exports_to_what_it_computes(tmp_path):
+    """The module itself (not its file) under weight norm: its state_dict holds ``g``/``v`` too."""
+    rnn = weight_normed_rnn("hook")
+    export(rnn, tmp_path / "wn.onnx")
+    error = _error_against(rnn, tmp_path / "wn.onnx")
+    assert error <= 1e-6, f"the exported file is off the weight-normed module by {error:.3g}"
+
+
+def test_planted_weight_norm_gain_ignored_is_caught(tmp_path, capsys, monkeypatch):
+    """Planted fault: the weight read as ``v`` alone (the gain ``g`` ignored). The export's own proof holds the
+    file to the module read from it and passes; the comparison with the weight-normed module catches it."""
+    from harness import files
+
+    monkeypatch.setattr(files, "_weight_norm", lambda g, v, name: v)
+    error = _weight_normed_export_error("parametrization", tmp_path, capsys)
+    print(f"gain ignored: {error:.3g} off the weight-normed module")
+    assert error > 1e-3, error
 
 
 @pytest.mark.keras

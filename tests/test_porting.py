@@ -13,9 +13,9 @@ from harness import assert_parity
 from harness.convert import convert_file
 from harness.files import read_torch_file, write_torch_file
 from harness.porting import keras_twin, port_weights, torch_twin
-from models_keras import exact
+from models_keras import exact, reset_all_states
 from models_torch import MultiStateRNN
-from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
+from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input, weight_normed_rnn
 from tests.keras_helpers import torch_and_keras
 
 pytestmark = pytest.mark.keras
@@ -243,3 +243,18 @@ def test_keras_twin_and_torch_twin_agree_float32(rng):
     assert_parity(
         {"torch": module, "keras": layer, "back": torch_twin(layer)}, random_input(rng, (B, S, T, F)), "halves"
     )
+
+
+def test_a_weight_normed_state_dict_ports_to_what_the_module_computes(tmp_path, rng):
+    """Weight norm keeps ``g``/``v`` in the state_dict (here ``parametrizations.weight_hh_l0.original0``/``1``;
+    both forms: ``test_cli_export_of_a_weight_normed_state_dict``); the port recomputes the weight from them
+    and matches the weight-normed module itself."""
+    rnn = weight_normed_rnn("parametrization")
+    torch.save(rnn.state_dict(), tmp_path / "wn.pt")
+    result = convert_file(tmp_path / "wn.pt", tmp_path / "wn.keras", num_streams=S, batch_size=B)
+    x = random_input(rng, (B, S, T, F))
+    with torch.no_grad():
+        expected = np.stack([rnn(torch.from_numpy(x[:, s]))[0].numpy() for s in range(S)], 1)
+    reset_all_states(result.keras_model)  # the parity check ran it
+    error = float(np.abs(keras.ops.convert_to_numpy(result.keras_model(x)) - expected).max())
+    assert result.report.ok and error <= 1e-6, f"the ported file is off the weight-normed module by {error:.3g}"

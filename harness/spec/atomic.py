@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +22,27 @@ from pathlib import Path
 COMPOUND_SUFFIXES = (".weights.h5",)
 
 
+def writable(path: str | os.PathLike) -> bool:
+    """Whether this process may write ``path`` (a file, or a folder to create files in).
+
+    ``os.access`` decides, and a path whose mode grants no write bit to anyone (``chmod a-w``: a read-only
+    file, a locked folder) is refused as well: ``os.access`` answers yes to root for every such path.
+    """
+    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Raise ``ValueError`` unless ``path`` can be written: its folder exists and is writable, the path is
-    not a folder, and an existing file there is writable by this user (it is never silently replaced)."""
+    not a folder, and an existing file there is writable (by ``writable``: it is never silently replaced)."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise ValueError(f"cannot write {path}: it is a folder, expected a file path")
     if not folder.is_dir():
         raise ValueError(f"cannot write {path}: no such folder {folder}")
-    if not os.access(folder, os.W_OK):
+    if not writable(folder):
         raise ValueError(f"cannot write {path}: the folder {folder} is not writable")
-    if target.exists() and not os.access(target, os.W_OK):
+    if target.exists() and not writable(target):
         raise ValueError(f"cannot write {path}: the file exists and is read-only")
 
 
