@@ -310,12 +310,17 @@ def test_whole_state_checks_default_is_8_spread_boundaries_and_none_means_all(rn
     x = random_input(rng, (1, S, 40, F))
     runner = _CountingRunner(model)
     report = check_parity({"m": runner}, x, "ones")
-    prefixes = runner.lengths[40:]
+    prefixes, regrouped = runner.lengths[40:48], runner.lengths[48:]
     assert len(prefixes) == 8 and prefixes[-1] == 40
+    assert regrouped == [1] + [2] * 19 + [2] * 20  # two passes, each cutting at every other boundary
     assert {c.chunk for c in report.comparisons if c.tensor == "output"} == set(range(40))
-    state_chunks = {c.chunk for c in report.comparisons if c.tensor == "h"}
-    assert state_chunks == {n - 1 for n in prefixes}
+
+    def state_chunks(report, pair):
+        return {c.chunk for c in report.comparisons if c.tensor == "h" and c.pair == pair}
+
+    assert state_chunks(report, "m chunked vs whole") == {n - 1 for n in prefixes}
+    assert state_chunks(report, "m chunked vs regrouped") == set(range(40))
     runner.lengths.clear()
     report = check_parity({"m": runner}, x, "ones", whole_state_checks=None)
-    assert runner.lengths[40:] == list(range(1, 41))
-    assert {c.chunk for c in report.comparisons if c.tensor == "h"} == set(range(40))
+    assert runner.lengths[40:80] == list(range(1, 41))
+    assert state_chunks(report, "m chunked vs whole") == set(range(40))
