@@ -120,14 +120,21 @@ def compare(
     split = [stream_axis] + ([] if layer_axis is None else [layer_axis])
     names = [n for i, n in enumerate(axis_names) if i not in split]
     diff, rel, bad = (np.moveaxis(a, split, list(range(len(split)))) for a in (diff, rel, bad))
+    lead, inner = diff.shape[: len(split)], diff.shape[len(split) :]
+    # One row per (stream[, layer]): the reductions run over all rows at once, the loop only builds them.
+    size = int(np.prod(inner))
+    diff, rel, bad = (a.reshape(int(np.prod(lead)), size) for a in (diff, rel, bad))
+    max_abs = diff.max(axis=1, initial=0.0)
+    max_rel = np.nan_to_num(rel).max(axis=1, initial=0.0)
+    mismatched = bad.sum(axis=1)
+    worst = diff.argmax(axis=1) if size else np.zeros(len(diff), int)
     rows = []
-    for index in np.ndindex(*diff.shape[: len(split)]):
-        d, r, b = diff[index], rel[index], bad[index]
-        worst = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
+    for row, index in enumerate(np.ndindex(*lead)):
         where = {"chunk": chunk, "stream": int(index[0])} | (at or {})
         if layer_axis is not None:
             where["layer"] = int(index[1])
-        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, worst)}
+        position = np.unravel_index(int(worst[row]), inner) if size else ()
+        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, position)}
         rows.append(
             Comparison(
                 pair,
@@ -135,10 +142,10 @@ def compare(
                 chunk,
                 tensor,
                 int(index[0]),
-                float(d.max(initial=0.0)),
-                float(np.nan_to_num(r).max(initial=0.0)),
-                int(b.sum()),
-                int(b.size),
+                float(max_abs[row]),
+                float(max_rel[row]),
+                int(mismatched[row]),
+                size,
                 tolerance,
                 where,
             )
