@@ -1,9 +1,13 @@
 """The parity engine: run models whole and in chunks, compare outputs and carried states.
 
 Every model runs the sequence in chunks; at each chunk boundary the engine holds
-its output and every carried state against (a) the same model run whole up to
-that boundary ("same": chunked vs whole) and (b) the reference model's chunked
-run at that boundary ("cross").
+its output and every carried state against (a) the same model run whole ("same":
+chunked vs whole; states at the boundaries ``whole_state_checks`` picks, from a whole
+run of the prefix), (b) the same model's regrouped passes, which stop at every boundary
+but never after the same previous one as the chunked run ("same": chunked vs regrouped,
+states at every boundary) and (c) the reference model's chunked run at that boundary
+("cross"). Tolerances follow the dtype the models compute in. The models given are
+left as they were found (``harness.untouched``).
 
 State matching is strict: both sides must expose the same state names with the
 same shapes (after ``state_map`` renames a model's states to the reference's);
@@ -22,8 +26,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +38,7 @@ from harness.report import Comparison, ParityReport, compare, mismatch
 from harness.runners import as_runner
 from harness.spec import contract
 from harness.tolerances import default_tolerance
+from harness.untouched import left_as_found
 
 PLANS = ("whole", "halves", "random", "ones")
 WHOLE_STATE_CHECKS = 8
@@ -148,6 +154,28 @@ def _run_whole_prefixes(
     return out, states
 
 
+def _run_regrouped(
+    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
+) -> list[dict]:
+    """The states at every boundary from two passes that each cut at every other boundary.
+
+    Pass 0 cuts at boundaries 0, 2, 4, ..., pass 1 at 1, 3, 5, ...: the piece ending at boundary ``i``
+    starts at boundary ``i - 2``, so the state there comes from a run that did not stop at boundary
+    ``i - 1`` as the chunked run did (the first boundary's piece is the whole prefix, as in the chunked
+    run). Together the passes run about twice the sequence: linear in T, where a whole run of every
+    prefix would be quadratic.
+    """
+    states: list[dict] = [{} for _ in ends]
+    for first in (0, 1):
+        runner.reset()
+        start = 0
+        for i in range(first, len(ends), 2):
+            _run(runner, model, x[:, :, start : ends[i]], steps.window(start, ends[i]))
+            states[i] = _renamed(runner.states(), names, model)
+            start = ends[i]
+    return states
+
+
 def _spread(boundaries: list[int], most: int | None) -> list[int]:
     """At most ``most`` of ``boundaries``, evenly spread, the last always included."""
     if most is None or len(boundaries) <= most:
@@ -256,16 +284,20 @@ def check_parity(
 
     Args:
         models: name -> torch/Keras multi-state model, Keras model, or ``Runner``.
-        x: input ``(B, S, T, F)`` as a numpy array; its dtype picks the default tolerances.
+        x: input ``(B, S, T, F)`` as a numpy array. The models cast it to the dtype they compute in
+            (their weights'), and the default tolerances follow that dtype (read off each model's output;
+            a cross comparison takes the coarser of its two), not ``x``'s: the report names both.
         chunks: chunk lengths, or a plan name from ``PLANS``.
         atol, rtol: override the defaults of docs/contract.md for both kinds of comparison.
         reference: the model the others are held against (default: the first).
         seed: seed of the "random" plan.
-        whole_state_checks: compare chunked-vs-whole states at this many boundaries
-            (default 8, evenly spread, the last included): each costs one run of the
-            prefix (quadratic in T; JAX compiles anew for every length). ``None``
-            checks every boundary (the full check, on request). Outputs and the
-            cross-model comparisons, states included, always cover every boundary.
+        whole_state_checks: compare chunked states with a whole run of the prefix at this many
+            boundaries (default 8, evenly spread, the last included): each costs one run of the
+            prefix (quadratic in T; JAX compiles anew for every length). ``None`` checks every
+            boundary that way. Every boundary's states are also held against two regrouped passes
+            ("chunked vs regrouped": each cuts at every other boundary, about 2T steps in all), and
+            outputs and the cross-model comparisons, states included, always cover every boundary;
+            the report says how many boundaries each comparison covered.
         state_map: model name -> {that model's state name: the reference's name}, for
             models that name their states differently. Without it, states must carry
             the same names (and shapes) on both sides, or the report fails.
@@ -299,7 +331,6 @@ def check_parity(
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be (batch, streams, time, features), got shape {x.shape}")
-    dtype = str(x.dtype)
     plan = chunk_plan(chunks, x.shape[2], seed)
     reference = reference or next(iter(models))
     if reference not in models:
@@ -309,36 +340,69 @@ def check_parity(
         raise ValueError(f"state_map names {sorted(set(state_map) - set(models))}, not among the models {list(models)}")
     if state_map.get(reference):
         raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
-    same, cross = (default_tolerance(k, dtype, atol, rtol) for k in ("same", "cross"))
     steps = StepArgs.checked(x, resets, lengths)
 
-    with full_precision_matmul(allow_tf32=allow_tf32) as matmul:
-        comparisons = _compare_all(models, x, plan, reference, state_map, same, cross, whole_state_checks, steps)
-    return ParityReport(comparisons, plan, dtype, reference, matmul=matmul)
+    with full_precision_matmul(allow_tf32=allow_tf32) as matmul, left_as_found(models.values()):
+        runs = {
+            name: _run_model(as_runner(model), x, plan, state_map.get(name, {}), name, steps, whole_state_checks)
+            for name, model in models.items()
+        }
+    dtypes = {name: run.dtype for name, run in runs.items()}
+    tolerance = functools.partial(_tolerance, atol=atol, rtol=rtol)
+    comparisons = _compare_all(runs, plan, reference, tolerance)
+    return ParityReport(
+        comparisons, plan, _coarsest(dtypes.values()), reference, matmul=matmul, input_dtype=str(x.dtype), dtypes=dtypes
+    )
 
 
-def _compare_all(
-    models: Mapping[str, Any],
+@dataclasses.dataclass
+class _Runs:
+    """One model's runs: its chunked outputs and states per boundary, the whole-sequence output, the states of
+    whole prefix runs (by end step, at the boundaries checked), the regrouped passes' states per boundary, and
+    the dtype it computes in (its outputs')."""
+
+    outputs: list[np.ndarray]
+    states: list[dict]
+    whole: np.ndarray
+    prefix_states: dict[int, dict]
+    regrouped: list[dict]
+    dtype: str
+
+
+def _run_model(
+    runner: Any,
     x: np.ndarray,
     plan: list[int],
-    reference: str,
-    state_map: Mapping[str, Mapping[str, str]],
-    same: Any,
-    cross: Any,
-    whole_state_checks: int | None,
+    names: Mapping[str, str],
+    model: str,
     steps: StepArgs,
-) -> list[Comparison]:
-    """Run every model chunked (and whole, for the prefixes checked), and compare everything."""
+    whole_state_checks: int | None,
+) -> _Runs:
+    """Run one model chunked, whole (and whole up to each boundary checked), and regrouped."""
+    ends = [int(e) for e in np.cumsum(plan)]
+    outputs, states = _run_chunked(runner, x, plan, names, model, steps)
+    whole, prefix_states = _run_whole_prefixes(runner, x, _spread(ends, whole_state_checks), names, model, steps)
+    regrouped = _run_regrouped(runner, x, ends, names, model, steps)
+    return _Runs(outputs, states, np.asarray(whole), prefix_states, regrouped, str(np.asarray(whole).dtype))
+
+
+def _coarsest(dtypes: Iterable[str]) -> str:
+    """The dtype of least precision among ``dtypes`` (whose rounding a comparison must allow)."""
+    return max(dtypes, key=lambda d: np.finfo(d).eps if np.issubdtype(np.dtype(d), np.floating) else np.inf)
+
+
+def _tolerance(kind: str, *dtypes: str, atol: float | None, rtol: float | None) -> Any:
+    """The tolerance of a ``kind`` comparison between models computing in ``dtypes`` (the coarsest decides)."""
+    return default_tolerance(kind, _coarsest(dtypes), atol, rtol)
+
+
+def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tolerance: Any) -> list[Comparison]:
+    """Every model's chunked run against its whole and regrouped runs, then against the reference's."""
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
-    checked_ends = _spread(ends, whole_state_checks)
-    chunked = {}
     comparisons: list[Comparison] = []
-    for name, model in models.items():
-        runner, names = as_runner(model), state_map.get(name, {})
-        chunked[name] = _run_chunked(runner, x, plan, names, name, steps)
-        whole, prefix_states = _run_whole_prefixes(runner, x, checked_ends, names, name, steps)
-        outs, states = chunked[name]
+    for name, run in runs.items():
+        same = tolerance("same", run.dtype)
         for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(
                 f"{name} chunked vs whole",
@@ -347,17 +411,28 @@ def _compare_all(
                 start,
                 end,
                 same,
-                outs[i],
-                whole[:, :, start:end],
-                states[i],
-                prefix_states.get(end),
+                run.outputs[i],
+                run.whole[:, :, start:end],
+                run.states[i],
+                run.prefix_states.get(end),
                 ("the chunked run", "the whole run"),
             )
-    ref_outs, ref_states = chunked[reference]
-    for name in models:
+        for i, end in enumerate(ends):
+            comparisons += _compare_states(
+                f"{name} chunked vs regrouped",
+                "same",
+                i,
+                end - 1,
+                same,
+                run.states[i],
+                run.regrouped[i],
+                ("the chunked run", "the regrouped run"),
+            )
+    ref = runs[reference]
+    for name, run in runs.items():
         if name == reference:
             continue
-        outs, states = chunked[name]
+        cross = tolerance("cross", run.dtype, ref.dtype)
         for i, (start, end) in enumerate(zip(starts, ends)):
             comparisons += _compare_step(
                 f"{name} vs {reference}",
@@ -366,10 +441,10 @@ def _compare_all(
                 start,
                 end,
                 cross,
-                outs[i],
-                ref_outs[i],
-                states[i],
-                ref_states[i],
+                run.outputs[i],
+                ref.outputs[i],
+                run.states[i],
+                ref.states[i],
                 (repr(name), repr(reference)),
             )
     return comparisons

@@ -120,14 +120,21 @@ def compare(
     split = [stream_axis] + ([] if layer_axis is None else [layer_axis])
     names = [n for i, n in enumerate(axis_names) if i not in split]
     diff, rel, bad = (np.moveaxis(a, split, list(range(len(split)))) for a in (diff, rel, bad))
+    lead, inner = diff.shape[: len(split)], diff.shape[len(split) :]
+    # One row per (stream[, layer]): the reductions run over all rows at once, the loop only builds them.
+    size = int(np.prod(inner))
+    diff, rel, bad = (a.reshape(int(np.prod(lead)), size) for a in (diff, rel, bad))
+    max_abs = diff.max(axis=1, initial=0.0)
+    max_rel = np.nan_to_num(rel).max(axis=1, initial=0.0)
+    mismatched = bad.sum(axis=1)
+    worst = diff.argmax(axis=1) if size else np.zeros(len(diff), int)
     rows = []
-    for index in np.ndindex(*diff.shape[: len(split)]):
-        d, r, b = diff[index], rel[index], bad[index]
-        worst = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
+    for row, index in enumerate(np.ndindex(*lead)):
         where = {"chunk": chunk, "stream": int(index[0])} | (at or {})
         if layer_axis is not None:
             where["layer"] = int(index[1])
-        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, worst)}
+        position = np.unravel_index(int(worst[row]), inner) if size else ()
+        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, position)}
         rows.append(
             Comparison(
                 pair,
@@ -135,10 +142,10 @@ def compare(
                 chunk,
                 tensor,
                 int(index[0]),
-                float(d.max(initial=0.0)),
-                float(np.nan_to_num(r).max(initial=0.0)),
-                int(b.sum()),
-                int(b.size),
+                float(max_abs[row]),
+                float(max_rel[row]),
+                int(mismatched[row]),
+                size,
                 tolerance,
                 where,
             )
@@ -159,9 +166,11 @@ class ParityReport:
 
     comparisons: list[Comparison]
     plan: list[int]
-    dtype: str
+    dtype: str  # the dtype the models compute in (the coarsest, where they differ): tolerances follow it
     reference: str
     matmul: dict = dataclasses.field(default_factory=dict)  # the matmul precision settings in force
+    input_dtype: str = ""  # the dtype of the input x (the models cast it to theirs); "" where not recorded
+    dtypes: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> the dtype it computes in
 
     @property
     def ok(self) -> bool:
@@ -203,7 +212,8 @@ class ParityReport:
         return min(self.failures(), key=order, default=None)
 
     def summary(self) -> list[dict]:
-        """One row per (pair, tensor): worst error over boundaries and streams, and whether bit-identical."""
+        """One row per (pair, tensor): worst error over boundaries and streams, whether bit-identical, and how
+        many of the plan's boundaries it covered (``boundaries`` of ``boundaries_total``)."""
         groups: dict[tuple[str, str], list[Comparison]] = {}
         for c in self.comparisons:
             groups.setdefault((c.pair, c.tensor), []).append(c)
@@ -222,6 +232,8 @@ class ParityReport:
                     "atol": worst.tolerance.atol,
                     "rtol": worst.tolerance.rtol,
                     "bit_identical": worst.max_abs == 0.0,
+                    "boundaries": len({c.chunk for c in cs}),
+                    "boundaries_total": len(self.plan),
                     "ok": all(c.ok for c in cs),
                     "worst_at": worst.where,
                     "problem": next((c.problem for c in cs if c.problem), ""),
@@ -233,14 +245,18 @@ class ParityReport:
         """A console table: one line per (pair, tensor)."""
         rows = self.summary()
         width = max([9] + [len(r["tensor"]) for r in rows])
-        head = f"{'pair':<34} {'tensor':<{width}} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13}  result"
-        lines = [head, "-" * len(head)]
+        head = (
+            f"{'pair':<34} {'tensor':<{width}} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13} "
+            f"{'boundaries':>11}  result"
+        )
+        lines = [self._dtype_line(), head, "-" * len(head)]
         for r in rows:
             verdict = ("ok (bit-identical)" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
             verdict += f": {r['problem']}" if r["problem"] else ""
             lines.append(
                 f"{r['pair']:<34} {r['tensor']:<{width}} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} "
-                f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6}  {verdict}"
+                f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6} "
+                f"{r['boundaries']:>5}/{r['boundaries_total']:<5}  {verdict}"
             )
         if self.matmul:
             lines.append("matmul settings in force: " + ", ".join(f"{k}={v}" for k, v in self.matmul.items()))
@@ -254,6 +270,8 @@ class ParityReport:
                     "ok": self.ok,
                     "max_abs_error": self.max_abs_error,
                     "dtype": self.dtype,
+                    "input_dtype": self.input_dtype,
+                    "dtypes": self.dtypes,
                     "reference": self.reference,
                     "plan": self.plan,
                     "summary": self.summary(),
@@ -274,6 +292,7 @@ class ParityReport:
         lines = [
             f"Parity failed: {len(bad)} of {len(self.comparisons)} comparisons out of tolerance "
             f"(plan {self.plan}, {self.dtype}).",
+            self._dtype_line(),
             f"Worst: {_locate(worst)}.",
         ]
         if worst.problem:
@@ -289,7 +308,22 @@ class ParityReport:
             ]
         if first is not None and first is not worst:
             lines.append(f"First: {_locate(first)}, max abs {first.max_abs:.6g}.")
+        lines.append("Boundaries compared: " + self._coverage())
         return "\n".join(lines)
+
+    def _dtype_line(self) -> str:
+        """Which dtype the models compute in, which x had, and that the tolerances follow the models'."""
+        models = ", ".join(f"{name} {dtype}" for name, dtype in self.dtypes.items()) or self.dtype
+        line = f"Tolerances for {self.dtype}, the dtype the models compute in ({models})"
+        if self.input_dtype and self.input_dtype not in self.dtypes.values():
+            line += f"; x is {self.input_dtype}, cast by the models"
+        return line + "."
+
+    def _coverage(self) -> str:
+        """How many of the plan's boundaries each (pair, tensor) covered, e.g. ``m chunked vs whole h 8/40``."""
+        return "; ".join(
+            f"{r['pair']} {r['tensor']} {r['boundaries']}/{r['boundaries_total']}" for r in self.summary()
+        )
 
 
 def _locate(c: Comparison) -> str:

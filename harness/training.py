@@ -36,6 +36,7 @@ from harness.parity import StepArgs, chunk_plan
 from harness.porting import describe, keras_twin, read_weights
 from harness.precision import full_precision_matmul
 from harness.spec.cells import CELLS, to_keras
+from harness.untouched import left_as_found
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
 
@@ -117,7 +118,9 @@ def check_training_parity(
 
     Args:
         torch_model: a ``models_torch`` multi-state module, on any device; its Keras twin is made here.
-        x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy; dtype sets the precision).
+            It is trained, then put back as it was found (weights, gradients, mode, carried states).
+        x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy), cast to the model's dtype,
+            which sets the precision and the default ``rtol``.
         chunks: chunk plan over ``T``; passes repeat it (state reset at each pass) until ``steps`` updates.
         lr: SGD learning rate on both sides.
         rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
@@ -127,7 +130,7 @@ def check_training_parity(
     import keras  # noqa: F401  (loads the Keras backend's framework first, so that the switch covers it)
     import torch  # noqa: F401
 
-    with full_precision_matmul() as matmul:
+    with full_precision_matmul() as matmul, left_as_found([torch_model]):
         report = _train_and_compare(
             torch_model,
             x,
@@ -157,7 +160,8 @@ def _train_and_compare(
     import torch
 
     device = next(torch_model.parameters()).device
-    dtype = str(x.dtype)
+    dtype = str(next(torch_model.parameters()).dtype).removeprefix("torch.")  # the one rule: the model's dtype
+    x, target = np.asarray(x, dtype), np.asarray(target, dtype)
     rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
     spec = describe(torch_model)
     stepped = step_args.resets is not None or step_args.lengths is not None

@@ -310,12 +310,33 @@ def test_whole_state_checks_default_is_8_spread_boundaries_and_none_means_all(rn
     x = random_input(rng, (1, S, 40, F))
     runner = _CountingRunner(model)
     report = check_parity({"m": runner}, x, "ones")
-    prefixes = runner.lengths[40:]
+    prefixes, regrouped = runner.lengths[40:48], runner.lengths[48:]
     assert len(prefixes) == 8 and prefixes[-1] == 40
+    assert regrouped == [1] + [2] * 19 + [2] * 20  # two passes, each cutting at every other boundary
     assert {c.chunk for c in report.comparisons if c.tensor == "output"} == set(range(40))
-    state_chunks = {c.chunk for c in report.comparisons if c.tensor == "h"}
-    assert state_chunks == {n - 1 for n in prefixes}
+
+    def state_chunks(report, pair):
+        return {c.chunk for c in report.comparisons if c.tensor == "h" and c.pair == pair}
+
+    assert state_chunks(report, "m chunked vs whole") == {n - 1 for n in prefixes}
+    assert state_chunks(report, "m chunked vs regrouped") == set(range(40))
     runner.lengths.clear()
     report = check_parity({"m": runner}, x, "ones", whole_state_checks=None)
-    assert runner.lengths[40:] == list(range(1, 41))
-    assert {c.chunk for c in report.comparisons if c.tensor == "h"} == set(range(40))
+    assert runner.lengths[40:80] == list(range(1, 41))
+    assert state_chunks(report, "m chunked vs whole") == set(range(40))
+
+
+@pytest.mark.parametrize("x_dtype, model_dtype", [("float64", "float32"), ("float32", "float64")])
+def test_tolerances_follow_the_dtype_the_models_compute_in(x_dtype, model_dtype, rng):
+    """numpy's default float64 input to a float32 model: float32 tolerances, and the report says x was cast."""
+    torch.manual_seed(0)
+    model = torch_class("lstm")(F, H, S, dtype=getattr(torch, model_dtype))
+    x = random_input(rng, (B, S, 20, F), x_dtype)
+    report = check_parity({"m": model}, x, "ones")
+    assert report.ok, report.failure_message()
+    assert (report.dtype, report.input_dtype, report.dtypes) == (model_dtype, x_dtype, {"m": model_dtype})
+    assert {c.tolerance.atol for c in report.comparisons} == {1e-6 if model_dtype == "float32" else 1e-13}
+    assert f"x is {x_dtype}, cast by the models" in report.table()
+    failing = check_parity({"m": model}, x, "ones", atol=1e-30)  # any rounding difference fails now
+    message = failing.failure_message()
+    assert f"Tolerances for {model_dtype}, the dtype the models compute in (m {model_dtype}); x is {x_dtype}" in message

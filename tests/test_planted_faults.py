@@ -448,3 +448,38 @@ def test_training_control_and_catch_rate(capsys: pytest.CaptureFixture) -> None:
     with capsys.disabled():
         _print_summary("planted faults (check_training_parity)", rows)
     assert all(caught for _, _, caught, _ in rows)
+
+
+# --- one model alone: a state fault at a single boundary that the whole-prefix runs do not sample ----------------
+
+
+class _ReportsWrongStateOnce(Faulty):
+    """Carries the right state, but hands out ``h`` of stream 1 off by 1e-3 after call 9 (boundary 10 of 40)."""
+
+    AT_CALL = 9
+
+    def states(self) -> dict[str, np.ndarray]:
+        states = super().states()
+        if self.call == self.AT_CALL + 1:
+            states["h"] = states["h"].copy()
+            states["h"][:, :, 1] += 1e-3
+        return states
+
+
+def test_single_boundary_state_fault_is_caught_alone_at_40_one_step_chunks() -> None:
+    """A one-model check at T=40 in one-step chunks compares states at all 40 boundaries, not just the 8 that the
+    whole-prefix runs sample (boundary 10 is not one of them)."""
+    torch.manual_seed(0)
+    model = torch_class("gru")(F, H, S)
+    x = np.random.default_rng(0).standard_normal((B, S, 40, F)).astype("float32")
+    report = check_parity({"faulty": _ReportsWrongStateOnce(model)}, x, "ones")
+    sampled = {c.chunk for c in report.comparisons if c.pair == "faulty chunked vs whole" and c.tensor == "h"}
+    assert _ReportsWrongStateOnce.AT_CALL not in sampled and len(sampled) == 8
+    assert not report.ok, f"not caught:\n{report.table()}"
+    first = report.first_failure()
+    assert (first.chunk, first.tensor, first.stream) == (9, "h", 1), report.failure_message()
+    assert first.max_abs == pytest.approx(1e-3, rel=0.01), report.failure_message()
+    rows = {(r["pair"], r["tensor"]): r for r in report.summary()}
+    assert rows[("faulty chunked vs regrouped", "h")]["boundaries"] == 40
+    assert "faulty chunked vs whole h 8/40; faulty chunked vs regrouped h 40/40" in report.failure_message()
+    assert " 8/40 " in report.table() and " 40/40 " in report.table()
