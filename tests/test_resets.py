@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.porting import keras_twin, read_weights, torch_class
+from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
 from harness.spec.cells import CELLS as CELL_SPECS
 from harness.spec.cells import to_keras
 from models_keras import multistate_layers
@@ -296,6 +296,41 @@ def test_keras_mask_equals_lengths(rng):
     close(model.predict_on_batch(x), want, 1e-12)
     layer = keras_layer(module)
     close(keras.ops.convert_to_numpy(layer(x, mask=valid)), want, 1e-12)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-12)
+
+
+def torch_last_outputs(y: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+    """torch's rule read off the sequence output ``(B, S, T, H)``: ``y[b, s, length - 1]``, zeros for length 0."""
+    last = y.detach().numpy()[np.arange(B)[:, None], np.arange(S)[None, :], np.maximum(lengths - 1, 0)]
+    return np.where((lengths > 0)[..., None], last, 0.0)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize(("how", "cell"), [("lengths=", "lstm"), ("mask=", "gru"), ("Masking", "rnn")])
+def test_keras_last_output_follows_the_torch_rule(how, cell, rng):
+    """``return_sequences=False``: the output of each stream's last valid step in the chunk, zeros for length 0
+    (not the carried h), equal to torch's ``y[..., length - 1, :]`` on the same weights and states; through
+    ``lengths=``, ``mask=`` and a ``Masking`` layer (float64, 1e-12)."""
+    module = make_module(cell)
+    layer = keras_class(cell)(H, S, return_sequences=False, batch_size=B, dtype="float64")
+    layer.build((B, S, T, F))
+    port_weights(module, layer)
+    lengths = np.array([[0, T, 5], [1, 0, T]])  # empty, full and partial streams
+    valid = np.arange(T) < lengths[..., None]
+    x = np.where(valid[..., None], rng.standard_normal((B, S, T, F)), 0.0)
+    start = random_states(module, rng)  # a carried h far from zero
+    module.set_states(start)
+    with torch.no_grad():
+        want = torch_last_outputs(module(torch.from_numpy(x), lengths=torch.from_numpy(lengths)), lengths)
+    layer.set_states([s.numpy() for s in start])
+    if how == "Masking":
+        inputs = keras.Input(batch_shape=(B, S, T, F), dtype="float64")
+        got = keras.Model(inputs, layer(keras.layers.Masking(0.0, dtype="float64")(inputs))).predict_on_batch(x)
+    else:
+        got = layer(x, **({"lengths": lengths} if how == "lengths=" else {"mask": valid}))
+    error = float(np.abs(keras.ops.convert_to_numpy(got) - want).max())
+    assert error <= 1e-12, f"{how}: max error {error:.3g} against torch's y[..., length - 1, :] / zeros"
     for k, t in zip(layer.get_states(), module.get_states()):
         close(k, t, 1e-12)
 
