@@ -171,6 +171,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             input_size=self.input_size,
             batch_size=distributed.rows_here(self.batch_size, self._first_state()),
             stream=stream,
+            fixed_batch=contract.KERAS_BATCH,
         )
 
     def _first_state(self) -> keras.Variable | None:
