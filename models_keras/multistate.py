@@ -66,8 +66,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
     With resets, lengths or a mask the recurrence runs through ``stepping`` (one packed fused
     call on the torch backend, one ``keras.ops.scan`` elsewhere); eager calls whose resets fall
     only on the first step and whose lengths are full keep the fast path.
-    With ``return_sequences=False`` and lengths, the output is each stream's output at its
-    last valid step (its carried ``h`` for length 0).
+    With ``return_sequences=False``, the output is each stream's output at its last valid step
+    in this chunk, and zeros for a stream with none (length 0), as ``models_torch``'s ``y[..., length - 1, :]``.
 
     Example:
         >>> layer = MultiStateLSTM(8, num_streams=3)
@@ -171,6 +171,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             input_size=self.input_size,
             batch_size=distributed.rows_here(self.batch_size, self._first_state()),
             stream=stream,
+            fixed_batch=contract.KERAS_BATCH,
         )
 
     def _first_state(self) -> keras.Variable | None:
@@ -283,7 +284,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                     variable.assign(self._unless_non_finite(finite, updated, variable))
 
         if not self.return_sequences:
-            x = finals[0][-1] if stepped else x[:, -1]  # the output at each row's last valid step
+            x = _last_outputs(x, finals[0][-1], lengths, stepped)
         if stream is None:
             x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
         return x
@@ -450,6 +451,20 @@ def _is_concrete(x) -> bool:
     if backend == "torch":
         return x.device.type != "meta" and not fast_paths.symbolic()
     return checks._is_concrete(x) and not fast_paths.symbolic()
+
+
+def _last_outputs(x, top_h, lengths, stepped: bool):
+    """``return_sequences=False``: each row's output at its last valid step in this chunk, zeros for a row
+    without one (length 0), as Keras's masked RNNs and torch's ``y[..., length - 1, :]`` (zeros) have it.
+
+    ``x``: the outputs ``(N, T, H)``; ``top_h``: the top layer's ``h`` after each row's last valid step
+    (its carried ``h`` for length 0); ``lengths``: ``(N,)`` or None.
+    """
+    if not stepped:
+        return x[:, -1]
+    if lengths is None:
+        return top_h
+    return ops.where(lengths[:, None] > 0, top_h, ops.zeros_like(top_h))
 
 
 def _checked_lengths(lengths, steps, concrete: bool):

@@ -154,6 +154,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             input_size=self.input_size,
             batch_size=batch_size,
             stream=stream,
+            fixed_batch=None if self.declared_batch_size is None else contract.TORCH_DECLARED_BATCH,
         )
         if x.dtype != expected:
             raise ValueError(

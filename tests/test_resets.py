@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.porting import keras_twin, read_weights, torch_class
+from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
 from harness.spec.cells import CELLS as CELL_SPECS
 from harness.spec.cells import to_keras
 from models_keras import multistate_layers
@@ -296,6 +296,41 @@ def test_keras_mask_equals_lengths(rng):
     close(model.predict_on_batch(x), want, 1e-12)
     layer = keras_layer(module)
     close(keras.ops.convert_to_numpy(layer(x, mask=valid)), want, 1e-12)
+    for k, t in zip(layer.get_states(), module.get_states()):
+        close(k, t, 1e-12)
+
+
+def torch_last_outputs(y: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+    """torch's rule read off the sequence output ``(B, S, T, H)``: ``y[b, s, length - 1]``, zeros for length 0."""
+    last = y.detach().numpy()[np.arange(B)[:, None], np.arange(S)[None, :], np.maximum(lengths - 1, 0)]
+    return np.where((lengths > 0)[..., None], last, 0.0)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize(("how", "cell"), [("lengths=", "lstm"), ("mask=", "gru"), ("Masking", "rnn")])
+def test_keras_last_output_follows_the_torch_rule(how, cell, rng):
+    """``return_sequences=False``: the output of each stream's last valid step in the chunk, zeros for length 0
+    (not the carried h), equal to torch's ``y[..., length - 1, :]`` on the same weights and states; through
+    ``lengths=``, ``mask=`` and a ``Masking`` layer (float64, 1e-12)."""
+    module = make_module(cell)
+    layer = keras_class(cell)(H, S, return_sequences=False, batch_size=B, dtype="float64")
+    layer.build((B, S, T, F))
+    port_weights(module, layer)
+    lengths = np.array([[0, T, 5], [1, 0, T]])  # empty, full and partial streams
+    valid = np.arange(T) < lengths[..., None]
+    x = np.where(valid[..., None], rng.standard_normal((B, S, T, F)), 0.0)
+    start = random_states(module, rng)  # a carried h far from zero
+    module.set_states(start)
+    with torch.no_grad():
+        want = torch_last_outputs(module(torch.from_numpy(x), lengths=torch.from_numpy(lengths)), lengths)
+    layer.set_states([s.numpy() for s in start])
+    if how == "Masking":
+        inputs = keras.Input(batch_shape=(B, S, T, F), dtype="float64")
+        got = keras.Model(inputs, layer(keras.layers.Masking(0.0, dtype="float64")(inputs))).predict_on_batch(x)
+    else:
+        got = layer(x, **({"lengths": lengths} if how == "lengths=" else {"mask": valid}))
+    error = float(np.abs(keras.ops.convert_to_numpy(got) - want).max())
+    assert error <= 1e-12, f"{how}: max error {error:.3g} against torch's y[..., length - 1, :] / zeros"
     for k, t in zip(layer.get_states(), module.get_states()):
         close(k, t, 1e-12)
 
@@ -592,3 +627,111 @@ def test_an_lstm_or_gru_on_the_cpu_takes_the_saturated_path(cell, rng, monkeypat
                 module(x_t, resets=resets, lengths=lengths)
         x_t[0, 0, 0, 0] = float("nan")
         module(x_t, resets=resets, lengths=lengths)
+
+
+# ---- absurd weights: the saturated path only where its drive provably dominates (issue 23, item 6) ----------
+
+# (tensor, gate block, value) per case: "huge" is the dtype's largest power of ten, beyond the flag drive (max / 4).
+# Block 1 is LSTM f / GRU z (shut by a zero step, opened by a hold step); the last is LSTM o / GRU n.
+ABSURD = {
+    "bias huge": ("bias_ih_l0", 1, "huge"),
+    "bias +inf (layer 2)": ("bias_hh_l1", 1, np.inf),
+    "bias -inf": ("bias_ih_l0", 1, -np.inf),
+    "last block bias +inf": ("bias_ih_l0", -1, np.inf),
+    "input weight inf": ("weight_ih_l0", 1, np.inf),
+    "recurrent weight huge": ("weight_hh_l0", 1, "huge"),
+}
+HUGE = {"float32": 1e38, "float64": 1e308}
+
+
+def absurd_module(cell: str, dtype: str, case: str) -> torch.nn.Module:
+    """A 2-layer module whose ``case`` weight is huge or infinite: column 0 of a weight matrix, a whole bias."""
+    module = make_module(cell, dtype, num_layers=2)
+    name, block, value = ABSURD[case]
+    weight = getattr(module.rnn, name)
+    size = module.hidden_size
+    rows = slice(block * size, (block + 1) * size or None)
+    with torch.no_grad():
+        (weight[rows, 0] if weight.dim() == 2 else weight[rows]).fill_(HUGE[dtype] if value == "huge" else value)
+    return module
+
+
+def _episode_steps(rng, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[torch.Tensor, ...]]:
+    x, resets, lengths = _episodes(rng)
+    lengths[0, 0], resets[:, :, 5] = 0, True  # a stream of length 0, and a reset inside every stream
+    states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H)).astype(dtype)) for _ in range(2))
+    return x.astype(dtype), resets, lengths, states
+
+
+def absurd_error(cell: str, dtype: str, case: str, rng) -> float:
+    """``module(x, resets=, lengths=)`` of an absurd-weight module against the per-step reference: the largest
+    error over the output and every carried state (NaN counts as Inf)."""
+    module = absurd_module(cell, dtype, case)
+    x, resets, lengths, states = _episode_steps(rng, dtype)
+    states = states[: len(module.state_names)]
+    want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
+    assert all(bool(torch.isfinite(t).all()) for t in (want, *want_states)), "the reference itself is not finite"
+    module.set_states(states)
+    with torch.no_grad():
+        out = module(torch.from_numpy(x), resets=torch.from_numpy(resets), lengths=torch.from_numpy(lengths))
+    pairs = zip((out, *module.get_states()), (want, *want_states))
+    return max(float((a - b).detach().abs().nan_to_num(np.inf).max()) for a, b in pairs)
+
+
+@pytest.mark.parametrize("case", list(ABSURD))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_absurd_weights_take_an_exact_path(cell, dtype, case, rng):
+    """A bias of 1e38 (float32) or Inf, an infinite or huge weight: the flag drive cannot shut the gates, so the chunk
+    must leave the saturated path; output and states equal the per-step reference (float64 1e-12, float32 1e-5)."""
+    error = absurd_error(cell, dtype, case, rng)
+    assert error <= TOL[dtype], f"{cell} {dtype} {case}: max error {error:.3g} against the per-step reference"
+
+
+@pytest.mark.parametrize(
+    ("fault", "case"),
+    [("magnitude bound ignored", "bias huge"), ("predicate always true", "bias +inf (layer 2)")],
+)
+def test_planted_saturation_predicate_faults_are_caught(fault, case, rng, monkeypatch):
+    """Planted faults: with the pre-activation bound read as 0 (finite huge weights pass) or the whole predicate
+    answering True (infinite ones pass), the state leaks through a reset and the comparison above fails."""
+    from harness.spec import saturate, segments
+
+    if fault == "magnitude bound ignored":
+        monkeypatch.setattr(saturate, "preactivation_bound", lambda *args: 0.0)
+    else:
+        monkeypatch.setattr(segments, "drive_dominates", lambda *args: True)
+    errors = {cell: absurd_error(cell, "float32", case, rng) for cell in ("lstm", "gru")}
+    assert all(e > 1e-3 for e in errors.values()), f"{fault}: a leaking reset went unnoticed: {errors}"
+
+
+def test_sane_chunks_keep_the_saturated_path(rng, monkeypatch):
+    """The bound is no blanket refusal: inputs of 1e6 and 1e20 (float64), carried states of 1e3, weights of 10
+    still take the saturated path (planted broken, so reaching it raises)."""
+    from harness.spec import segments
+
+    monkeypatch.setattr(segments, "run_saturated", lambda *args: (_ for _ in ()).throw(RuntimeError("saturated")))
+    module = make_module("gru", num_layers=2)
+    with torch.no_grad():
+        module.rnn.weight_hh_l1.fill_(10.0)
+    x, resets, lengths, states = _episode_steps(rng, "float64")
+    module.set_states((states[0] * 1e3,))
+    for scale in (1e6, 1e20):
+        with pytest.raises(RuntimeError, match="saturated"), torch.no_grad():
+            module(torch.from_numpy(x * scale), resets=torch.from_numpy(resets), lengths=torch.from_numpy(lengths))
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("case", ["bias huge", "input weight inf"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_keras_absurd_weights_equal_the_per_step_reference(cell, case, rng):
+    """The same weights ported to Keras (the torch backend shares the saturated path): float64, 1e-12."""
+    module = absurd_module(cell, "float64", case)
+    layer = keras_layer(module)
+    x, resets, lengths, states = _episode_steps(rng, "float64")
+    states = states[: len(module.state_names)]
+    want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
+    layer.set_states([s.numpy() for s in states])
+    got = keras.ops.convert_to_numpy(layer(x, resets=resets, lengths=lengths))
+    for a, b in zip((got, *layer.get_states()), (want, *want_states)):
+        close(a, b, 1e-12)

@@ -17,10 +17,31 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class FixedBatch(NamedTuple):
+    """Why ``reset_states()`` cannot free a layer's batch size (``by``), and how to run another
+    batch size instead (``remedy``; ``{batch}`` stands for the refused batch size)."""
+
+    by: str
+    remedy: str
+
+
+# torch: a module built with batch_size= (without it, reset_states() frees the batch size).
+TORCH_DECLARED_BATCH = FixedBatch(
+    "batch_size=",
+    "build a new module with batch_size={batch}, or one without batch_size= (its reset_states() frees the batch size)",
+)
+# Keras: the state variables are made once, for one batch size.
+KERAS_BATCH = FixedBatch(
+    "its state variables (made for it by batch_size=, keras.Input(batch_shape=...) or its first call)",
+    "build a new layer with batch_size={batch}, or a model with keras.Input(batch_shape=({batch}, ...))",
+)
 
 
 def check_input(
@@ -32,11 +53,21 @@ def check_input(
     batch_size: int | None,
     stream: int | None,
     name: str = "input",
+    fixed_batch: FixedBatch | None = None,
 ) -> None:
     """Check one call's input: rank, stream count, features, batch, dtype, stream index.
 
     ``stream=None`` expects ``(batch, streams, time, features)``; ``stream=k``
-    expects ``(batch, time, features)`` for stream ``k`` alone.
+    expects ``(batch, time, features)`` for stream ``k`` alone. Another batch size than
+    ``batch_size`` is refused with advice that works: ``call reset_states()`` where that frees
+    the batch size (``fixed_batch`` None), else what fixes it and ``fixed_batch.remedy``.
+
+    Example:
+        >>> check_input((3, 3, 10, 4), "float32", num_streams=3, input_size=4, batch_size=2, stream=None,
+        ...             fixed_batch=TORCH_DECLARED_BATCH)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: input has batch size 3 ...; this layer's batch size is fixed by batch_size= and ...
     """
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {dtype}")
@@ -66,10 +97,15 @@ def check_input(
     if shape[-2] is not None and shape[-2] < 1:
         raise ValueError(f"{name} must have at least one time step, got shape {shape}")
     if batch_size is not None and shape[0] is not None and shape[0] != batch_size:
-        raise ValueError(
-            f"{name} has batch size {shape[0]} but the carried state was made for batch size "
-            f"{batch_size}; call reset_states() first to start over with a new batch size"
-        )
+        raise ValueError(_other_batch(name, shape[0], batch_size, fixed_batch))
+
+
+def _other_batch(name: str, got: int, expected: int, fixed: FixedBatch | None) -> str:
+    head = f"{name} has batch size {got} but the carried state was made for batch size {expected}"
+    if fixed is None:
+        return f"{head}; call reset_states() first to start over with a new batch size"
+    remedy = fixed.remedy.format(batch=got)
+    return f"{head}; this layer's batch size is fixed by {fixed.by} and reset_states() keeps it: {remedy}"
 
 
 def check_stream_index(stream: object, num_streams: int) -> None:

@@ -13,6 +13,12 @@ value, where a sigmoid is exactly 0 or 1:
 - GRU (gates r, z, n): a zero step shuts r and z and cancels n's input bias: ``h = 1·tanh(0) + 0·h = 0``.
   A hold step opens z: ``h = 0·n + 1·h = h``.
 
+The drive shuts or opens a gate only where it dominates the gate's own pre-activation: a bias of
+1e38 in float32, or an infinite weight, would win over it (or turn ``0 x Inf`` into NaN) and leak the
+state through a reset. ``drive_dominates`` bounds every pre-activation of the chunk from the weights,
+the input and the carried state, and the saturated path runs only where the drive is four times that
+bound; other chunks take the exact paths (``segments``).
+
 A simple RNN has no gate, so it cannot be reset this way (``tanh`` never reaches 0 exactly).
 Each layer runs as one plain call of torch's op on the stack's own weights with the two
 columns appended, so gradients reach those weights; none crosses a zero step (a saturated
@@ -31,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +51,64 @@ SATURATED_GATES = {
     "gru": {"zero": {0: -1, 1: -1}, "hold": {1: +1}},
 }
 GRU_NEW_GATE = 2  # the GRU block whose input bias the zero step cancels
+# The flag columns' weight is the dtype's largest value over DRIVE_SHARE: adding a pre-activation of at most
+# drive / DOMINANCE keeps it finite (no overflow to Inf) and at least 3/4 of the drive (a saturated sigmoid).
+DRIVE_SHARE = 4
+DOMINANCE = 4
+
+
+def drive(dtype: Any, torch: Any) -> float:
+    """The magnitude of the flag columns' weights for ``dtype``: a quarter of its largest finite value."""
+    return torch.finfo(dtype).max / DRIVE_SHARE
+
+
+def preactivation_bound(layers: Sequence[Sequence[Any]], sizes: Sequence[float], x_size: float, h_size: float) -> float:
+    """A bound on every gate pre-activation of every layer at every step, flag columns left out.
+
+    ``layers``: torch's ``[weight_ih, weight_hh(, bias_ih, bias_hh)]`` per layer, and ``sizes`` the
+    largest magnitude of each of these tensors, in that order; ``x_size``: the largest ``|x|`` of the
+    chunk; ``h_size``: a bound on ``|h|`` at every step of every layer, at most ``max(1, |h| carried
+    in)`` (LSTM: ``|o tanh(c)| <= 1``; GRU: a mix of the old ``h`` and ``tanh``). Per layer:
+    ``F max|W_ih| |input| + H max|W_hh| |h| + max|b_ih| + max|b_hh|``: coarse (every weight taken at
+    its matrix's largest), so that one pass per tensor serves.
+    """
+    bound, sizes = 0.0, iter(sizes)
+    for k, layer in enumerate(layers):
+        weight_ih, weight_hh, *biases = (next(sizes) for _ in layer)
+        inputs = x_size if k == 0 else h_size
+        drive_in = weight_ih * layer[0].shape[1] * inputs + weight_hh * layer[1].shape[1] * h_size
+        bound = max(bound, drive_in + sum(biases))
+    return bound
+
+
+def magnitudes(tensors: Sequence[Any], torch: Any) -> list[float]:
+    """``max |t|`` of each tensor: one ``aminmax`` pass each, one read back to the host; NaN where ``t`` holds one."""
+    extremes = torch.stack([torch.stack(torch.aminmax(t.detach())) for t in tensors]).tolist()
+    return [max(-low, high) for low, high in extremes]
+
+
+def drive_dominates(layers: Sequence[Sequence[Any]], x: Any, states: tuple, torch: Any) -> bool:
+    """Whether the flag columns provably shut and hold the gates exactly on this chunk.
+
+    True where the input ``x``, every carried state (each ``(L, N, H)``, ``h`` first) and every
+    weight are finite (a zero step keeps NaN: ``0 x NaN``) and ``preactivation_bound`` is at most
+    ``drive / DOMINANCE``.
+
+    Example:
+        >>> import torch
+        >>> rnn = torch.nn.GRU(3, 4)
+        >>> x, h = torch.randn(2, 5, 3), (torch.zeros(1, 2, 4),)
+        >>> drive_dominates([rnn._flat_weights], x, h, torch)
+        True
+        >>> with torch.no_grad(): _ = rnn.bias_hh_l0.fill_(1e38)
+        >>> drive_dominates([rnn._flat_weights], x, h, torch)
+        False
+    """
+    sizes = magnitudes([x, *states, *(w for layer in layers for w in layer)], torch)
+    if not all(math.isfinite(size) for size in sizes):
+        return False
+    bound = preactivation_bound(layers, sizes[1 + len(states) :], sizes[0], max(1.0, sizes[1]))
+    return bound <= drive(x.dtype, torch) / DOMINANCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +167,7 @@ def flag_columns(cell: str, layer: Sequence[Any], torch: Any) -> Any:
     weight_ih = layer[0]
     rows = weight_ih.shape[0]
     size = rows // (4 if cell == "lstm" else 3)
-    big = torch.finfo(weight_ih.dtype).max / 4  # adding any sane pre-activation leaves it finite and saturated
+    big = drive(weight_ih.dtype, torch)  # where ``drive_dominates``, it leaves every gate finite and saturated
     columns = []
     for flag in ("zero", "hold"):
         values = np.zeros(rows)

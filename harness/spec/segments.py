@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from harness.spec.kernels import Stack
-from harness.spec.saturate import SATURATED_GATES, run_saturated
+from harness.spec.saturate import SATURATED_GATES, drive_dominates, run_saturated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +195,10 @@ def run_segmented(
 
 
 def saturable(x: Any, states: tuple, stack: Stack | None, torch: Any) -> bool:
-    """Whether saturated gates can run this chunk: an LSTM or GRU on a CPU, its input and states finite
-    (a zero step cannot clear NaN: 0 * NaN = NaN; only ``torch.where`` on the other paths does).
+    """Whether saturated gates can run this chunk exactly: an LSTM or GRU on a CPU, its input and states
+    finite (a zero step cannot clear NaN: 0 * NaN = NaN; only ``torch.where`` on the other paths does),
+    and the flag columns' drive larger than any pre-activation its weights, input and state can reach
+    (``saturate.drive_dominates``: a bias of 1e38 in float32, or an infinite weight, would leak the state).
 
     Example:
         >>> import torch
@@ -208,4 +210,4 @@ def saturable(x: Any, states: tuple, stack: Stack | None, torch: Any) -> bool:
     """
     if x.device.type != "cpu" or stack is None or stack.cell not in SATURATED_GATES:
         return False
-    return all(bool(torch.isfinite(t).all()) for t in (x, *states))
+    return drive_dominates(stack.layers, x, states, torch)
