@@ -6,8 +6,8 @@
 # against each other); their logs are printed in the order below, a failure in any one named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+slots=${SUITE_SLOTS:-$(nproc)}  # before OMP_NUM_THREADS is set: nproc reads it
 export TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
-slots=${SUITE_SLOTS:-$(nproc)}
 names=("TensorFlow, torch-only tests" "Keras on TensorFlow" "Keras on JAX" "Keras on torch" "benchmark smoke")
 jobs=(
   "python -m pytest -m 'not keras' $*"
