@@ -126,6 +126,67 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         # Plain attribute, outside Keras/TensorFlow tracking; freed with the layer (no global cache).
         object.__setattr__(self, "_xla", {})
 
+    @classmethod
+    def from_layer(cls, layer: keras.layers.Layer, num_streams: int, **kwargs: object) -> MultiStateBase:
+        """A multi-state layer with the weights of a built Keras ``LSTM``/``GRU``/``SimpleRNN``, run on ``num_streams``.
+
+        The result computes, per stream, what ``layer`` computes. It is a new layer: the weights are
+        copied, not shared, so training one leaves the other as it was. Units, activations, bias,
+        dropout, regularizers, constraints, ``return_sequences``, dtype policy and ``trainable`` come
+        from ``layer``; ``num_layers`` is 1 (a Keras recurrent layer is one layer). ``stateful`` and
+        ``return_state`` do not carry over: the multi-state layer carries each stream's state itself
+        (``get_states()``). Other keyword arguments (``batch_size=``, ``name=``, ...) go to the
+        constructor and may override the settings that do not fix the weights (``return_sequences``,
+        ``dropout``, ...). ``MultiStateBase.from_layer`` picks the class by the cell.
+
+        Example:
+            >>> lstm = keras.layers.LSTM(8, return_sequences=True)
+            >>> lstm.build((None, None, 4))
+            >>> layer = MultiStateLSTM.from_layer(lstm, num_streams=3)
+            >>> tuple(layer(np.zeros((2, 3, 10, 4), "float32")).shape)
+            (2, 3, 10, 8)
+        """
+        cls = cls._class_for(layer)
+        maker = f"{cls.__name__}.from_layer"
+        if layer.go_backwards:
+            raise ValueError(f"{maker} expects a layer that runs forward in time, got go_backwards=True")
+        if not layer.built:
+            raise ValueError(
+                f"{maker}: Keras {type(layer).__name__} {layer.name!r} has no weights yet: build it first "
+                "(call it on an input, or layer.build((None, None, features)))"
+            )
+        cell = layer.cell
+        taken = {
+            "units": cell.units,
+            "num_layers": 1,
+            "use_bias": cell.use_bias,
+            **{attr: _activation_argument(getattr(cell, attr)) for attr in CELLS[cls.cell].activations},
+            **({"reset_after": cell.reset_after} if hasattr(cell, "reset_after") else {}),
+        }
+        contract.check_taken_from_source(maker, taken, kwargs)
+        defaults = {
+            "return_sequences": layer.return_sequences,
+            "dtype": layer.dtype_policy,
+            "trainable": layer.trainable,
+            **{k: getattr(cell, k) for k in _CARRIED_OPTIONS if getattr(cell, k, None) is not None},
+        }
+        made = cls(num_streams=num_streams, **{**defaults, **taken, **kwargs})
+        made.build_weights(cell.kernel.shape[0])
+        for target, source in zip(_cell_weights(made.rnn_layers[0].cell), _cell_weights(cell), strict=True):
+            target.assign(ops.convert_to_numpy(source).astype(target.dtype))  # through numpy: a copy
+        return made
+
+    @classmethod
+    def _class_for(cls, layer: object) -> type[MultiStateBase]:
+        """The multi-state class for ``layer``'s cell: ``cls`` itself, or by the cell where ``cls`` is the base."""
+        cell = next((k for k, c in CELLS.items() if _is_plain(layer, c.keras_class)), None)
+        own = getattr(cls, "cell", None)
+        if cell is None or own not in (None, cell):
+            expected = " or ".join(f"keras.layers.{c.keras_class}" for k, c in CELLS.items() if own in (None, k))
+            hint = f"; for it use {CELLS[cell].keras_multistate}.from_layer" if cell else ""
+            raise TypeError(f"{cls.__name__}.from_layer expects a {expected}, got {type(layer).__name__}{hint}")
+        return globals()[CELLS[cell].keras_multistate] if own is None else cls
+
     @property
     def state_names(self) -> tuple[str, ...]:
         return CELLS[self.cell].state_names
@@ -441,6 +502,36 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         }
 
 
+# Cell settings ``from_layer`` carries over where set; they do not fix the weights' shapes.
+_CARRIED_OPTIONS = (
+    "dropout",
+    "recurrent_dropout",
+    "kernel_regularizer",
+    "recurrent_regularizer",
+    "bias_regularizer",
+    "kernel_constraint",
+    "recurrent_constraint",
+    "bias_constraint",
+)
+
+
+def _is_plain(layer: object, keras_class: str) -> bool:
+    """Whether ``layer`` is a one-directional Keras recurrent layer (or ``RNN``) around a ``keras_class`` cell."""
+    cell_class = getattr(keras.layers, keras_class + "Cell")
+    return isinstance(layer, keras.layers.RNN) and isinstance(getattr(layer, "cell", None), cell_class)
+
+
+def _cell_weights(cell: keras.layers.Layer) -> list[keras.Variable]:
+    """A recurrent cell's kernel, recurrent kernel and bias (if any); not its dropout seed's state."""
+    return [cell.kernel, cell.recurrent_kernel] + ([cell.bias] if cell.use_bias else [])
+
+
+def _activation_argument(function: Callable) -> object:
+    """An activation as a constructor argument: its name where Keras knows it ("tanh"), else the function."""
+    name = keras.activations.serialize(function)
+    return name if isinstance(name, str) else function
+
+
 def _is_concrete(x) -> bool:
     """Whether ``x`` holds values (eager), not a traced or shape-only placeholder."""
     backend = keras.backend.backend()
@@ -519,7 +610,9 @@ class MultiStateGRU(MultiStateBase):
 
     def __init__(self, units: int, num_streams: int, **kwargs: object) -> None:
         if not kwargs.get("reset_after", True):
-            raise ValueError("MultiStateGRU supports only reset_after=True (the form torch's GRU computes)")
+            raise ValueError(
+                "MultiStateGRU supports only reset_after=True (the form torch's GRU computes), got reset_after=False"
+            )
         super().__init__(units, num_streams, **kwargs)
 
 

@@ -88,6 +88,87 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         if batch_size is not None:
             self._store(self._zeros(batch_size))
 
+    @classmethod
+    def from_module(cls, module: nn.RNNBase, num_streams: int, **kwargs: object) -> MultiStateBase:
+        """A multi-state layer with the weights of a plain ``nn.LSTM``/``nn.GRU``/``nn.RNN`` on ``num_streams`` streams.
+
+        The result computes, per stream, what ``module`` computes. It is a new module: the weights
+        are copied, not shared, so training one leaves the other as it was. Input and hidden size,
+        layers, bias, dropout, a simple RNN's nonlinearity, dtype, device and train/eval mode come
+        from ``module``. ``batch_first`` does not matter (the weights do not depend on it): the
+        multi-state layer takes ``(B, S, T, F)``. Other keyword arguments (``batch_size=``,
+        ``detach_states=``, ...) go to the constructor; ``dropout=``, ``dtype=`` and ``device=``
+        there override ``module``'s. ``MultiStateBase.from_module`` picks the class by the cell.
+
+        Example:
+            >>> lstm = nn.LSTM(4, 8, num_layers=2)
+            >>> MultiStateLSTM.from_module(lstm, num_streams=3)(torch.zeros(2, 3, 10, 4)).shape
+            torch.Size([2, 3, 10, 8])
+        """
+        cls = cls._class_for(module)
+        maker = f"{cls.__name__}.from_module"
+        if module.bidirectional:
+            raise ValueError(
+                f"{maker} expects a one-directional module (a multi-state layer runs forward in time, "
+                "carrying each stream's state), got bidirectional=True"
+            )
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"{maker} expects proj_size=0 (no projection), got proj_size={module.proj_size}")
+        taken = {
+            "input_size": module.input_size,
+            "hidden_size": module.hidden_size,
+            "num_layers": module.num_layers,
+            "bias": module.bias,
+            **cls._cell_options(module),
+        }
+        contract.check_taken_from_source(maker, taken, kwargs)
+        weight = module.weight_ih_l0
+        defaults = {"dropout": module.dropout, "dtype": weight.dtype, "device": weight.device}
+        made = cls(num_streams=num_streams, **{**defaults, **taken, **kwargs})
+        with torch.no_grad():
+            for name, param in made.rnn.named_parameters():
+                param.copy_(getattr(module, name))  # getattr: a parametrized weight is computed
+        return made.train(module.training)
+
+    @classmethod
+    def _class_for(cls, module: object) -> type[MultiStateBase]:
+        """The multi-state class for ``module``'s cell: ``cls`` itself, or by the cell where ``cls`` is the base."""
+        cell = next((k for k, c in CELLS.items() if isinstance(module, getattr(nn, c.torch_class))), None)
+        own = getattr(cls, "cell", None)
+        if cell is None or own not in (None, cell):
+            expected = " or ".join(f"nn.{c.torch_class}" for k, c in CELLS.items() if own in (None, k))
+            hint = f"; for it use {CELLS[cell].torch_multistate}.from_module" if cell else ""
+            raise TypeError(f"{cls.__name__}.from_module expects a plain {expected}, got {type(module).__name__}{hint}")
+        return globals()[CELLS[cell].torch_multistate] if own is None else cls
+
+    @classmethod
+    def _cell_options(cls, module: nn.RNNBase) -> dict[str, object]:
+        """Constructor arguments, beyond sizes and bias, that ``from_module`` reads from ``module``."""
+        return {}
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Also take a plain ``nn.LSTM``/``nn.GRU``/``nn.RNN`` state_dict: its ``weight_ih_l0``, ... are ``rnn.``'s.
+
+        Only the inner layer's own names are mapped, and only where the ``rnn.`` key is absent;
+        every other key is left for ``load_state_dict``'s missing/unexpected reports.
+        """
+        for key in self.rnn.state_dict(keep_vars=True):
+            plain, ours = prefix + key, prefix + "rnn." + key
+            if plain in state_dict and ours not in state_dict:
+                state_dict[ours] = state_dict.pop(plain)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     @property
     def state_names(self) -> tuple[str, ...]:
         return CELLS[self.cell].state_names
@@ -376,3 +457,7 @@ class MultiStateRNN(MultiStateBase):
         self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object
     ) -> None:
         super().__init__(input_size, hidden_size, num_streams, nonlinearity=nonlinearity, **kwargs)
+
+    @classmethod
+    def _cell_options(cls, module: nn.RNNBase) -> dict[str, object]:
+        return {"nonlinearity": module.nonlinearity}

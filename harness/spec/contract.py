@@ -210,3 +210,21 @@ def check_step_args(
 
 def _fits(shape: tuple, expected: tuple) -> bool:
     return len(shape) == len(expected) and all(a is None or b is None or a == b for a, b in zip(shape, expected))
+
+
+def check_taken_from_source(maker: str, taken: dict[str, object], overrides: dict[str, object]) -> None:
+    """Refuse keyword arguments of ``maker`` (``from_module``/``from_layer``) that contradict the source layer.
+
+    ``taken``: the settings read from the source that fix its weights' shapes and what they compute
+    (sizes, layers, bias, activations); an override equal to the source's value is accepted.
+
+    Example:
+        >>> check_taken_from_source("MultiStateLSTM.from_module", {"hidden_size": 8}, {"hidden_size": 9})
+        Traceback (most recent call last):
+        ...
+        ValueError: MultiStateLSTM.from_module takes these from the source layer, ...: expected hidden_size=8, got ...=9
+    """
+    clashed = [k for k, v in overrides.items() if k in taken and v != taken[k]]
+    clashes = [f"expected {k}={taken[k]!r}, got {k}={overrides[k]!r}" for k in clashed]
+    if clashes:
+        raise ValueError(f"{maker} takes these from the source layer, whose weights fix them: {'; '.join(clashes)}")
