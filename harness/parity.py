@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from harness.precision import full_precision_matmul
-from harness.report import Comparison, ParityReport, compare, mismatch
+from harness.report import Comparison, Operands, ParityReport, compare_each, mismatch
 from harness.runners import as_runner
 from harness.spec import contract
 from harness.tolerances import default_tolerance
@@ -184,85 +184,95 @@ def _spread(boundaries: list[int], most: int | None) -> list[int]:
     return sorted({boundaries[i] for i in picks})
 
 
+@dataclasses.dataclass(frozen=True)
+class _Boundary:
+    """One chunk boundary of a comparison: its chunk index, first and end step, the outputs of the chunk on
+    both sides, and the carried states on both sides (``states_expected`` None: states not compared here)."""
+
+    chunk: int
+    start: int
+    end: int
+    out: np.ndarray
+    out_expected: np.ndarray
+    states: dict[str, np.ndarray]
+    states_expected: dict[str, np.ndarray] | None
+
+
 def _compare_states(
-    pair: str,
-    kind: str,
-    chunk: int,
-    step: int,
-    tolerance: Any,
-    states: dict[str, np.ndarray],
-    expected: dict[str, np.ndarray],
-    sides: tuple[str, str],
-) -> list[Comparison]:
-    """Every state on either side, layer by layer and stream by stream; a name on one side only fails."""
+    pair: str, kind: str, tolerance: Any, boundaries: Sequence[_Boundary], sides: tuple[str, str]
+) -> list[list[Comparison]]:
+    """Every state on either side at each boundary, layer by layer and stream by stream; a name on one side only
+    fails. The rows of each boundary in a list of their own; each state is compared at all boundaries at once."""
     actual_side, expected_side = sides
 
-    def one_sided(tensor: str, name: str, value: np.ndarray, has: str, lacks: str, its: dict) -> Comparison:
+    def one_sided(
+        b: _Boundary, tensor: str, name: str, value: np.ndarray, has: str, lacks: str, its: dict
+    ) -> Comparison:
         problem = (
             f"{has} has state {name!r} {tuple(value.shape)}, {lacks} has none "
             f"(its states: {sorted(its)}; pass state_map= if it names them differently)"
         )
         return mismatch(
-            pair=pair, kind=kind, chunk=chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
+            pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
         )
 
-    rows = [
-        one_sided(f"missing:{name}", name, value, expected_side, actual_side, states)
-        for name, value in expected.items()
-        if name not in states
-    ]
-    for name, value in expected.items():
-        if name in states:
-            rows += compare(
-                states[name],
-                value,
+    both: dict[str, list[_Boundary]] = {}  # state name -> the boundaries where both sides have it
+    for b in boundaries:
+        for name in b.states_expected:
+            if name in b.states:
+                both.setdefault(name, []).append(b)
+    compared = {
+        name: iter(
+            compare_each(
+                [Operands(b.chunk, b.states[name], b.states_expected[name], at={"step": b.end - 1}) for b in shared],
                 pair=pair,
                 kind=kind,
-                chunk=chunk,
                 tensor=name,
                 tolerance=tolerance,
                 stream_axis=2,
                 layer_axis=0,
                 axis_names=("layer", "batch", "stream", "unit"),
-                at={"step": step},
             )
-    rows += [
-        one_sided(f"unexpected:{name}", name, value, actual_side, expected_side, expected)
-        for name, value in states.items()
-        if name not in expected
-    ]
+        )
+        for name, shared in both.items()
+    }
+    rows = []
+    for b in boundaries:
+        expected = b.states_expected
+        here = [
+            one_sided(b, f"missing:{name}", name, value, expected_side, actual_side, b.states)
+            for name, value in expected.items()
+            if name not in b.states
+        ]
+        here += [row for name in expected if name in b.states for row in next(compared[name])]
+        here += [
+            one_sided(b, f"unexpected:{name}", name, value, actual_side, expected_side, expected)
+            for name, value in b.states.items()
+            if name not in expected
+        ]
+        rows.append(here)
     return rows
 
 
-def _compare_step(
-    pair: str,
-    kind: str,
-    chunk: int,
-    start: int,
-    end: int,
-    tolerance: Any,
-    out: np.ndarray,
-    out_expected: np.ndarray,
-    states: dict,
-    states_expected: dict | None,
-    sides: tuple[str, str],
+def _compare_boundaries(
+    pair: str, kind: str, tolerance: Any, boundaries: Sequence[_Boundary], sides: tuple[str, str]
 ) -> list[Comparison]:
-    """Output and (unless ``states_expected`` is None) every carried state at one boundary."""
-    rows = compare(
-        np.asarray(out),
-        np.asarray(out_expected),
+    """Output and (where ``states_expected`` is given) every carried state at each boundary, boundary by boundary."""
+    outputs = compare_each(
+        [
+            Operands(b.chunk, np.asarray(b.out), np.asarray(b.out_expected), offsets={"step": b.start})
+            for b in boundaries
+        ],
         pair=pair,
         kind=kind,
-        chunk=chunk,
         tensor="output",
         tolerance=tolerance,
         stream_axis=1,
         axis_names=("batch", "stream", "step", "unit"),
-        offsets={"step": start},
     )
-    if states_expected is not None:
-        rows += _compare_states(pair, kind, chunk, end - 1, tolerance, states, states_expected, sides)
-    return rows
+    with_states = [b for b in boundaries if b.states_expected is not None]
+    states = dict(zip((b.chunk for b in with_states), _compare_states(pair, kind, tolerance, with_states, sides)))
+    return [row for b, out in zip(boundaries, outputs) for row in out + states.get(b.chunk, [])]
 
 
 def check_parity(
@@ -400,53 +410,34 @@ def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tol
     """Every model's chunked run against its whole and regrouped runs, then against the reference's."""
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
+    bounds = list(enumerate(zip(starts, ends)))
     comparisons: list[Comparison] = []
     for name, run in runs.items():
         same = tolerance("same", run.dtype)
-        for i, (start, end) in enumerate(zip(starts, ends)):
-            comparisons += _compare_step(
-                f"{name} chunked vs whole",
-                "same",
-                i,
-                start,
-                end,
-                same,
-                run.outputs[i],
-                run.whole[:, :, start:end],
-                run.states[i],
-                run.prefix_states.get(end),
-                ("the chunked run", "the whole run"),
-            )
-        for i, end in enumerate(ends):
-            comparisons += _compare_states(
-                f"{name} chunked vs regrouped",
-                "same",
-                i,
-                end - 1,
-                same,
-                run.states[i],
-                run.regrouped[i],
-                ("the chunked run", "the regrouped run"),
-            )
+        whole = [
+            _Boundary(i, s, e, run.outputs[i], run.whole[:, :, s:e], run.states[i], run.prefix_states.get(e))
+            for i, (s, e) in bounds
+        ]
+        comparisons += _compare_boundaries(
+            f"{name} chunked vs whole", "same", same, whole, ("the chunked run", "the whole run")
+        )
+        # the regrouped passes give states only: their outputs are not compared (nor kept)
+        regrouped = [_Boundary(i, s, e, None, None, run.states[i], run.regrouped[i]) for i, (s, e) in bounds]
+        for rows in _compare_states(
+            f"{name} chunked vs regrouped", "same", same, regrouped, ("the chunked run", "the regrouped run")
+        ):
+            comparisons += rows
     ref = runs[reference]
     for name, run in runs.items():
         if name == reference:
             continue
         cross = tolerance("cross", run.dtype, ref.dtype)
-        for i, (start, end) in enumerate(zip(starts, ends)):
-            comparisons += _compare_step(
-                f"{name} vs {reference}",
-                "cross",
-                i,
-                start,
-                end,
-                cross,
-                run.outputs[i],
-                ref.outputs[i],
-                run.states[i],
-                ref.states[i],
-                (repr(name), repr(reference)),
-            )
+        against = [
+            _Boundary(i, s, e, run.outputs[i], ref.outputs[i], run.states[i], ref.states[i]) for i, (s, e) in bounds
+        ]
+        comparisons += _compare_boundaries(
+            f"{name} vs {reference}", "cross", cross, against, (repr(name), repr(reference))
+        )
     return comparisons
 
 

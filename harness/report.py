@@ -8,9 +8,10 @@ as mismatched, and is the worst failure of its report.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -80,9 +81,9 @@ def compare(
     tolerance: Tolerance,
     stream_axis: int,
     axis_names: Sequence[str],
-    offsets: dict[str, int] | None = None,
+    offsets: Mapping[str, int] | None = None,
     layer_axis: int | None = None,
-    at: dict[str, int] | None = None,
+    at: Mapping[str, int] | None = None,
 ) -> list[Comparison]:
     """Compare two arrays stream by stream (and layer by layer, given ``layer_axis``).
 
@@ -100,57 +101,163 @@ def compare(
         >>> rows[-1].where
         {'chunk': 0, 'stream': 2, 'layer': 1, 'batch': 0, 'unit': 3}
     """
-    if actual.shape != expected.shape:
-        return [
-            mismatch(
-                pair=pair,
-                kind=kind,
-                chunk=chunk,
-                tensor=tensor,
-                tolerance=tolerance,
-                problem=f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}",
-                size=max(actual.size, expected.size),
+    (rows,) = compare_each(
+        [Operands(chunk, actual, expected, offsets, at)],
+        pair=pair,
+        kind=kind,
+        tensor=tensor,
+        tolerance=tolerance,
+        stream_axis=stream_axis,
+        axis_names=axis_names,
+        layer_axis=layer_axis,
+    )
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Operands:
+    """One boundary's share of ``compare_each``: ``actual`` vs ``expected`` at ``chunk``, with the ``offsets``
+    and ``at`` of its location report (as in ``compare``)."""
+
+    chunk: int
+    actual: np.ndarray
+    expected: np.ndarray
+    offsets: Mapping[str, int] | None = None
+    at: Mapping[str, int] | None = None
+
+
+STACKED_ELEMENTS = 1 << 22
+"""The most elements ``compare_each`` reduces in one go (it bounds the float64 temporaries)."""
+
+
+def compare_each(
+    items: Sequence[Operands],
+    *,
+    pair: str,
+    kind: str,
+    tensor: str,
+    tolerance: Tolerance,
+    stream_axis: int,
+    axis_names: Sequence[str],
+    layer_axis: int | None = None,
+) -> list[list[Comparison]]:
+    """``compare`` of every item (one boundary each, say), the rows of each item in a list of their own.
+
+    The rows are those ``compare`` gives item by item; items of one shape are stacked and reduced
+    together, so that thousands of small boundaries cost a few numpy calls, not thousands.
+
+    Example:
+        >>> from harness.tolerances import Tolerance
+        >>> a = np.zeros((1, 2, 3)); b = a.copy(); b[0, 1, 2] = 1e-3
+        >>> rows = compare_each([Operands(0, a, a), Operands(1, a, b), Operands(2, a, a[:, :1])], pair="x",
+        ...                     kind="same", tensor="y", tolerance=Tolerance(1e-6, 0.0), stream_axis=1,
+        ...                     axis_names=("batch", "stream", "step"))
+        >>> [[(r.chunk, r.stream, r.ok) for r in item] for item in rows]
+        [[(0, 0, True), (0, 1, True)], [(1, 0, True), (1, 1, False)], [(2, None, False)]]
+        >>> rows[1][1].where
+        {'chunk': 1, 'stream': 1, 'batch': 0, 'step': 2}
+    """
+    rows: list[list[Comparison]] = [[] for _ in items]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(items):
+        if item.actual.shape == item.expected.shape:
+            by_shape.setdefault(item.actual.shape, []).append(i)
+        else:
+            problem = f"shape {tuple(item.actual.shape)}, expected {tuple(item.expected.shape)}"
+            size = max(item.actual.size, item.expected.size)
+            rows[i] = [
+                mismatch(
+                    pair=pair,
+                    kind=kind,
+                    chunk=item.chunk,
+                    tensor=tensor,
+                    tolerance=tolerance,
+                    problem=problem,
+                    size=size,
+                )
+            ]
+    for shape, indices in by_shape.items():
+        step = max(1, STACKED_ELEMENTS // max(1, math.prod(shape)))
+        for first in range(0, len(indices), step):
+            batch = indices[first : first + step]
+            reduced = _reduce(
+                [items[i] for i in batch], pair, kind, tensor, tolerance, stream_axis, axis_names, layer_axis
             )
-        ]
-    actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
+            for i, item_rows in zip(batch, reduced):
+                rows[i] = item_rows
+    return rows
+
+
+def _reduce(
+    items: Sequence[Operands],
+    pair: str,
+    kind: str,
+    tensor: str,
+    tolerance: Tolerance,
+    stream_axis: int,
+    axis_names: Sequence[str],
+    layer_axis: int | None,
+) -> list[list[Comparison]]:
+    """The rows of items of one shape, stacked along a new first axis and reduced at once."""
+    actual64 = np.stack([item.actual for item in items], dtype=np.float64, casting="unsafe")
+    expected64 = np.stack([item.expected for item in items], dtype=np.float64, casting="unsafe")
     diff = np.abs(actual64 - expected64)
     diff[np.isnan(diff)] = np.inf
     rel = diff / np.where(expected64 == 0, np.inf, np.abs(expected64))
     bad = ~(diff <= tolerance.atol + tolerance.rtol * np.abs(expected64))
-    split = [stream_axis] + ([] if layer_axis is None else [layer_axis])
-    names = [n for i, n in enumerate(axis_names) if i not in split]
+    # One row per (item, stream[, layer]): the reductions run over all rows at once, the loop only builds them.
+    split = [0, stream_axis + 1] + ([] if layer_axis is None else [layer_axis + 1])
+    names = [n for i, n in enumerate(axis_names) if i + 1 not in split]
     diff, rel, bad = (np.moveaxis(a, split, list(range(len(split)))) for a in (diff, rel, bad))
     lead, inner = diff.shape[: len(split)], diff.shape[len(split) :]
-    # One row per (stream[, layer]): the reductions run over all rows at once, the loop only builds them.
-    size = int(np.prod(inner))
-    diff, rel, bad = (a.reshape(int(np.prod(lead)), size) for a in (diff, rel, bad))
-    max_abs = diff.max(axis=1, initial=0.0)
-    max_rel = np.nan_to_num(rel).max(axis=1, initial=0.0)
-    mismatched = bad.sum(axis=1)
-    worst = diff.argmax(axis=1) if size else np.zeros(len(diff), int)
-    rows = []
-    for row, index in enumerate(np.ndindex(*lead)):
-        where = {"chunk": chunk, "stream": int(index[0])} | (at or {})
-        if layer_axis is not None:
-            where["layer"] = int(index[1])
-        position = np.unravel_index(int(worst[row]), inner) if size else ()
-        where |= {n: int(i) + (offsets or {}).get(n, 0) for n, i in zip(names, position)}
-        rows.append(
-            Comparison(
-                pair,
-                kind,
-                chunk,
-                tensor,
-                int(index[0]),
-                float(max_abs[row]),
-                float(max_rel[row]),
-                int(mismatched[row]),
-                size,
-                tolerance,
-                where,
+    size = math.prod(inner)
+    diff, rel, bad = (a.reshape(math.prod(lead), size) for a in (diff, rel, bad))
+    max_abs = diff.max(axis=1, initial=0.0).tolist()
+    max_rel = np.nan_to_num(rel).max(axis=1, initial=0.0).tolist()
+    mismatched = bad.sum(axis=1).tolist()
+    located = names if size else []  # the axes whose index of the worst element ``where`` reports
+    worst = _worst_indices(diff, inner, located, items) if located else itertools.repeat(())
+    cells = list(np.ndindex(*lead[1:]))  # (stream[, layer]) of each row of an item
+    rows, row = [], 0
+    for item in items:
+        at = dict(item.at or {})
+        # where: chunk, stream, the fixed entries, the layer, then the worst element's index per axis
+        keys = ("chunk", "stream", *at, *(() if layer_axis is None else ("layer",)), *located)
+        fixed = tuple(at.values())
+        item_rows = []
+        for cell in cells:
+            where = dict(zip(keys, (item.chunk, cell[0], *fixed, *cell[1:], *next(worst))))
+            item_rows.append(
+                Comparison(
+                    pair,
+                    kind,
+                    item.chunk,
+                    tensor,
+                    cell[0],
+                    max_abs[row],
+                    max_rel[row],
+                    mismatched[row],
+                    size,
+                    tolerance,
+                    where,
+                )
             )
-        )
+            row += 1
+        rows.append(item_rows)
     return rows
+
+
+def _worst_indices(
+    diff: np.ndarray, inner: tuple[int, ...], names: Sequence[str], items: Sequence[Operands]
+) -> Iterator[tuple[int, ...]]:
+    """For each row of ``diff`` ``(rows, elements)``, the index of its largest element along each axis of ``inner``
+    (named ``names``), shifted by the offsets of the row's item (the rows of an item are consecutive)."""
+    per_item = len(diff) // max(len(items), 1)
+    shifted = [
+        (index + np.repeat([(item.offsets or {}).get(name, 0) for item in items], per_item)).tolist()
+        for name, index in zip(names, np.unravel_index(diff.argmax(axis=1), inner))
+    ]
+    return zip(*shifted)
 
 
 @dataclasses.dataclass
@@ -321,9 +428,7 @@ class ParityReport:
 
     def _coverage(self) -> str:
         """How many of the plan's boundaries each (pair, tensor) covered, e.g. ``m chunked vs whole h 8/40``."""
-        return "; ".join(
-            f"{r['pair']} {r['tensor']} {r['boundaries']}/{r['boundaries_total']}" for r in self.summary()
-        )
+        return "; ".join(f"{r['pair']} {r['tensor']} {r['boundaries']}/{r['boundaries_total']}" for r in self.summary())
 
 
 def _locate(c: Comparison) -> str:

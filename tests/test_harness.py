@@ -340,3 +340,57 @@ def test_tolerances_follow_the_dtype_the_models_compute_in(x_dtype, model_dtype,
     failing = check_parity({"m": model}, x, "ones", atol=1e-30)  # any rounding difference fails now
     message = failing.failure_message()
     assert f"Tolerances for {model_dtype}, the dtype the models compute in (m {model_dtype}); x is {x_dtype}" in message
+
+
+def _rows_one_by_one(items: list, tolerance) -> list[list[tuple]]:
+    """Each state item's rows computed plainly, slice by slice: (chunk, stream, layer, max abs, bad, where)."""
+    out = []
+    for item in items:
+        if item.actual.shape != item.expected.shape:
+            out.append([(item.chunk, None, None, float("inf"), max(item.actual.size, item.expected.size))])
+            continue
+        rows = []
+        for stream in range(item.actual.shape[2]):
+            for layer in range(item.actual.shape[0]):
+                a, e = item.actual[layer, :, stream].astype(float), item.expected[layer, :, stream].astype(float)
+                diff = np.where(np.isnan(a - e), np.inf, np.abs(a - e))
+                batch, unit = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                where = {"chunk": item.chunk, "stream": stream, **item.at, "layer": layer, "batch": int(batch),
+                         "unit": int(unit) + item.offsets.get("unit", 0)}  # fmt: skip
+                rows.append((item.chunk, stream, layer, float(diff.max()), int((~(diff <= 1e-6)).sum()), where))
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("most", [None, 50])
+def test_compare_each_gives_the_rows_of_each_item_alone(monkeypatch: pytest.MonkeyPatch, most: int | None) -> None:
+    """Items stacked by shape (and split in batches of at most ``STACKED_ELEMENTS``) give, item by item and in order,
+    the rows a plain slice-by-slice comparison gives: errors, mismatch counts and the worst element's location."""
+    import harness.report as report
+    from harness.tolerances import Tolerance
+
+    if most is not None:
+        monkeypatch.setattr(report, "STACKED_ELEMENTS", most)
+    rng = np.random.default_rng(0)
+    items = []
+    for chunk in range(9):
+        shape = (2, 3, 4, 5) if chunk % 3 else (2, 3, 4, 2)  # two shapes, interleaved
+        actual = rng.standard_normal(shape).astype("float32")
+        expected = actual + (rng.random(shape) < 0.1) * rng.standard_normal(shape) * 1e-3
+        if chunk == 4:
+            expected[1, 2, 3, 1] = np.nan
+        if chunk == 7:
+            expected = expected[:, :1]
+        items.append(report.Operands(chunk, actual, expected, offsets={"unit": chunk}, at={"step": 10 * chunk}))
+    rows = report.compare_each(
+        items, pair="p", kind="same", tensor="h", tolerance=Tolerance(1e-6, 0.0), stream_axis=2, layer_axis=0,
+        axis_names=("layer", "batch", "stream", "unit"),
+    )  # fmt: skip
+    got = [
+        [(r.chunk, r.stream, r.layer, r.max_abs, r.mismatched, r.where) if r.stream is not None else
+         (r.chunk, None, None, r.max_abs, r.mismatched) for r in item] for item in rows
+    ]  # fmt: skip
+    expected = _rows_one_by_one(items, Tolerance(1e-6, 0.0))
+    for chunk, (g, e) in enumerate(zip(got, expected)):
+        assert g == e, f"chunk {chunk}: compare_each gave\n{g}\nslice by slice:\n{e}"
+    assert sum(r.mismatched for item in rows for r in item) > 0
