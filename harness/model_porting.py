@@ -438,9 +438,12 @@ def _find_pair(torch_leaf: Leaf, keras_leaf: Leaf) -> Pair | None:
 
 def _no_pair_message(torch_leaf: Leaf, keras_leaf: Leaf) -> str:
     partners = [n for p in _registry() if isinstance(torch_leaf.layer, p.torch_cls) for n in p.keras_names]
-    if not partners:
-        return f"{torch_leaf.label} is a kind no pair is registered for (harness.model_porting.register_pair)"
     kind = type(torch_leaf.layer).__name__
+    if not partners:
+        return (
+            f"{torch_leaf.label} and {keras_leaf.label}: no pair is registered for a torch {kind} "
+            "(add one with harness.model_porting.register_pair)"
+        )
     return f"{torch_leaf.label} cannot pair with {keras_leaf.label}: a {kind} pairs with {' or '.join(partners)}"
 
 
@@ -481,8 +484,10 @@ def _plan_pair(pair: Pair, source: Leaf, destination: Leaf) -> tuple[list[Write]
         tuple(np.shape(values[key])) == tuple(slots[key].shape) for key in slots
     )
     if not fits:
-        given = _shapes(values.items() if destination.side == "torch" else [("", v) for v in values.values()])
-        return [], [f"{where}: the source gives {given}; the destination holds {_shapes(named)}"]
+        names = [name for name, _ in named]
+        labels = [k if destination.side == "torch" else (names[k] if k < len(names) else f"value {k}") for k in values]
+        given = _shapes(zip(labels, values.values()))
+        return [], [f"{where}: the source converts to {given}; the destination holds {_shapes(named)}"]
     return [Write(destination.side, slots[key], np.asarray(values[key])) for key in slots], []
 
 
@@ -514,7 +519,8 @@ class PortReport:
 
 
 def _sides(src: Any, dst: Any) -> tuple[str, str]:
-    sides = porting._side(src), porting._side(dst)
+    """ "torch" and "Keras", in the order of ``src`` and ``dst``."""
+    sides = tuple("Keras" if porting._side(obj) == "keras" else "torch" for obj in (src, dst))
     if sides[0] == sides[1]:
         raise TypeError(
             f"whole-model porting copies between torch and Keras; got two {sides[0]} objects "

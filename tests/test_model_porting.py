@@ -64,9 +64,15 @@ class BandSplit(torch.nn.Module):
         return self.out(self.norm(self.core(y)))
 
 
-def keras_band_split(kernel_size: int = 3, epsilon: float = 1e-3, padding: str = "same") -> keras.Model:
+def keras_band_split(
+    kernel_size: int = 3, epsilon: float = 1e-3, padding: str = "same", dense_for_conv: bool = False
+) -> keras.Model:
     x = keras.Input(batch_shape=(B, S, None, F))
-    y = keras.layers.TimeDistributed(keras.layers.Conv1D(C, kernel_size, padding=padding, name="conv"))(x)
+    if dense_for_conv:
+        y = keras.layers.Dense(C, name="conv")(x)
+    else:
+        conv = keras.layers.Conv1D(C, kernel_size, padding=padding, name="conv")
+        y = keras.layers.TimeDistributed(conv, name="frames")(x)
     y = models_keras.MultiStateGRU(H, S, name="core")(y)
     y = keras.layers.LayerNormalization(epsilon=epsilon, name="norm")(y)
     return keras.Model(x, keras.layers.Dense(A, name="out")(y))
@@ -169,3 +175,233 @@ def test_whole_model_round_trip_gives_equal_outputs(kind, direction, rng):
     for i, (got, expected) in enumerate(zip(run_keras(model, x, cut), run_torch(module, x, cut), strict=True)):
         error = float(np.abs(got - expected).max())
         assert error <= ATOL, f"{kind} {direction}: output {i} differs by {error:.3g}"
+
+
+# ---- (2) planted mismatches: each refused, naming the layers, the destination untouched -------
+
+
+class Scale(torch.nn.Module):
+    """A custom torch layer with a parameter: one learned scale per feature."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class WithHead(torch.nn.Module):
+    """A module with an ``.rnn`` and more: the whole of it must be ported, not only ``.rnn``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(F, H, batch_first=True)
+        self.head = torch.nn.Linear(H, A)
+
+
+def keras_sequential(*layers: keras.layers.Layer, features: int = F) -> keras.Sequential:
+    model = keras.Sequential([keras.Input((features,)), *layers])
+    return model
+
+
+def built(layer: keras.layers.Layer, shape: tuple) -> keras.layers.Layer:
+    layer.build(shape)
+    return layer
+
+
+# name: (make source, make destination, port_weights keyword arguments, what the message must name)
+MISMATCHES = {
+    "missing head": (Policy, lambda: keras_policy(heads=("policy",)), {}, ["torch 'value' (Linear)", "no partner"]),
+    "missing head in the destination": (
+        lambda: keras_policy(heads=("policy",)),
+        Policy,
+        {},
+        ["torch 'value' (Linear): weight (1, 5), bias (1,) has no partner"],
+    ),
+    "extra layer": (
+        Policy,
+        lambda: keras_policy(extra=True),
+        {},
+        ["torch 'core' (MultiStateLSTM) cannot pair with Keras 'extra' (Dense)"],
+    ),
+    "transposed conv": (
+        lambda: BandSplit(conv=torch.nn.ConvTranspose1d),
+        keras_band_split,
+        {},
+        ["torch 'conv' (ConvTranspose1d) and Keras 'frames/conv' (Conv1D)", "no pair is registered"],
+    ),
+    "wrong kernel size": (
+        lambda: BandSplit(kernel_size=5),
+        keras_band_split,
+        {},
+        ["torch 'conv' (Conv1d) -> Keras 'frames/conv' (Conv1D)", "kernel_size=5 but Keras kernel_size=3"],
+    ),
+    "conv padding": (
+        BandSplit,
+        lambda: keras_band_split(padding="valid"),
+        {},
+        ["torch 'conv' (Conv1d) -> Keras 'frames/conv' (Conv1D)", "padding=(1,) but Keras padding='valid'"],
+    ),
+    "heads in the other order": (
+        Policy,
+        lambda: keras_policy(heads=("value", "policy")),
+        {},
+        ["torch 'policy' (Linear) -> Keras 'value' (Dense): the source converts to kernel (5, 2), bias (2,)"],
+    ),
+    "two candidates for one slot": (
+        Policy,
+        keras_policy,
+        {"name_map": {"policy": "policy", "value": "policy"}},
+        ["two candidates for one slot: sources 'policy', 'value' all map to destination 'policy'"],
+    ),
+    "name_map names no layer": (
+        Policy,
+        keras_policy,
+        {"name_map": {"heads.0": "policy"}},
+        ["name_map names source 'heads.0'", "known: 'encoder', 'core', 'policy', 'value'"],
+    ),
+    "wrong units": (
+        Policy,
+        lambda: keras_policy(units=H + 1),
+        {},
+        ["torch 'core' (MultiStateLSTM) -> Keras 'core' (MultiStateLSTM)", "hidden_size: source has 5"],
+    ),
+    "conv against dense in one slot": (
+        BandSplit,
+        lambda: keras_band_split(dense_for_conv=True),
+        {},
+        ["torch 'conv' (Conv1d) cannot pair with Keras 'conv' (Dense): a Conv1d pairs with Conv1D"],
+    ),
+    "batch norm without running stats": (
+        lambda: Tokens(running_stats=False),
+        keras_tokens,
+        {},
+        ["torch 'norm' (BatchNorm1d) -> Keras 'norm' (BatchNormalization)", "track_running_stats=False"],
+    ),
+    "layer norm eps": (
+        BandSplit,
+        lambda: keras_band_split(epsilon=1e-5),
+        {},
+        ["torch 'norm' (LayerNorm) -> Keras 'norm' (LayerNormalization)", "eps=0.001 but Keras epsilon=1e-05"],
+    ),
+    "unsupported torch layer with parameters": (
+        lambda: torch.nn.Sequential(torch.nn.Linear(F, E), Scale(E), torch.nn.Linear(E, A)),
+        lambda: keras_sequential(*(keras.layers.Dense(n, name=name) for n, name in ((E, "a"), (E, "b"), (A, "c")))),
+        {},
+        ["torch '1' (Scale) and Keras 'b' (Dense)", "no pair is registered for a torch Scale"],
+    ),
+    "unsupported Keras layer with weights": (
+        lambda: keras_sequential(keras.layers.EinsumDense("bi,ij->bj", E, name="mix"), keras.layers.Dense(A)),
+        lambda: torch.nn.Sequential(torch.nn.Linear(F, E), torch.nn.Linear(E, A)),
+        {},
+        ["torch '0' (Linear) cannot pair with Keras 'mix' (EinsumDense): a Linear pairs with Dense"],
+    ),
+    "module with .rnn and a head": (
+        WithHead,
+        lambda: built(keras.layers.LSTM(H), (None, None, F)),
+        {},
+        ["torch 'head' (Linear): weight (2, 5), bias (2,) has no partner"],
+    ),
+    "bias on one side only": (
+        lambda: torch.nn.Linear(F, A, bias=False),
+        lambda: built(keras.layers.Dense(A, name="d"), (None, F)),
+        {},
+        [
+            "torch '<the model>' (Linear) -> Keras '<the model>' (Dense)",
+            "converts to kernel (4, 2); the destination holds kernel (4, 2), bias (2,)",
+        ],
+    ),
+    "unbuilt destination": (
+        Policy,
+        lambda: keras.Sequential([keras.layers.Dense(E, name="late")]),
+        {},
+        ["Keras 'late' (Dense) is not built"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+def test_planted_mismatch_is_refused_naming_the_layers(case):
+    make_src, make_dst, kwargs, fragments = MISMATCHES[case]
+    torch.manual_seed(0)
+    src, dst = make_src(), make_dst()
+    before = snapshot(dst)
+    with pytest.raises(PortError) as refused:
+        port_weights(src, dst, **kwargs)
+    message = str(refused.value)
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"the refusal does not name {missing}:\n{message}"
+    assert "nothing was written" in message
+    assert_untouched(dst, before)
+
+
+# ---- (3) leftovers allowed explicitly, and name_map where order cannot decide ------------------
+
+
+def test_allow_unported_ports_the_rest_and_lists_the_leftovers(rng):
+    module, model = randomize_torch(Policy(), rng), keras_policy(heads=("policy",))
+    report = port_report(module, model, allow_unported=True)
+    assert [(p.source, p.destination) for p in report.pairs] == [
+        ("torch 'encoder' (Linear)", "Keras 'encoder' (Dense)"),
+        ("torch 'core' (MultiStateLSTM)", "Keras 'core' (MultiStateLSTM)"),
+        ("torch 'policy' (Linear)", "Keras 'policy' (Dense)"),
+    ], report.table()
+    assert report.pairs[0].shapes == ((F, E), (E,)), report.table()
+    assert report.unported_source == ["torch 'value' (Linear): weight (1, 5), bias (1,)"], report.table()
+    assert report.unported_destination == [], report.table()
+    with pytest.warns(UserWarning, match=r"left unported \(allow_unported=True\): torch 'value' \(Linear\)"):
+        port_weights(module, model, allow_unported=True)
+    x = random_input(rng, (B, S, T, F))
+    error = float(np.abs(run_keras(model, x, T)[0] - run_torch(module, x, T)[0]).max())
+    assert error <= ATOL, f"the ported policy head differs by {error:.3g}"
+
+
+def test_name_map_pairs_what_order_cannot(rng):
+    module, model = randomize_torch(Policy(), rng), keras_policy(heads=("value", "policy"))
+    port_weights(module, model, name_map={"policy": "policy", "value": "value"})
+    x = random_input(rng, (B, S, T, F))
+    (value, policy), expected = run_keras(model, x, T // 2), run_torch(module, x, T // 2)
+    error = max(float(np.abs(a - b).max()) for a, b in ((policy, expected[0]), (value, expected[1])))
+    assert error <= ATOL, f"heads ported by name_map differ by {error:.3g}"
+
+
+def test_two_models_of_one_framework_are_refused():
+    with pytest.raises(TypeError, match="copies between torch and Keras; got two torch objects"):
+        port_weights(Policy(), Policy())
+
+
+# ---- (4) a custom layer pair in a few lines ---------------------------------------------------
+
+
+class KerasScale(keras.layers.Layer):
+    """The Keras twin of ``Scale``."""
+
+    def build(self, input_shape: tuple) -> None:
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize("direction", ["torch->keras", "keras->torch"])
+def test_register_pair_ports_a_custom_layer(direction, monkeypatch, rng):
+    monkeypatch.setattr(model_porting, "_REGISTRY", list(model_porting._registry()))  # this test's pair only
+    module = torch.nn.Sequential(torch.nn.Linear(F, E), Scale(E))
+    model = keras_sequential(keras.layers.Dense(E), KerasScale())
+    src, dst = (
+        (randomize_torch(module, rng), model) if direction == "torch->keras" else (randomize_keras(model, rng), module)
+    )
+    with pytest.raises(PortError, match="no pair is registered for a torch Scale"):
+        port_weights(src, dst)
+    register_pair(
+        Scale,
+        KerasScale,
+        to_keras=lambda t, k: [t.scale.detach().numpy()],
+        to_torch=lambda k, t: {"scale": keras.ops.convert_to_numpy(k.scale)},
+    )
+    port_weights(src, dst)
+    x = random_input(rng, (B, F))
+    with torch.no_grad():
+        error = float(np.abs(keras.ops.convert_to_numpy(model(x)) - module(torch.from_numpy(x)).numpy()).max())
+    assert error <= ATOL, f"the custom pair's port differs by {error:.3g}"
