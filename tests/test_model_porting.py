@@ -104,7 +104,7 @@ def keras_tokens() -> keras.Model:
 
 
 MODELS = {
-    "policy": (Policy, keras_policy, lambda rng: random_input(rng, (B, S, T, F)), T // 3),
+    "policy": (Policy, keras_policy, lambda rng: random_input(rng, (B, S, T, F)), T // 2),
     "band split": (BandSplit, keras_band_split, lambda rng: random_input(rng, (B, S, T, F)), T // 2),
     "tokens": (Tokens, keras_tokens, lambda rng: rng.integers(0, V, (B, T)).astype("int32"), T),
 }
