@@ -168,7 +168,7 @@ def _recurrent_pair() -> Pair:
     def check(t: Any, k: Any) -> Problems:
         try:
             porting.check_compatible(porting.describe(t), porting.describe(k))
-        except ValueError as error:
+        except (TypeError, ValueError) as error:  # TypeError: a Keras RNN of a cell torch lacks (ConvLSTM1D, ...)
             return [str(error)]
         return []
 
@@ -402,16 +402,15 @@ def _pair_up(
     sources: list[Leaf], destinations: list[Leaf], name_map: Mapping[str, str]
 ) -> tuple[list[tuple[Leaf, Leaf]], Problems]:
     """Pairs named in ``name_map`` first, then the rest by position; problems with the map itself."""
-    by_path = [{leaf.path: leaf for leaf in leaves} for leaves in (sources, destinations)]
-    problems = []
-    for where, paths, leaves in (
-        ("source", name_map.keys(), sources),
-        ("destination", name_map.values(), destinations),
-    ):
-        for path in paths:
-            if path not in by_path[where == "destination"]:
-                known = ", ".join(repr(leaf.path) for leaf in leaves)
-                problems.append(f"name_map names {where} {path!r}, which holds no parameters there; known: {known}")
+    source_at = {leaf.path: leaf for leaf in sources}
+    destination_at = {leaf.path: leaf for leaf in destinations}
+    unknown = [("source", path, sources) for path in name_map if path not in source_at]
+    unknown += [("destination", path, destinations) for path in name_map.values() if path not in destination_at]
+    problems = [
+        f"name_map names {where} {path!r}, which holds no parameters there; known: "
+        + ", ".join(repr(leaf.path) for leaf in leaves)
+        for where, path, leaves in unknown
+    ]
     claimed: dict[str, list[str]] = {}
     for source, destination in name_map.items():
         claimed.setdefault(destination, []).append(source)
@@ -423,7 +422,7 @@ def _pair_up(
             )
     if problems:
         return [], problems
-    named = [(by_path[0][s], by_path[1][d]) for s, d in name_map.items()]
+    named = [(source_at[s], destination_at[d]) for s, d in name_map.items()]
     rest_sources = [leaf for leaf in sources if leaf.path not in name_map]
     rest_destinations = [leaf for leaf in destinations if leaf.path not in claimed]
     return named + list(zip(rest_sources, rest_destinations)), []
