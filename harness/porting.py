@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -216,12 +217,37 @@ def write_weights(weights: Weights, dst: Any) -> Any:
     return dst
 
 
-def port_weights(src: Any, dst: Any) -> Any:
-    """Copy the recurrent weights of ``src`` into ``dst`` (torch <-> Keras, either way) and return ``dst``.
+def _is_recurrent_layer(obj: Any) -> bool:
+    """One recurrent layer this module ports by itself (not a model around one)."""
+    if _side(obj) == "torch":
+        import torch
 
+        import models_torch
+
+        return isinstance(obj, (torch.nn.RNNBase, models_torch.MultiStateBase))
+    try:
+        _keras_parts(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def port_weights(src: Any, dst: Any, *, name_map: Mapping[str, str] | None = None, allow_unported: bool = False) -> Any:
+    """Copy the weights of ``src`` into ``dst`` (torch <-> Keras, either way) and return ``dst``.
+
+    Two recurrent layers (multi-state, ``nn.LSTM``/``GRU``/``RNN``, Keras ``LSTM``/``GRU``/``SimpleRNN``,
+    ``Bidirectional``) port directly. Anything else (whole models, any nesting, or other layers) ports
+    every parameterised layer in structural order (``harness.model_porting``): ``name_map`` pairs
+    source paths with destination paths where order cannot decide, and a parameter left without a
+    partner refuses the port unless ``allow_unported=True`` (then a warning lists it).
+    ``harness.model_porting.port_report`` shows what a port does without writing.
     Everything is validated before anything is assigned: a refused port leaves ``dst`` untouched.
     """
-    return write_weights(read_weights(src), dst)
+    if _is_recurrent_layer(src) and _is_recurrent_layer(dst):
+        return write_weights(read_weights(src), dst)
+    from harness import model_porting
+
+    return model_porting.port_model(src, dst, name_map=name_map, allow_unported=allow_unported)
 
 
 def torch_class(cell: str) -> type:
