@@ -174,7 +174,7 @@ def test_discovered_after_pip_install(tmp_path):
     project.mkdir()
     (project / "test_toy.py").write_text(TOY_SUITE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_ADDOPTS")}
-    env["PYTHONPATH"] = str(site)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
     run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--parity-report=."]
     done = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
