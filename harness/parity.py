@@ -443,6 +443,7 @@ def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tol
 
 def assert_parity(*args: Any, **kwargs: Any) -> ParityReport:
     """``check_parity``, raising an ``AssertionError`` that says how many elements differ, by how much, where."""
+    __tracebackhide__ = True  # pytest shows the caller's line, not this frame with its arguments (the input array)
     report = check_parity(*args, **kwargs)
     if not report.ok:
         raise AssertionError(report.failure_message())
