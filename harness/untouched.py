@@ -8,7 +8,8 @@ when the block ends, also when it raises:
 - torch: every parameter's values, ``requires_grad`` and ``.grad``; every buffer; each submodule's
   train/eval mode; the carried states (and so the batch size) of each multi-state submodule.
 - Keras: every variable (weights and carried states), each multi-state layer's batch size, and the
-  optimizer's variables where the model has a built optimizer.
+  optimizer's variables where the model has a built optimizer. A layer the check had to build (Keras
+  cannot unbuild one) stays built for the check's batch size, with zero states, as a fresh layer starts.
 
 Anything else (a ``Runner``, a file path) is the caller's own object and is left to it.
 
@@ -69,14 +70,17 @@ def _keras_snapshot(model: Any) -> Callable[[], None]:
     optimizer = getattr(model, "optimizer", None)
     variables = list(model.variables) + (list(optimizer.variables) if optimizer is not None else [])
     values = [(v, keras.ops.convert_to_numpy(v.value).copy()) for v in variables]
-    sizes = [(layer, layer.batch_size) for layer in multistate_layers(model)]
+    sizes = [(layer, layer.batch_size, layer.built) for layer in multistate_layers(model)]
 
     def restore() -> None:
         for v, value in values:
             if not (keras.ops.convert_to_numpy(v.value) == value).all():
                 v.assign(value)
-        for layer, size in sizes:
-            layer.batch_size = size
+        for layer, size, built in sizes:
+            if built:
+                layer.batch_size = size
+            else:  # Keras cannot unbuild: the layer keeps the check's batch size, its states start from zero
+                layer.reset_states()
 
     return restore
 

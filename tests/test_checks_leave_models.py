@@ -223,3 +223,17 @@ def test_planted_fault_unprotected_keras_check_is_caught(rng, tmp_path, monkeypa
     _parity(model, rng, tmp_path)
     moved = differences(before, snapshot(model))
     assert any(line.startswith("states") for line in moved), f"{keras_backend()}: {moved}"
+
+
+@pytest.mark.keras
+def test_an_unbuilt_keras_layer_is_left_built_from_zero_and_checks_again(rng):
+    """Keras cannot unbuild a layer: the check leaves it built for its batch size with zero states, so a
+    second check runs and measures what the first did."""
+    from harness import check_parity
+    from models_keras import MultiStateLSTM
+
+    layer = MultiStateLSTM(H, S)
+    x = rng.standard_normal((B, S, T, F)).astype("float32")
+    first, second = (check_parity({"m": layer}, x, "halves") for _ in range(2))
+    assert layer.batch_size == B and all(not np.any(state) for state in layer.get_states())
+    assert first.ok and second.ok and first.to_json() == second.to_json(), (first.table(), second.table())
