@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,13 @@ def dtype(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``gpu`` where torch sees no CUDA device (torch is imported only if there are some)."""
+    """Keep this process's share of the tests where ``SUITE_SHARD="k/n"`` (every n-th from the k-th: how
+    ``tests/run_all.sh`` splits its longest job over the cores); skip the tests marked ``gpu`` where torch
+    sees no CUDA device (torch is imported only if there are some)."""
+    if os.environ.get("SUITE_SHARD"):
+        k, n = (int(part) for part in os.environ["SUITE_SHARD"].split("/"))
+        config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % n != k - 1])
+        items[:] = items[k - 1 :: n]
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items or cuda_available():
         return
