@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import cuda_available
+from tests.helpers import cuda_available, shard
 
 DTYPES = ("float32", "float64")
 SEED = 1234
@@ -30,9 +30,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ``tests/run_all.sh`` splits its longest job over the cores); skip the tests marked ``gpu`` where torch
     sees no CUDA device (torch is imported only if there are some)."""
     if os.environ.get("SUITE_SHARD"):
-        k, n = (int(part) for part in os.environ["SUITE_SHARD"].split("/"))
-        config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % n != k - 1])
-        items[:] = items[k - 1 :: n]
+        kept, dropped = shard(items, os.environ["SUITE_SHARD"])
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items or cuda_available():
         return

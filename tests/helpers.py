@@ -32,6 +32,19 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def shard(items: list, spec: str) -> tuple[list, list]:
+    """``SUITE_SHARD``'s split of ``items``: spec ``"k/n"`` keeps every n-th item from the k-th (1-based) and
+    returns ``(kept, dropped)``; the n shards of a list partition it.
+
+    >>> shard(list("abcde"), "2/2")
+    (['b', 'd'], ['a', 'c', 'e'])
+    """
+    k, n = (int(part) for part in spec.split("/"))
+    if not 1 <= k <= n:
+        raise ValueError(f"SUITE_SHARD must be k/n with 1 <= k <= n, got {spec!r}")
+    return items[k - 1 :: n], [item for i, item in enumerate(items) if i % n != k - 1]
+
+
 def random_input(rng: np.random.Generator, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
     """Standard-normal input of ``shape`` and ``dtype``."""
     return rng.standard_normal(shape).astype(dtype)

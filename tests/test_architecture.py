@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.helpers import shard
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROJECT = ("harness", "models_torch", "models_keras", "benchmarks", "tests")
 FRAMEWORKS = ("torch", "keras", "tensorflow", "jax")
@@ -104,3 +106,30 @@ def test_doctests(name):
 def test_keras_doctests(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _partition_problems(split, items: list, n: int) -> list[str]:
+    kept = [split(items, f"{k}/{n}") for k in range(1, n + 1)]
+    together = sorted(item for shard_kept, _ in kept for item in shard_kept)
+    problems = [] if together == sorted(items) else [f"{n} shards hold {together}, not each test once"]
+    return problems + [f"shard {k}: kept and dropped overlap or miss" for k, (a, b) in enumerate(kept, 1)
+                       if sorted(a + b) != sorted(items)]  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_suite_shards_partition_the_tests(n):
+    """run_all.sh's SUITE_SHARD halves together run every test exactly once."""
+    items = list(range(11))
+    assert not _partition_problems(shard, items, n)
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        shard(items, f"{n + 1}/{n}")
+
+
+def test_planted_shard_fault_is_caught():
+    """An off-by-one shard (1-based k taken as 0-based) must break the partition."""
+
+    def planted(items: list, spec: str) -> tuple[list, list]:
+        k, n = (int(part) for part in spec.split("/"))
+        return items[k::n], [item for i, item in enumerate(items) if i % n != k]
+
+    assert _partition_problems(planted, list(range(11)), 2)
