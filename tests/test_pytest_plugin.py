@@ -79,7 +79,8 @@ def _read(path: Path) -> dict:
 
 def test_fixture_fails_on_a_planted_fault_with_its_error_and_no_input_array(pytester, tmp_path):
     pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest(*LOAD, f"--parity-report={tmp_path}")
+    # -rN: no short summary, which repeats each message in full where pytest sees a CI variable.
+    result = pytester.runpytest(*LOAD, "-rN", f"--parity-report={tmp_path}")
     result.assert_outcomes(passed=1, failed=2)
     out = result.stdout.str()
 
