@@ -2,7 +2,7 @@
 
 A case is one (job, cell, shape, implementation). ``PLAN`` lists them table-driven, so adding a
 shape or an implementation is one line; ``flops_per_call`` gives the work each case does. Everything
-about a cell (gates, classes) comes from ``harness.spec.cells.CELLS``.
+about a cell (gates, classes) comes from ``multistate_core.cells.CELLS``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from harness.spec.cells import CELLS
+from multistate_core.cells import CELLS
 
 TRAIN_FLOP_FACTOR = 3  # forward + backward (about twice the forward) for one training step; an estimate
 PER_STREAM_LOOP_CAP_CPU = 256  # the per-stream loop is skipped above this many streams on CPU, to bound the run time

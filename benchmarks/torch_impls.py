@@ -22,7 +22,7 @@ import models_torch
 from benchmarks import cases
 from benchmarks.cases import Case, Shape
 from harness.porting import torch_class
-from harness.spec.cells import CELLS, cell_of_torch
+from multistate_core.cells import CELLS, cell_of_torch
 
 SEED = 0
 

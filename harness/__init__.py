@@ -1,8 +1,7 @@
 """Weight porting and parity checking between the torch and Keras multi-state models.
 
-The names below load on first use (PEP 562), so ``import harness.spec`` (what the
-model packages do) loads neither the engine nor a framework; torch and Keras are
-imported only by the parts that need them.
+The names below load on first use (PEP 562), so that ``import harness`` loads no
+framework: torch and Keras are imported only by the parts that need them.
 
 Example:
     >>> import harness

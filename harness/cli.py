@@ -98,7 +98,7 @@ def cuda_problem() -> str | None:
 
 def _unwritable(path: str) -> str | None:
     """Why ``path`` cannot be written (``check_writable``), or None: asked before a job whose results it keeps."""
-    from harness.spec.atomic import check_writable
+    from multistate_core.atomic import check_writable
 
     try:
         check_writable(path)

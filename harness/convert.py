@@ -24,7 +24,7 @@ from harness import files
 from harness.parity import check_parity
 from harness.porting import describe, keras_twin, torch_class, torch_twin
 from harness.report import ParityReport
-from harness.spec.atomic import atomic_path, check_writable
+from multistate_core.atomic import atomic_path, check_writable
 
 
 @dataclasses.dataclass

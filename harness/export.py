@@ -333,7 +333,7 @@ def _keras_states_kept(model: Any) -> Iterator[None]:
 
 def check_destination(dst: str | os.PathLike) -> None:
     """Refuse (``ExportError``) a destination that cannot be written, before any model is read or exported."""
-    from harness.spec.atomic import check_writable
+    from multistate_core.atomic import check_writable
 
     try:
         check_writable(dst)
@@ -345,7 +345,7 @@ def check_destination(dst: str | os.PathLike) -> None:
 def landing(dst: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``dst`` that becomes ``dst`` only if the block completes (``atomic_path``);
     a ``ValueError`` or ``OSError`` inside comes out as ``ExportError``."""
-    from harness.spec.atomic import atomic_path
+    from multistate_core.atomic import atomic_path
 
     try:
         with atomic_path(dst) as tmp:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec.atomic import atomic_path
-from harness.spec.cells import cell_of_gates
+from multistate_core.atomic import atomic_path
+from multistate_core.cells import cell_of_gates
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 KERAS_SUFFIXES = (".keras", ".weights.h5")

@@ -163,7 +163,7 @@ def _recurrent_pair() -> Pair:
     import torch
 
     import models_torch
-    from harness.spec.cells import to_keras
+    from multistate_core.cells import to_keras
 
     def check(t: Any, k: Any) -> Problems:
         try:

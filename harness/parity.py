@@ -36,9 +36,9 @@ import numpy as np
 from harness.precision import full_precision_matmul
 from harness.report import Comparison, Operands, ParityReport, compare_each, mismatch
 from harness.runners import as_runner
-from harness.spec import contract
 from harness.tolerances import default_tolerance
 from harness.untouched import left_as_found
+from multistate_core import contract
 
 PLANS = ("whole", "halves", "random", "ones")
 WHOLE_STATE_CHECKS = 8

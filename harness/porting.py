@@ -3,7 +3,7 @@
 Supported objects: torch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (``bidirectional`` too)
 and ``models_torch`` multi-state modules; Keras ``LSTM``/``GRU``/``SimpleRNN``,
 ``Bidirectional`` around one of them, and ``models_keras`` multi-state layers.
-Everything is read into one neutral form (torch's layout, see ``harness.spec.cells``),
+Everything is read into one neutral form (torch's layout, see ``multistate_core.cells``),
 checked against the destination in full, and only then written.
 
 Example:
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec.cells import CELLS, cell_of_torch, to_keras, to_torch
+from multistate_core.cells import CELLS, cell_of_torch, to_keras, to_torch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.spec.atomic import atomic_path, writable
+from multistate_core.atomic import atomic_path, writable
 
 if TYPE_CHECKING:
     from harness.report import ParityReport

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from harness.parity import PLANS, check_parity
-from harness.spec.atomic import atomic_path
+from multistate_core.atomic import atomic_path
 
 CELLS = ("lstm", "gru", "rnn")
 BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2

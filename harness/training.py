@@ -35,8 +35,8 @@ import numpy as np
 from harness.parity import StepArgs, chunk_plan
 from harness.porting import describe, keras_twin, read_weights
 from harness.precision import full_precision_matmul
-from harness.spec.cells import CELLS, to_keras
 from harness.untouched import left_as_found
+from multistate_core.cells import CELLS, to_keras
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
 

@@ -3,7 +3,7 @@
 - torch backend: Keras steps an LSTM through a Python loop on the CPU. Here the
   whole stack runs as ONE ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call (oneDNN on the CPU,
   cuDNN on a GPU) through ``torch.func.functional_call``, with contiguous parameters
-  built from the Keras variables (``harness.spec.cells.to_torch``), so gradients reach them.
+  built from the Keras variables (``multistate_core.cells.to_torch``), so gradients reach them.
 - TensorFlow: Keras compiles with XLA only on a GPU by default; for inference the
   stack's recurrence, and the step loop that takes resets and lengths, are wrapped in
   ``tf.function(jit_compile=True)`` (``xla``; training stays generic: TensorFlow cannot
@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
-from harness.spec.cells import CELLS, to_torch
-from harness.spec.kernels import Stack, run_plain
+from multistate_core.cells import CELLS, to_torch
+
+if TYPE_CHECKING:  # the torch kernels load only under the torch backend
+    from models_torch.ops.kernels import Stack
 
 
 def path_name(layer: Any, training: bool | None = False) -> str:
@@ -153,7 +155,7 @@ def parameters(layer: Any) -> dict[str, Any]:
 def torch_fused(layer: Any, dtype: Any, params: dict[str, Any], stack: Stack) -> Callable:
     """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
 
-    ``x`` is an ``(N, T, F)`` tensor (``harness.spec.kernels.run_plain`` on ``stack``: torch's op, or its
+    ``x`` is an ``(N, T, F)`` tensor (``models_torch.ops.kernels.run_plain`` on ``stack``: torch's op, or its
     cell ops for a small one-step chunk) or a ``PackedSequence`` (an ``nn`` module of the stack's shape
     through ``functional_call`` on ``params``, ``parameters(layer)``); ``hx`` a sequence of ``(L, N, H)``
     states.
@@ -161,9 +163,11 @@ def torch_fused(layer: Any, dtype: Any, params: dict[str, Any], stack: Stack) ->
     import torch
     from torch.func import functional_call
 
+    from models_torch.ops.kernels import run_plain
+
     def fused(x: Any, initial: Any) -> tuple[Any, list]:
         if isinstance(x, torch.Tensor):
-            out, final = run_plain(stack, x, tuple(initial), torch)
+            out, final = run_plain(stack, x, tuple(initial))
             return out, list(final)
         module = _template(
             layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, stack.nonlinearity, dtype
@@ -177,7 +181,9 @@ def torch_fused(layer: Any, dtype: Any, params: dict[str, Any], stack: Stack) ->
 
 
 def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> Stack:
-    """The stack as ``harness.spec.kernels`` runs it, on the torch-named ``params`` of ``parameters(layer)``."""
+    """The stack as ``models_torch.ops.kernels`` runs it, on the torch-named ``params`` of ``parameters(layer)``."""
+    from models_torch.ops.kernels import Stack
+
     names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if layer.use_bias else ())
     layers = [[params[f"{name}_l{k}"] for name in names] for k in range(layer.num_layers)]
     nonlinearity = layer.rnn_layers[0].cell.activation.__name__

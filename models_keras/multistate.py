@@ -20,10 +20,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from harness.spec import contract
-from harness.spec.cells import CELLS
-from harness.spec.checkpoint import StateCheckpoints
 from models_keras import checks, distributed, exact, fast_paths, stepping, streaming
+from multistate_core import contract
+from multistate_core.cells import CELLS
+from multistate_core.checkpoint import StateCheckpoints
 
 # Guards the read-modify-write of one stream's slice in eager ``stream=k`` calls from several threads.
 _STATE_LOCK = threading.Lock()
@@ -32,7 +32,7 @@ _STATE_LOCK = threading.Lock()
 class MultiStateBase(StateCheckpoints, keras.layers.Layer):
     """One stack of Keras recurrent layers used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``harness.spec.cells``)
+    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``multistate_core.cells``)
     and the Keras layer in ``rnn_class``. Extra keyword arguments (``activation``, initializers, ...)
     go to every inner recurrent layer.
 

@@ -13,7 +13,7 @@ Two implementations:
   before the step and ``where(valid_t, new, state)`` after it.
 - ``torch_segments``: the torch backend's fused path (``fast_paths.run_torch``) extended
   the way ``models_torch.segments`` does it: on a CPU an LSTM or GRU with saturated gates,
-  one plain call per layer (``harness.spec.saturate``); otherwise every row is cut into
+  one plain call per layer (``models_torch.ops.saturate``); otherwise every row is cut into
   segments at its resets and length, run as ONE packed call or between cuts of the time axis.
 
 The layer calls these only when resets, lengths or a mask are given; without them it keeps
@@ -30,13 +30,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import ops
 
-from harness.spec import segments
 from models_keras import checks
+
+if TYPE_CHECKING:  # the torch kernels load only under the torch backend
+    from models_torch.ops.kernels import Stack
 
 
 def valid_steps(lengths: Any, steps: Any) -> Any:
@@ -150,17 +152,19 @@ def _reset_dropout(cells: Sequence[Any]) -> None:
 
 
 def torch_segments(
-    fused: Any, x: Any, initial: list, resets: Any, lengths: Any, stack: segments.Stack | None = None
+    fused: Any, x: Any, initial: list, resets: Any, lengths: Any, stack: Stack | None = None
 ) -> tuple[Any, list]:
     """The torch backend: ``x`` ``(N, T, F)`` with resets and lengths through the layer's fused torch call.
 
     ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
     ``(output, [final states])``; ``stack`` (``fast_paths.torch_stack``) lets an LSTM or GRU take saturated
-    gates. The path is chosen as in ``models_torch`` (``harness.spec.segments.run_segmented``). Returns what
+    gates. The path is chosen as in ``models_torch`` (``models_torch.ops.segments.run_segmented``). Returns what
     ``scan`` returns.
     """
     import torch
 
+    from models_torch.ops.segments import run_segmented
+
     resets = None if resets is None else resets.to(torch.bool)
-    out, finals = segments.run_segmented(fused, x, tuple(initial), resets, lengths, torch, stack=stack)
+    out, finals = run_segmented(fused, x, tuple(initial), resets, lengths, stack=stack)
     return out, list(finals)

@@ -8,7 +8,7 @@ numbers and the same carried state as ``layer(x)``, on each backend its cheapest
 - JAX: the layer's own ``call``, compiled once by ``jax.jit`` through ``layer.stateless_call`` on
   the variables' stored arrays; the new states are assigned back to the layer's variables.
 - torch: the stack straight through torch's ops, planned once per input shape on the floor that
-  ``models_torch.streaming`` uses (``harness.spec.step_runs``: the cell op for a small frame), its
+  ``models_torch.streaming`` uses (``models_torch.ops.step_runs``: the cell op for a small frame), its
   weights converted once, and again only after a variable changed; ``compiled=True``: the step
   compiled ahead of time by AOTInductor (CPU). Where the layer has no torch fast path
   (``fast_paths.path_name``), ``layer(x)``.
@@ -104,7 +104,7 @@ def _jax_step(layer: Any) -> Callable[[Any], Any]:
 
 
 class _TorchStep:
-    """The torch backend's step: the layer's stack in torch's layout through ``harness.spec.step_runs`` (as
+    """The torch backend's step: the layer's stack in torch's layout through ``models_torch.ops.step_runs`` (as
     ``models_torch.streaming``), planned once per input shape and again only after a weight or a state
     variable changed (``_stamps``: Keras assigns a torch variable in place, ``param.data = ...`` and
     ``vector_to_parameters`` swap its storage); the new states are copied into the state variables' own
@@ -133,7 +133,7 @@ class _TorchStep:
     def _prepare(self, x: Any) -> dict[str, Any]:
         import torch
 
-        from harness.spec.step_runs import plan_run
+        from models_torch.ops.step_runs import plan_run
 
         layer = self.layer
         states = [v.value for v in layer.state_variables]
@@ -141,7 +141,7 @@ class _TorchStep:
         with torch.no_grad():  # torch-layout copies of the weights: the plan is rebuilt when a variable moves
             stack = fast_paths.torch_stack(layer, fast_paths.parameters(layer), False)
         device = states[0].device
-        run, fold = plan_run(stack, tuple(x.shape), tuple(states[0].shape), device.type, torch, self.programs)
+        run, fold = plan_run(stack, tuple(x.shape), tuple(states[0].shape), device.type, self.programs)
         self.plan = {
             "shape": x.shape,
             "tensors": weights + states,

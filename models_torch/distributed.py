@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.spec.checkpoint import load_state_file, save_state_file
 from models_torch.multistate import MultiStateBase, MultiStateLSTM  # noqa: F401 (MultiStateLSTM: the doctest)
+from multistate_core.checkpoint import load_state_file, save_state_file
 
 State = tuple[torch.Tensor, ...]
 

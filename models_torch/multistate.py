@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.spec import contract, kernels
-from harness.spec.cells import CELLS
-from harness.spec.checkpoint import StateCheckpoints
 from models_torch import segments, streaming
+from models_torch.ops import kernels
+from multistate_core import contract
+from multistate_core.cells import CELLS
+from multistate_core.checkpoint import StateCheckpoints
 
 State = tuple[torch.Tensor, ...]
 Array = torch.Tensor | np.ndarray
@@ -34,7 +35,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 class MultiStateBase(StateCheckpoints, nn.Module):
     """One recurrent layer (``self.rnn``) used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``harness.spec.cells``).
+    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``multistate_core.cells``).
     Carried states, each ``(num_layers, batch, num_streams, hidden_size)``, are kept as plain
     tensors, not buffers: ``.to(device)`` moves them (``_apply``), ``state_dict()`` leaves
     them out, and ``DistributedDataParallel`` does not broadcast rank 0's state over the
@@ -322,7 +323,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
             stack = segments.stack_of(rnn, x, folded)
             if folded_resets is None and folded_lengths is None and kernels.by_cells(stack, rows, steps, x.device.type):
-                out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded, torch)  # one-frame streaming
+                out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded)  # one-frame streaming
             else:
                 out, new = segments.run(
                     rnn,

@@ -2,9 +2,9 @@
 
 Without resets inside the chunk and with full lengths, one fused call does it all
 (``run``'s common path). Otherwise, on a CPU, an LSTM or GRU runs one plain call per layer
-with two extra input columns whose weights shut or hold its gates (``harness.spec.saturate``);
+with two extra input columns whose weights shut or hold its gates (``models_torch.ops.saturate``);
 elsewhere, and for a simple RNN, every row is cut into segments at its resets and at its length
-(``harness.spec.segments``), and the segments run as ONE packed sequence or between cuts of the
+(``models_torch.ops.segments``), and the segments run as ONE packed sequence or between cuts of the
 time axis. No Python loop over time steps on any path.
 
 Example:
@@ -24,8 +24,8 @@ import operator
 import torch
 from torch import nn
 
-from harness.spec.kernels import Stack, run_plain
-from harness.spec.segments import run_segmented
+from models_torch.ops.kernels import Stack, run_plain
+from models_torch.ops.segments import run_segmented
 
 State = tuple[torch.Tensor, ...]
 
@@ -100,7 +100,7 @@ def fused(
     if isinstance(x, nn.utils.rnn.PackedSequence):
         out, new = rnn(x, tuple(s.contiguous() for s in states) if len(states) > 1 else states[0].contiguous())
         return out, (new if isinstance(new, tuple) else (new,))
-    return run_plain(stack or stack_of(rnn, x, states), x, states, torch)
+    return run_plain(stack or stack_of(rnn, x, states), x, states)
 
 
 def run(
@@ -117,11 +117,11 @@ def run(
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
     Returns the output ``(N, T, H)`` and each row's state after its last valid step. ``path`` forces
-    "saturated", "cuts" or "packed" (``harness.spec.segments.run_segmented``; default: the cheaper here).
+    "saturated", "cuts" or "packed" (``models_torch.ops.segments.run_segmented``; default: the cheaper here).
     ``stack``: ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
     """
     stack = stack or stack_of(rnn, x, states)
     if resets is None and lengths is None:
         return fused(rnn, x, states, stack)
     saturable = None if rnn.training and rnn.dropout else stack  # saturated gates: no dropout between layers
-    return run_segmented(functools.partial(fused, rnn, stack=stack), x, states, resets, lengths, torch, path, saturable)
+    return run_segmented(functools.partial(fused, rnn, stack=stack), x, states, resets, lengths, path, saturable)

@@ -6,7 +6,7 @@ those options cost ~25 µs, more than a one-frame step of a band-split model (a 
 bands, hidden 16: ~20 µs of ATen work). For frame-by-frame inference loops,
 ``module.streaming_step()`` returns ``step(x) -> y``: the same numbers and the same carried
 state as ``module(x)`` under ``torch.no_grad()``, through the ops that ``module(x)`` calls
-(``harness.spec.step_runs``). Everything that only depends on the input's shape and dtype, the
+(``models_torch.ops.step_runs``). Everything that only depends on the input's shape and dtype, the
 weights and the carried state's identity is worked out once (a "plan") and reused while they
 stay the same: a one-layer one-frame step on the CPU is then the cell op and three views. The weights
 are those ``module(x)`` reads (``segments.weights_of``): a Parameter replaced or given new storage
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.spec.step_runs import Run, plan_run
+from models_torch.ops.step_runs import Run, plan_run
 from models_torch.segments import plain_weights, stack_of
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class StreamingStep:
         carried = tuple(s.detach() for s in module._carried or module._zeros(x.shape[0]))
         with torch.no_grad():  # hooks and parametrizations compute the weights: no graph
             stack = stack_of(rnn, x, tuple(s.flatten(1, 2) for s in carried))
-        run, fold = plan_run(stack, x.shape, carried[0].shape, x.device.type, torch, self.programs)
+        run, fold = plan_run(stack, x.shape, carried[0].shape, x.device.type, self.programs)
         return _Plan(
             shape=x.shape,
             dtype=x.dtype,

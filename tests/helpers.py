@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.spec.cells import CELLS as CELL_TABLE
+from multistate_core.cells import CELLS as CELL_TABLE
 
 B, S, T, F, H = 2, 3, 12, 4, 5
 CELLS = tuple(CELL_TABLE)

@@ -23,8 +23,8 @@ from harness.cli import main
 from harness.porting import keras_twin, port_weights, read_weights, torch_class
 from harness.precision import full_precision_matmul
 from harness.scenarios import run_backend
-from harness.spec.cells import to_keras
 from models_torch.graphs import GraphStep
+from multistate_core.cells import to_keras
 from tests.helpers import B, F, H, S, T, cuda_available, keras_backend, random_input
 
 CELLS = ("lstm", "gru", "rnn")

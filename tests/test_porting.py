@@ -109,7 +109,7 @@ def test_our_mapping_agrees_with_keras_torch_backend_mapping(rng):
     """Keras's own torch backend maps Keras LSTM/GRU weights to torch's cuDNN layout; ours must agree."""
     import importlib
 
-    from harness.spec.cells import to_torch
+    from multistate_core.cells import to_torch
 
     keras_torch_rnn = importlib.import_module("keras.src.backend.torch.rnn")
 

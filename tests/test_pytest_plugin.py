@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytest_plugins = ["pytester"]
 
@@ -164,7 +165,10 @@ def test_discovered_after_pip_install(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for package in ("harness", "models_torch", "models_keras"):
+    for package in {
+        name.split(".")[0]
+        for name in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    }:
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *isolation, "--target", site]

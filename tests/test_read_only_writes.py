@@ -18,9 +18,9 @@ import torch
 from harness import files, scenarios
 from harness.cli import main
 from harness.export import export
-from harness.spec import atomic
-from harness.spec.atomic import check_writable
 from models_torch.distributed import save_global_states
+from multistate_core import atomic
+from multistate_core.atomic import check_writable
 from tests.helpers import F, H, S
 
 KEPT = b"the user's file"

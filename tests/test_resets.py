@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
-from harness.spec.cells import CELLS as CELL_SPECS
-from harness.spec.cells import to_keras
 from models_keras import multistate_layers
+from multistate_core.cells import CELLS as CELL_SPECS
+from multistate_core.cells import to_keras
 from tests.helpers import CELLS, B, F, H, S, T
 from tests.reference import ReferenceRunner, reference_run
 
@@ -571,7 +571,7 @@ def test_saturated_gates_pass_the_same_gradients_as_packed_segments(cell, rng):
 
 def test_saturation_too_weak_to_shut_the_gates_is_caught(rng, monkeypatch):
     """Planted fault: flag weights of 8.5 instead of ~1e307 let the old state leak through a reset."""
-    from harness.spec import saturate
+    from models_torch.ops import saturate
 
     weak = saturate.flag_columns
     monkeypatch.setattr(saturate, "flag_columns", lambda *a: weak(*a).clamp(-8.5, 8.5))
@@ -610,7 +610,7 @@ def test_a_reset_inside_the_chunk_clears_a_non_finite_state(cell, path, value, r
 def test_an_lstm_or_gru_on_the_cpu_takes_the_saturated_path(cell, rng, monkeypatch):
     """Dispatch, with the saturated path planted broken: LSTM/GRU must reach it (the equality tests would pass on
     cuts or packed too), a simple RNN must not, and neither must a chunk holding NaN."""
-    from harness.spec import segments
+    from models_torch.ops import segments
 
     def broken(*args):
         raise RuntimeError("saturated path taken")
@@ -695,7 +695,7 @@ def test_absurd_weights_take_an_exact_path(cell, dtype, case, rng):
 def test_planted_saturation_predicate_faults_are_caught(fault, case, rng, monkeypatch):
     """Planted faults: with the pre-activation bound read as 0 (finite huge weights pass) or the whole predicate
     answering True (infinite ones pass), the state leaks through a reset and the comparison above fails."""
-    from harness.spec import saturate, segments
+    from models_torch.ops import saturate, segments
 
     if fault == "magnitude bound ignored":
         monkeypatch.setattr(saturate, "preactivation_bound", lambda *args: 0.0)
@@ -708,7 +708,7 @@ def test_planted_saturation_predicate_faults_are_caught(fault, case, rng, monkey
 def test_sane_chunks_keep_the_saturated_path(rng, monkeypatch):
     """The bound is no blanket refusal: inputs of 1e6 and 1e20 (float64), carried states of 1e3, weights of 10
     still take the saturated path (planted broken, so reaching it raises)."""
-    from harness.spec import segments
+    from models_torch.ops import segments
 
     monkeypatch.setattr(segments, "run_saturated", lambda *args: (_ for _ in ()).throw(RuntimeError("saturated")))
     module = make_module("gru", num_layers=2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.porting import torch_class
-from harness.spec import step_runs
+from models_torch.ops import step_runs
 from tests.helpers import CELLS, B, F, H, S
 
 

@@ -210,7 +210,7 @@ def test_direct_op_equals_the_modules_own_forward(cell, rng):
 @pytest.mark.parametrize("cell", VARIANTS)
 def test_one_step_through_the_cell_ops_equals_the_fused_op(cell, layers, rng, monkeypatch):
     """A one-frame chunk takes ``torch.lstm_cell``/``gru_cell``/``rnn_*_cell``: the fused op's numbers and gradients."""
-    from harness.spec import kernels
+    from models_torch.ops import kernels
 
     model = make(cell, "float64", num_layers=layers)
     x = random_input(rng, (B, S, 1, F), "float64")

@@ -42,8 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from harness.spec.kernels import Stack
+from models_torch.ops.kernels import Stack
 
 # Per cell, torch's gate blocks that each flag drives: -1 shuts the gate (sigmoid -> 0), +1 opens it.
 SATURATED_GATES = {
@@ -57,7 +58,7 @@ DRIVE_SHARE = 4
 DOMINANCE = 4
 
 
-def drive(dtype: Any, torch: Any) -> float:
+def drive(dtype: Any) -> float:
     """The magnitude of the flag columns' weights for ``dtype``: a quarter of its largest finite value."""
     return torch.finfo(dtype).max / DRIVE_SHARE
 
@@ -81,13 +82,13 @@ def preactivation_bound(layers: Sequence[Sequence[Any]], sizes: Sequence[float],
     return bound
 
 
-def magnitudes(tensors: Sequence[Any], torch: Any) -> list[float]:
+def magnitudes(tensors: Sequence[Any]) -> list[float]:
     """``max |t|`` of each tensor: one ``aminmax`` pass each, one read back to the host; NaN where ``t`` holds one."""
     extremes = torch.stack([torch.stack(torch.aminmax(t.detach())) for t in tensors]).tolist()
     return [max(-low, high) for low, high in extremes]
 
 
-def drive_dominates(layers: Sequence[Sequence[Any]], x: Any, states: tuple, torch: Any) -> bool:
+def drive_dominates(layers: Sequence[Sequence[Any]], x: Any, states: tuple) -> bool:
     """Whether the flag columns provably shut and hold the gates exactly on this chunk.
 
     True where the input ``x``, every carried state (each ``(L, N, H)``, ``h`` first) and every
@@ -98,17 +99,17 @@ def drive_dominates(layers: Sequence[Sequence[Any]], x: Any, states: tuple, torc
         >>> import torch
         >>> rnn = torch.nn.GRU(3, 4)
         >>> x, h = torch.randn(2, 5, 3), (torch.zeros(1, 2, 4),)
-        >>> drive_dominates([rnn._flat_weights], x, h, torch)
+        >>> drive_dominates([rnn._flat_weights], x, h)
         True
         >>> with torch.no_grad(): _ = rnn.bias_hh_l0.fill_(1e38)
-        >>> drive_dominates([rnn._flat_weights], x, h, torch)
+        >>> drive_dominates([rnn._flat_weights], x, h)
         False
     """
-    sizes = magnitudes([x, *states, *(w for layer in layers for w in layer)], torch)
+    sizes = magnitudes([x, *states, *(w for layer in layers for w in layer)])
     if not all(math.isfinite(size) for size in sizes):
         return False
     bound = preactivation_bound(layers, sizes[1 + len(states) :], sizes[0], max(1.0, sizes[1]))
-    return bound <= drive(x.dtype, torch) / DOMINANCE
+    return bound <= drive(x.dtype) / DOMINANCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +159,7 @@ def plan_layout(resets: np.ndarray | None, lengths: np.ndarray | None, steps: in
     return Layout(width, source, flags, real, placed, last, lengths > 0, fresh)
 
 
-def flag_columns(cell: str, layer: Sequence[Any], torch: Any) -> Any:
+def flag_columns(cell: str, layer: Sequence[Any]) -> Any:
     """The two weight columns ``(G*H, 2)`` appended to a layer's ``weight_ih``: zero flag, hold flag.
 
     The GRU zero column carries ``-bias_ih`` of the n gate, so that the step's n pre-activation is
@@ -167,7 +168,7 @@ def flag_columns(cell: str, layer: Sequence[Any], torch: Any) -> Any:
     weight_ih = layer[0]
     rows = weight_ih.shape[0]
     size = rows // (4 if cell == "lstm" else 3)
-    big = drive(weight_ih.dtype, torch)  # where ``drive_dominates``, it leaves every gate finite and saturated
+    big = drive(weight_ih.dtype)  # where ``drive_dominates``, it leaves every gate finite and saturated
     columns = []
     for flag in ("zero", "hold"):
         values = np.zeros(rows)
@@ -182,7 +183,7 @@ def flag_columns(cell: str, layer: Sequence[Any], torch: Any) -> Any:
 
 
 def run_saturated(
-    stack: Stack, x: Any, states: tuple, resets: np.ndarray | None, lengths: np.ndarray | None, torch: Any
+    stack: Stack, x: Any, states: tuple, resets: np.ndarray | None, lengths: np.ndarray | None
 ) -> tuple[Any, tuple]:
     """Run ``stack`` on ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets``/``lengths`` (numpy).
 
@@ -195,7 +196,7 @@ def run_saturated(
         return x.new_zeros(rows_n, steps, states[0].shape[-1]), states
     index = {k: torch.as_tensor(getattr(lay, k), device=x.device) for k in ("source", "real", "placed", "last")}
     if lay.fresh.any():
-        states = _where_rows(lay.fresh, 0, states, torch)
+        states = _where_rows(lay.fresh, 0, states)
     # The chunk's steps with two zero flag columns, then one zero step and one hold step, gathered into place.
     flag_rows = x.new_tensor([[0.0] * features + [1, 0], [0.0] * features + [0, 1]])
     table = torch.cat([torch.nn.functional.pad(x.reshape(-1, features), (0, 2)), flag_rows])
@@ -204,13 +205,13 @@ def run_saturated(
     op = torch.lstm if stack.cell == "lstm" else torch.gru
     finals: list[list] = [[] for _ in states]
     for k, layer in enumerate(stack.layers):
-        weights = [torch.cat([layer[0], flag_columns(stack.cell, layer, torch)], 1), *layer[1:]]
+        weights = [torch.cat([layer[0], flag_columns(stack.cell, layer)], 1), *layer[1:]]
         initial = tuple(s[k : k + 1].contiguous() for s in states)
         out, *held = op(laid, initial if len(initial) > 1 else initial[0], weights, len(layer) == 4,
                         1, 0.0, stack.training, False, False)  # fmt: skip
         flat = out.reshape(-1, out.shape[-1])
         reached = (flat.index_select(0, index["last"])[None], *held[1:])  # h at the last real step; c held since
-        for final, state in zip(finals, _where_rows(lay.moved, reached, initial, torch)):
+        for final, state in zip(finals, _where_rows(lay.moved, reached, initial)):
             final.append(state)
         if k + 1 < len(stack.layers):
             laid = torch.cat([out, flags], 2)
@@ -220,7 +221,7 @@ def run_saturated(
     return y.reshape(rows_n, steps, -1), tuple(torch.cat(f, 0) for f in finals)
 
 
-def _where_rows(rows: np.ndarray, new: tuple | int, old: tuple, torch: Any) -> tuple:
+def _where_rows(rows: np.ndarray, new: tuple | int, old: tuple) -> tuple:
     """The states ``old`` (each ``(L, N, H)``) with the rows where ``rows`` holds taken from ``new``
     (states like ``old``, or a number)."""
     new = new if isinstance(new, tuple) else tuple(torch.full_like(s, new) for s in old)

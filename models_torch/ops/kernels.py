@@ -6,13 +6,13 @@ weight list, the Keras torch backend with tensors built from its variables. ``ru
 the op that ``nn.LSTM``/``GRU``/``RNN.forward`` itself calls (``torch.lstm``, ``torch.gru``,
 ``torch.rnn_tanh``/``relu``: oneDNN on a CPU, cuDNN on a GPU), except for a small one-step chunk
 on the CPU, which goes through the cell ops (``torch.lstm_cell``, ...): there the fused op's
-fixed cost per call outweighs the step. ``torch`` is passed in, as everywhere on this floor.
+fixed cost per call outweighs the step.
 
 Example:
     >>> import torch
     >>> rnn = torch.nn.GRU(3, 5, batch_first=True)
     >>> stack = Stack("gru", [rnn._flat_weights])
-    >>> out, (h,) = run_plain(stack, torch.randn(4, 1, 3), (torch.zeros(1, 4, 5),), torch)
+    >>> out, (h,) = run_plain(stack, torch.randn(4, 1, 3), (torch.zeros(1, 4, 5),))
     >>> out.shape, h.shape, by_cells(stack, 4, 1, "cpu")
     (torch.Size([4, 1, 5]), torch.Size([1, 4, 5]), True)
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 # Below this many multiply-adds per step (rows x gate rows x (F + H)), a one-step chunk on the CPU runs through
 # the cell ops: the fused op's fixed cost per call (oneDNN's setup, ~30-60 µs) outweighs the step itself.
@@ -57,7 +59,7 @@ def by_cells(stack: Stack, rows: int, steps: int, device: str) -> bool:
     return rows * weight_ih.shape[0] * (weight_ih.shape[1] + stack.layers[0][1].shape[1]) <= CELL_STEP_MACS
 
 
-def step_by_cells(stack: Stack, x: Any, states: tuple, torch: Any) -> tuple[Any, tuple]:
+def step_by_cells(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
     """One step ``x`` ``(N, F)`` through each layer's cell op from ``states`` (each ``(L, N, H)``).
 
     Returns the top layer's output ``(N, H)`` and the new states ``(L, N, H)``.
@@ -75,13 +77,13 @@ def step_by_cells(stack: Stack, x: Any, states: tuple, torch: Any) -> tuple[Any,
     return x, tuple(torch.stack(layer_states) for layer_states in zip(*finals))
 
 
-def run_plain(stack: Stack, x: Any, states: tuple, torch: Any) -> tuple[Any, tuple]:
+def run_plain(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
     """Run ``x`` ``(N, T, F)`` (batch first) from ``states`` (each ``(L, N, H)``) in one call.
 
     Returns the output ``(N, T, H)`` and the final states ``(L, N, H)``.
     """
     if by_cells(stack, x.shape[0], x.shape[1], x.device.type):
-        out, new = step_by_cells(stack, x[:, 0], states, torch)
+        out, new = step_by_cells(stack, x[:, 0], states)
         return out[:, None], new
     hx = tuple(s.contiguous() for s in states)
     weights = [w for layer in stack.layers for w in layer]

@@ -6,7 +6,7 @@ zeros; the first one from the carried state (zeros too if the row resets at step
 segments then run together as one packed sequence, and each row's carried state is the final
 state of its last segment (a row without a valid step keeps its state). The model packages
 gather and scatter their tensors with the indices of a ``SegmentPlan``. An LSTM or GRU on a
-CPU instead keeps every row whole (``harness.spec.saturate``); ``run_segmented`` picks the path.
+CPU instead keeps every row whole (``models_torch.ops.saturate``); ``run_segmented`` picks the path.
 
 Example:
     >>> resets = np.zeros((2, 5), bool); resets[0, 3] = True
@@ -21,9 +21,10 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
 
-from harness.spec.kernels import Stack
-from harness.spec.saturate import SATURATED_GATES, drive_dominates, run_saturated
+from models_torch.ops.kernels import Stack
+from models_torch.ops.saturate import SATURATED_GATES, drive_dominates, run_saturated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,7 @@ def plan_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: 
     )
 
 
-def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan, torch: Any) -> tuple[Any, tuple]:
+def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan) -> tuple[Any, tuple]:
     """Run the segments of ``plan`` as ONE packed sequence; the torch side of both model packages.
 
     ``fused(x_or_packed, states) -> (output, finals)`` runs the whole stack once from ``states``
@@ -133,7 +134,6 @@ def run_cuts(
     resets: np.ndarray | None,
     lengths: np.ndarray | None,
     cuts: list[int],
-    torch: Any,
 ) -> tuple[Any, tuple]:
     """Run ``x`` ``(N, T, F)`` as one plain fused call per piece between ``cuts``; resets zero the rows'
     states at a cut, rows past their length keep their state and output zeros. Same contract as ``run_packed``."""
@@ -162,7 +162,6 @@ def run_segmented(
     states: tuple,
     resets: Any,
     lengths: Any,
-    torch: Any,
     path: str | None = None,
     stack: Stack | None = None,
 ) -> tuple[Any, tuple]:
@@ -184,17 +183,17 @@ def run_segmented(
             first = torch.as_tensor(host_resets[:, 0], device=x.device)[None, :, None]
             states = tuple(torch.where(first, 0, s) for s in states)
         return fused(x, states)
-    if path in (None, "saturated") and saturable(x, states, stack, torch):
-        return run_saturated(stack, x, states, host_resets, host_lengths, torch)
+    if path in (None, "saturated") and saturable(x, states, stack):
+        return run_saturated(stack, x, states, host_resets, host_lengths)
     cuts = cut_points(host_resets, host_lengths, steps)
     if path in (None, "saturated"):
         path = "cuts" if x.device.type == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else "packed"
     if path == "cuts":
-        return run_cuts(fused, x, states, host_resets, host_lengths, cuts, torch)
-    return run_packed(fused, x, states, plan_segments(host_resets, host_lengths, steps), torch)
+        return run_cuts(fused, x, states, host_resets, host_lengths, cuts)
+    return run_packed(fused, x, states, plan_segments(host_resets, host_lengths, steps))
 
 
-def saturable(x: Any, states: tuple, stack: Stack | None, torch: Any) -> bool:
+def saturable(x: Any, states: tuple, stack: Stack | None) -> bool:
     """Whether saturated gates can run this chunk exactly: an LSTM or GRU on a CPU, its input and states
     finite (a zero step cannot clear NaN: 0 * NaN = NaN; only ``torch.where`` on the other paths does),
     and the flag columns' drive larger than any pre-activation its weights, input and state can reach
@@ -203,11 +202,11 @@ def saturable(x: Any, states: tuple, stack: Stack | None, torch: Any) -> bool:
     Example:
         >>> import torch
         >>> x, h = torch.zeros(2, 3, 4), (torch.zeros(1, 2, 5),)
-        >>> saturable(x, h, Stack("gru", []), torch), saturable(x, h, Stack("rnn", []), torch)
+        >>> saturable(x, h, Stack("gru", [])), saturable(x, h, Stack("rnn", []))
         (True, False)
-        >>> saturable(x.fill_(float("nan")), h, Stack("gru", []), torch)
+        >>> saturable(x.fill_(float("nan")), h, Stack("gru", []))
         False
     """
     if x.device.type != "cpu" or stack is None or stack.cell not in SATURATED_GATES:
         return False
-    return drive_dominates(stack.layers, x, states, torch)
+    return drive_dominates(stack.layers, x, states)

@@ -7,7 +7,7 @@ until the shape, the weights or the carried states change:
 
 - ``cell``: one layer, one small step on the CPU: the cell op (``torch.gru_cell``, ...) on states
   ``(N, H)``; ATen's ~20 µs for a band-split frame, the Python around it a few µs.
-- ``plain``: any other chunk: ``harness.spec.kernels.run_plain`` on states ``(L, N, H)``.
+- ``plain``: any other chunk: ``models_torch.ops.kernels.run_plain`` on states ``(L, N, H)``.
 - ``compiled``: the chunk exported and compiled ahead of time by torch's AOTInductor (C++, seconds
   per shape, a C++ compiler needed; CPU) into one native call on states ``(L, B, S, H)``. Its
   weights are inputs, not constants: it runs whatever weights it is handed.
@@ -17,7 +17,7 @@ until the shape, the weights or the carried states change:
 Example:
     >>> import torch
     >>> rnn = torch.nn.GRU(3, 5, batch_first=True)
-    >>> run, fold = plan_run(Stack("gru", [rnn._flat_weights]), (2, 4, 1, 3), (1, 2, 4, 5), "cpu", torch)
+    >>> run, fold = plan_run(Stack("gru", [rnn._flat_weights]), (2, 4, 1, 3), (1, 2, 4, 5), "cpu")
     >>> fold
     (8, 5)
     >>> y, (h,) = run(torch.zeros(2, 4, 1, 3), (torch.zeros(8, 5),))
@@ -33,13 +33,15 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from harness.spec.kernels import Stack, by_cells, run_plain
+import torch
+
+from models_torch.ops.kernels import Stack, by_cells, run_plain
 
 Run = Callable[[Any, tuple], tuple[Any, tuple]]
 
 
 def plan_run(
-    stack: Stack, x_shape: tuple, state_shape: tuple, device: str, torch: Any, programs: dict | None = None
+    stack: Stack, x_shape: tuple, state_shape: tuple, device: str, programs: dict | None = None
 ) -> tuple[Run, tuple]:
     """The ``Run`` for chunks of ``x_shape`` from states of ``state_shape`` (each ``(L, B, S, H)``) on
     ``device``, and the shape it takes the states in. ``programs``: compile (the dict caches the
@@ -50,13 +52,13 @@ def plan_run(
     if programs is not None:
         if device != "cpu":
             raise ValueError(f"a compiled streaming step runs on the CPU, not {device}: on a GPU use GraphStep")
-        return _compiled_run(stack, x_shape, state_shape, torch, programs), tuple(state_shape)
+        return _compiled_run(stack, x_shape, state_shape, programs), tuple(state_shape)
     if layers == 1 and by_cells(stack, rows, steps, device):
-        return _cell_run(stack, (rows, features), y_shape, torch), (rows, hidden)
-    return _plain_run(stack, (rows, steps, features), y_shape, torch), (layers, rows, hidden)
+        return _cell_run(stack, (rows, features), y_shape), (rows, hidden)
+    return _plain_run(stack, (rows, steps, features), y_shape), (layers, rows, hidden)
 
 
-def _cell_run(stack: Stack, x_shape: tuple, y_shape: tuple, torch: Any) -> Run:
+def _cell_run(stack: Stack, x_shape: tuple, y_shape: tuple) -> Run:
     """The cell op, its weights detached (no graph is built; in-place updates of the parameters are seen)."""
     op, weights = getattr(torch, f"{stack.kind}_cell"), tuple(w.detach() for w in stack.layers[0])
 
@@ -68,21 +70,21 @@ def _cell_run(stack: Stack, x_shape: tuple, y_shape: tuple, torch: Any) -> Run:
     return run
 
 
-def _plain_run(stack: Stack, x_shape: tuple, y_shape: tuple, torch: Any) -> Run:
+def _plain_run(stack: Stack, x_shape: tuple, y_shape: tuple) -> Run:
     def run(x: Any, states: tuple) -> tuple[Any, tuple]:
         with torch.no_grad():
-            out, new = run_plain(stack, x.reshape(x_shape), states, torch)
+            out, new = run_plain(stack, x.reshape(x_shape), states)
         return out.view(y_shape), new
 
     return run
 
 
-def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, torch: Any, programs: dict) -> Run:
+def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: dict) -> Run:
     weights = tuple(w.detach() for layer in stack.layers for w in layer)
     dtype = weights[0].dtype
     key = (tuple(x_shape), tuple(state_shape), dtype, stack.kind, len(stack.layers), tuple(w.shape for w in weights))
     if key not in programs:
-        programs[key] = _compile(stack, x_shape, state_shape, weights, torch)
+        programs[key] = _compile(stack, x_shape, state_shape, weights)
     program = programs[key]
 
     def run(x: Any, states: tuple) -> tuple[Any, tuple]:
@@ -92,7 +94,7 @@ def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, torch: Any, 
     return run
 
 
-def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple, torch: Any) -> Callable:
+def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple) -> Callable:
     """The chunk exported and compiled by AOTInductor, as a function of its flat inputs ``[x, *states, *weights]``."""
     (batch, streams, steps, features), (layers, _, _, hidden) = x_shape, state_shape
     rows, per_layer = batch * streams, len(weights) // layers
@@ -103,9 +105,7 @@ def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple, t
         def forward(self, x: Any, states: tuple, weights: tuple) -> tuple:
             layered = [weights[k * per_layer : (k + 1) * per_layer] for k in range(layers)]
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
-            out, new = run_plain(
-                dataclasses.replace(stack, layers=layered), x.reshape(rows, steps, features), folded, torch
-            )
+            out, new = run_plain(dataclasses.replace(stack, layers=layered), x.reshape(rows, steps, features), folded)
             return (out.reshape(batch, streams, steps, hidden), *(s.reshape(state_shape) for s in new))
 
     dtype = weights[0].dtype  # distinct example tensors: export merges inputs that are one tensor

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from harness.spec.atomic import atomic_path
+from multistate_core.atomic import atomic_path
 
 FORMAT = "multistate-rnn/states/1"
 MATCHING = ("cell", "num_layers", "num_streams", "units")
