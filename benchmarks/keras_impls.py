@@ -15,7 +15,10 @@ neither Keras nor TensorFlow.
   the plain-Keras reference the multi-state layer is held against.
 
 Inference steps (forward, streaming) call ``predict_on_batch``; training steps call ``train_on_batch``
-after ``compile(optimizer=SGD, loss="mse")`` with Keras's default ``jit_compile``.
+after ``compile(optimizer=SGD, loss="mse")`` with Keras's default ``jit_compile``. On a GPU the cases run
+device-resident: the inputs are put on the device once, outside the timed step, and inference runs
+Keras's own predict function without ``predict_on_batch``'s copy of the output to the host
+(``resident_predict``; JAX and torch backends); a training step reads back only its scalar loss.
 """
 
 from __future__ import annotations
@@ -122,19 +125,70 @@ MODELS: dict[cases.Impl, Callable[[Case, object], tuple[keras.Model, Inputs]]] =
 }
 
 
+RESIDENT_BACKENDS = ("jax", "torch")  # where resident_predict knows Keras's predict function
+
+
+def resident_predict(model: keras.Model, x: Inputs) -> Callable[[], object]:
+    """A step running ``model`` on ``x`` through Keras's predict function, the output left on the device.
+
+    It is ``predict_on_batch`` without the final copy of the output to the host, then a wait for the
+    device: the carried state moves on as there. ``x`` should already be on the device (``on_device``).
+    JAX and torch backends only.
+    """
+    name = backend()
+    if name not in RESIDENT_BACKENDS:
+        raise ValueError(f"resident_predict runs on the {' and '.join(RESIDENT_BACKENDS)} backends, not {name}")
+    model.make_predict_function()
+    if name == "torch":
+        import torch
+
+        def torch_step() -> object:
+            out = model.predict_function([(x,)])
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return out
+
+        return torch_step
+    import jax
+
+    def jax_step() -> object:
+        state = model._get_jax_state(
+            trainable_variables=True, non_trainable_variables=True, purge_model_variables=False
+        )
+        out, (trainable, non_trainable) = model.predict_function(state, iter([(x,)]))
+        model._jax_state = {"trainable_variables": trainable, "non_trainable_variables": non_trainable}
+        model._jax_state_synced = False
+        model.jax_state_sync()
+        return jax.block_until_ready(out)
+
+    return jax_step
+
+
+def on_device(x: Inputs) -> Inputs:
+    """``x`` (an array or a list of them) as backend tensors on the backend's default device."""
+    return [keras.ops.convert_to_tensor(a) for a in x] if isinstance(x, list) else keras.ops.convert_to_tensor(x)
+
+
 def build_step(case: Case) -> tuple[Callable[[], object], dict[str, object]]:
     """The timed step of a Keras case, and how it runs (for ``extra_info``).
 
-    The step is ``predict_on_batch`` (inference) or ``train_on_batch`` (training) on one fixed input.
+    The step is ``predict_on_batch`` (inference) or ``train_on_batch`` (training) on one fixed input; on
+    a GPU (JAX and torch backends) the inputs live on the device and inference is ``resident_predict``.
     """
     shape = case.shape
     module = torch_impls.make_module(case.cell, shape)
     model, x = MODELS[case.impl](case, module)
+    resident = device() == "gpu" and backend() in RESIDENT_BACKENDS
+    if resident:
+        x = on_device(x)
     if case.job.train:
         model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
         lead = (shape.B * shape.S,) if case.impl == cases.KERAS_FUSED else (shape.B, shape.S)
         y = np.zeros(lead + (case.job.steps(shape), shape.H), dtype="float32")
+        y = on_device(y) if resident else y
         step, path = (lambda: model.train_on_batch(x, y)), "train_on_batch"
+    elif resident:
+        step, path = resident_predict(model, x), "predict_function (device-resident)"
     else:
         step, path = (lambda: model.predict_on_batch(x)), "predict_on_batch"
     return step, {"path": path, "jit_compile": model.jit_compile, "kernel": _kernel(model, case.job.train)}

@@ -56,3 +56,23 @@ def test_torch_cases_run_without_keras() -> None:
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.keras
+def test_resident_predict_equals_predict_on_batch_state_carried() -> None:
+    """The device-resident step gives ``predict_on_batch``'s numbers, the carried state moving on as there."""
+    import keras
+    import numpy as np
+
+    from benchmarks import cases, keras_impls, torch_impls
+
+    if keras_impls.backend() not in keras_impls.RESIDENT_BACKENDS:
+        pytest.skip(f"resident_predict has no path for the {keras_impls.backend()} backend")
+    case = Case(cases.JOBS["stream-1"], "lstm", cases.SMALL, cases.KERAS_MULTISTATE)
+    module = torch_impls.make_module(case.cell, case.shape)
+    (resident, x), (eager, _) = keras_impls.MODELS[case.impl](case, module), keras_impls.MODELS[case.impl](case, module)
+    step = keras_impls.resident_predict(resident, keras_impls.on_device(x))
+    for call in range(3):  # the state carried from call to call must move on in both
+        got, expected = keras.ops.convert_to_numpy(step()), eager.predict_on_batch(x)
+        np.testing.assert_array_equal(got, expected, err_msg=f"call {call}")
+    assert np.abs(expected).max() > 0

@@ -114,7 +114,15 @@ def _parity(args: argparse.Namespace) -> int:
     if args.json and (problem := _unwritable(args.json)):
         print(f"error: --json: {problem}", file=sys.stderr)
         return 1
-    backends = args.backend or installed_backends()
+    installed = installed_backends()
+    if missing := [b for b in args.backend or () if b not in installed]:
+        print(
+            f"error: --backend {' '.join(missing)}: not installed here (its framework or extra cannot be imported); "
+            f"installed: {' '.join(installed) or 'none'}",
+            file=sys.stderr,
+        )
+        return 1
+    backends = args.backend or installed
     exported = [b for b in backends if b in EXPORTED] if args.episodes else []
     if exported and args.backend:
         print(f"error: --episodes: an exported {exported[0]} chunk takes no resets or lengths", file=sys.stderr)

@@ -124,6 +124,20 @@ def test_parity_json_destination_is_checked_before_the_job(dst, message, tmp_pat
     assert f"error: --json: cannot write {tmp_path / dst}" in err and message in err, err
 
 
+def test_parity_refuses_a_backend_that_is_not_installed(capsys, monkeypatch):
+    """A GPU machine without TensorFlow: naming keras-tensorflow is refused up front, not a crashed worker."""
+    from harness import cli
+
+    started = []
+    monkeypatch.setattr(cli, "_run_backend", lambda backend, args: started.append(backend) or [])
+    monkeypatch.setattr(cli, "installed_backends", lambda: ["torch", "keras-jax", "onnx"])
+    status = main(["parity", "--backend", "torch", "keras-tensorflow", "tflite", "--cell", "gru"])
+    err = capsys.readouterr().err
+    assert (status, started) == (1, []), f"status {status}, backends run {started}; stderr: {err}"
+    assert "error: --backend keras-tensorflow tflite: not installed here" in err, err
+    assert "installed: torch keras-jax onnx" in err, err
+
+
 @pytest.mark.parametrize("dst", ["folder.keras", "no/such/folder/out.keras"])
 def test_bad_destination_paths_are_refused(dst, lstm_pt, tmp_path, capsys):
     (tmp_path / "folder.keras").mkdir()
