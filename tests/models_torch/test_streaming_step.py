@@ -57,7 +57,7 @@ def test_streaming_step_equals_the_module_call(cell, layers):
 @pytest.mark.parametrize("compiled", [False, True])
 def test_streaming_step_sees_states_and_weights_changed_between_calls(compiled):
     """Also: the compiled step (AOTInductor) equals ``module(x)``, and no output aliases a carried state.
-    (``tests/models_torch/test_weight_changes.py`` holds ``module(x)`` and the plain step to every kind of weight change.)"""
+    (``test_weight_changes.py``, beside it, holds ``module(x)`` and the plain step to every weight change.)"""
     stepped, called = twins("lstm", num_layers=2)
     step = stepped.streaming_step(compiled=compiled)
     x = torch.randn(B, S, 1, F, dtype=torch.float64)
