@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from tests.helpers import cuda_available, shard
 
 DTYPES = ("float32", "float64")
 SEED = 1234
+KERAS_PACKAGE = pathlib.Path(__file__).resolve().parent / "models_keras"
 
 
 @pytest.fixture
@@ -23,6 +25,13 @@ def rng() -> np.random.Generator:
 def dtype(request: pytest.FixtureRequest) -> str:
     """Runs a test once per supported float dtype."""
     return request.param
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark the examples in ``models_keras``'s docstrings (collected by ``--doctest-modules``) ``keras``: like the
+    Keras tests, they run in the Keras jobs, once per backend."""
+    if isinstance(item, pytest.DoctestItem) and KERAS_PACKAGE in item.path.parents:
+        item.add_marker(pytest.mark.keras)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

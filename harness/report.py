@@ -266,7 +266,7 @@ class ParityReport:
 
     Example:
         >>> report = check_parity({"torch": model}, x, "halves")   # doctest: +SKIP
-        >>> report.ok, report.max_abs_error
+        >>> report.ok, report.max_abs_error                           # doctest: +SKIP
         (True, 0.0)
         >>> print(report.table())                                    # doctest: +SKIP
     """

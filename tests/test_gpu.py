@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import check_parity, check_training_parity
+from harness import check_parity, check_training_parity, default_tolerance
 from harness.cli import main
 from harness.porting import keras_twin, port_weights, read_weights, torch_class
 from harness.precision import full_precision_matmul
@@ -28,7 +28,7 @@ from multistate_core.cells import to_keras
 from tests.helpers import B, F, H, S, T, cuda_available, keras_backend, random_input
 
 CELLS = ("lstm", "gru", "rnn")
-GPU_ATOL = {"float32": 1e-5, "float64": 1e-12}  # CUDA vs CPU, 1,000 steps in chunks of 100, TF32 off
+GPU_ATOL = {d: default_tolerance("cross", d).atol for d in ("float32", "float64")}  # CUDA vs CPU, TF32 off
 LONG, CHUNK = 1_000, 100
 
 

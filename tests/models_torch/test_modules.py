@@ -8,6 +8,7 @@ import torch
 
 from harness import PLANS, assert_parity
 from harness.porting import torch_class
+from tests.conformance import assert_bit_identical, assert_chunked_equals_whole
 from tests.helpers import B, F, H, PerStreamLoop, S, T, random_input
 
 VARIANTS = {"lstm": {}, "gru": {}, "rnn-tanh": {"nonlinearity": "tanh"}, "rnn-relu": {"nonlinearity": "relu"}}
@@ -21,11 +22,6 @@ def make(variant: str, dtype: str = "float32", **kwargs) -> torch.nn.Module:
 
 def states_of(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     return tuple(s.clone() for s in model.get_states())
-
-
-def assert_bit_identical(a, b) -> None:
-    for x, y in zip(a, b, strict=True):
-        assert torch.equal(x, y), f"max abs difference {(x - y).abs().max().item():.3g}, expected bit-identical"
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -45,7 +41,7 @@ def test_each_stream_equals_inner_rnn_alone(cell, rng):
         y = model(x)
         for s in range(S):
             alone, _ = model.rnn(x[:, s])
-            torch.testing.assert_close(y[:, s], alone, atol=1e-13, rtol=0)
+            assert_chunked_equals_whole(y[:, s], alone, f"stream {s} vs the inner RNN alone")
 
 
 @pytest.mark.parametrize("plan", ["halves", "random", "ones"])
@@ -65,9 +61,8 @@ def test_per_stream_calls_in_any_order_equal_stacked_call(cell, rng):
             expected = stacked(x[:, :, start:stop])
             for s in order_rng.permutation(S):
                 got = single(x[:, s, start:stop], stream=int(s))
-                torch.testing.assert_close(got, expected[:, s], atol=1e-6, rtol=0)
-    for a, b in zip(single.get_states(), stacked.get_states()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+                assert_chunked_equals_whole(got, expected[:, s], f"stream {s} alone vs stacked")
+    assert_chunked_equals_whole(single.get_states(), stacked.get_states(), "states")
 
 
 def test_per_stream_call_moves_only_that_stream(rng):
@@ -135,7 +130,7 @@ def test_initial_state_and_return_state_are_stateless(rng):
         carried_states = states_of(model)
         zeros = tuple(torch.zeros_like(s) for s in carried_states)
         out, states = model(x, initial_state=zeros, return_state=True)
-    torch.testing.assert_close(out, carried_out, atol=0, rtol=0)
+    assert_bit_identical(out, carried_out, "output")
     assert_bit_identical(states, carried_states)
     assert_bit_identical(model.get_states(), carried_states)
 
@@ -180,8 +175,7 @@ def test_training_streams_do_not_interact(rng):
             ((out - target[:, s, c]) ** 2).sum().backward()
             state = tuple(t.detach() for t in state)
         alone = [a + p.grad for a, p in zip(alone, model.rnn.parameters())]
-    for a, b in zip(together, alone):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    assert_chunked_equals_whole(together, alone, "gradients")
 
 
 @pytest.mark.parametrize("cell", VARIANTS)
@@ -202,8 +196,7 @@ def test_direct_op_equals_the_modules_own_forward(cell, rng):
         new = new if isinstance(new, tuple) else (new,)
         (out.sum() + sum(s.sum() for s in new)).backward()
         results.append([out, *new, *(p.grad.clone() for p in model.parameters())])
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b), f"max abs difference {(a - b).abs().max().item():.3g}"
+    assert_bit_identical(*results, "outputs, states and gradients")
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -223,8 +216,7 @@ def test_one_step_through_the_cell_ops_equals_the_fused_op(cell, layers, rng, mo
         out, new = model(inputs[0], initial_state=inputs[1:], return_state=True)
         (out.sum() + sum((s**2).sum() for s in new)).backward()
         results.append([out, *new, *(p.grad.clone() for p in model.parameters()), *(a.grad for a in inputs)])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=0, atol=1e-12)
+    assert_chunked_equals_whole(*results, "outputs, states and gradients")
 
 
 def test_one_frame_streaming_takes_the_cell_ops(rng, monkeypatch):

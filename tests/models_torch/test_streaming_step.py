@@ -13,6 +13,7 @@ import torch
 
 from harness.porting import torch_class
 from models_torch.ops import step_runs
+from tests.conformance import assert_chunked_equals_whole
 from tests.helpers import CELLS, B, F, H, S
 
 
@@ -33,9 +34,8 @@ def twins(cell: str, **kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def assert_same(stepped: torch.nn.Module, called: torch.nn.Module, got: torch.Tensor, want: torch.Tensor) -> None:
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-12)
-    for mine, theirs in zip(stepped.get_states(), called.get_states(), strict=True):
-        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-12)
+    assert_chunked_equals_whole(got, want, "streaming_step vs call")
+    assert_chunked_equals_whole(stepped.get_states(), called.get_states(), "states")
 
 
 def call(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_streaming_step_equals_the_module_call(cell, layers):
 @pytest.mark.parametrize("compiled", [False, True])
 def test_streaming_step_sees_states_and_weights_changed_between_calls(compiled):
     """Also: the compiled step (AOTInductor) equals ``module(x)``, and no output aliases a carried state.
-    (``tests/test_weight_changes.py`` holds ``module(x)`` and the plain step to every kind of weight change.)"""
+    (``test_weight_changes.py``, beside it, holds ``module(x)`` and the plain step to every weight change.)"""
     stepped, called = twins("lstm", num_layers=2)
     step = stepped.streaming_step(compiled=compiled)
     x = torch.randn(B, S, 1, F, dtype=torch.float64)

@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness import check_parity
+from harness import check_parity, default_tolerance
 from harness.porting import torch_class
 from harness.report import ParityReport
 from tests.helpers import B, F, H, S
 
 T, PLAN = 12, [3, 3, 3, 3]
 LONG_B, LONG_S, LONG_T, LONG_PLAN = 1, 2, 1_000, [100] * 10
-ATOL = {"float32": 1e-6, "float64": 1e-13}
+ATOL = {dtype: default_tolerance("same", dtype).atol for dtype in ("float32", "float64")}  # rtol 0 below
 
 
 class Faulty:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from harness.porting import keras_class
+from tests.conformance import assert_bit_identical, assert_chunked_equals_whole
 from tests.helpers import CELLS, B, F, H, S
 
 pytestmark = pytest.mark.keras
@@ -32,11 +33,8 @@ def test_streaming_step_equals_the_layer_call(cell, layers, rng):
     step = stepped.streaming_step()
     for steps in (1, 1, 3, 1):
         x = rng.standard_normal((B, S, steps, F))
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(step(x)), keras.ops.convert_to_numpy(called(x)), atol=1e-12
-        )
-        for got, want in zip(stepped.get_states(), called.get_states(), strict=True):
-            np.testing.assert_allclose(got, want, atol=1e-12)
+        assert_chunked_equals_whole(step(x), called(x), "streaming_step vs call")
+        assert_chunked_equals_whole(stepped.get_states(), called.get_states(), "states")
 
 
 def _new_storage(layer: keras.layers.Layer) -> None:
@@ -68,9 +66,8 @@ def test_streaming_step_sees_weights_and_states_changed_between_calls(compiled, 
     for change in [lambda layer: None, *changes]:
         change(stepped), change(called)
         y = keras.ops.convert_to_numpy(step(x))
-        np.testing.assert_allclose(y, keras.ops.convert_to_numpy(called(x)), atol=1e-12)
-        for got, want in zip(stepped.get_states(), called.get_states(), strict=True):
-            np.testing.assert_allclose(got, want, atol=1e-12)
+        assert_chunked_equals_whole(y, called(x), "streaming_step vs call")
+        assert_chunked_equals_whole(stepped.get_states(), called.get_states(), "states")
     if compiled:
         assert len(step.programs) == 1, "one input shape, one compiled program"
 
@@ -86,8 +83,7 @@ def test_streaming_step_refuses_bad_input_before_any_state_moves(shape, message,
     before = stepped.get_states()
     with pytest.raises(ValueError, match=message):
         step(rng.standard_normal(shape))
-    for got, want in zip(stepped.get_states(), before, strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_bit_identical(stepped.get_states(), before, "states after a refused step")
 
 
 def test_streaming_step_bypasses_the_keras_call(rng, monkeypatch):
@@ -101,4 +97,4 @@ def test_streaming_step_bypasses_the_keras_call(rng, monkeypatch):
         raise AssertionError("Layer.__call__ was entered")
 
     monkeypatch.setattr(type(stepped), "__call__", refuse)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(step(x)), want, atol=1e-12)
+    assert_chunked_equals_whole(step(x), want, "streaming_step vs call")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from models_keras import MultiStateBase, MultiStateGRU, MultiStateLSTM, MultiStateSimpleRNN
+from tests.conformance import assert_twins_match
 from tests.helpers import B, F, H, T, random_input
 
 pytestmark = pytest.mark.keras
 
 S = 2  # streams: each is one eager call of the plain layer per chunk (slow on JAX)
 CUT = T // 2  # two chunks of one shape: one trace per layer on each backend
-ATOL = 2e-6  # float32: the plain layer's Keras loop against the multi-state layer's path on this backend
 
 PLAIN = {
     "lstm": lambda **kw: keras.layers.LSTM(H, **kw),
@@ -41,11 +41,6 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-def assert_close(got, expected, what: str) -> None:
-    error = float(np.max(np.abs(to_numpy(got) - to_numpy(expected))))
-    assert error <= ATOL, f"{what}: max abs error {error:.3g} > {ATOL}"
-
-
 @pytest.mark.parametrize("name", PLAIN)
 def test_from_layer_equals_the_plain_layer_per_stream(name, rng):
     layer = plain(name)
@@ -56,10 +51,10 @@ def test_from_layer_equals_the_plain_layer_per_stream(name, rng):
     for i, chunk in enumerate((x[:, :, :CUT], x[:, :, CUT:])):
         per_stream = [layer(chunk[:, s], initial_state=states[s]) for s in range(S)]
         states = [final for _, *final in per_stream]
-        assert_close(made(chunk), np.stack([to_numpy(out) for out, *_ in per_stream], 1), f"output of chunk {i}")
+        assert_twins_match(made(chunk), np.stack([to_numpy(out) for out, *_ in per_stream], 1), f"output of chunk {i}")
         for k, state in enumerate(made.get_states()):
             expected = np.stack([to_numpy(final[k]) for final in states], 1)[None]
-            assert_close(state, expected, f"state {made.state_names[k]} after chunk {i}")
+            assert_twins_match(state, expected, f"state {made.state_names[k]} after chunk {i}")
 
 
 def test_from_layer_copies_the_weights_and_passes_options_on():

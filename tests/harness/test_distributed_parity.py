@@ -21,7 +21,7 @@ from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
 from tests.helpers import F, H, S, keras_backend
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_torch_ddp_matches_one_process_and_resumes_across_replica_counts():

@@ -24,10 +24,10 @@ from torch.nn.utils import parametrizations, parametrize, prune
 
 from harness.porting import torch_class
 from models_torch import segments, streaming
+from tests.conformance import assert_chunked_equals_whole, assert_gradients_match
 from tests.helpers import CELLS, B, F, H, S
 
 DTYPE = torch.float64
-TOL = 1e-12
 SHAPES = {"1 layer, 1 frame": (1, 1), "2 layers, 3 frames": (2, 3)}  # the cell op's path; the fused op's path
 
 
@@ -136,11 +136,6 @@ def per_stream(rnn: nn.Module, x: torch.Tensor, states: tuple) -> tuple[torch.Te
     return torch.stack(outputs, 1), tuple(torch.stack(parts, 2) for parts in zip(*finals))
 
 
-def _assert_close(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    error = (got - want).abs().max().item()
-    assert error <= TOL, f"{what} differs from the plain inner RNN by {error:.3g}"
-
-
 def _grads(module: nn.Module, y: torch.Tensor) -> list[torch.Tensor]:
     params = list(module.parameters())
     grads = torch.autograd.grad(y.square().sum(), params, allow_unused=True)
@@ -154,12 +149,12 @@ def check_module_call(module: nn.Module, x: torch.Tensor) -> None:
         before = module.get_states()
         y = module(x)
         want_y, want_states = per_stream(module.rnn, x, before)
-        _assert_close("output", y, want_y)
+        assert_chunked_equals_whole(y, want_y, "output")
         for name, got, want in zip(module.state_names, module.get_states(), want_states, strict=True):
-            _assert_close(f"state {name}", got, want)
+            assert_chunked_equals_whole(got, want, f"state {name}")
         grads, want_grads = _grads(module, y), _grads(module, want_y)
         for (name, _), got, want in zip(module.named_parameters(), grads, want_grads, strict=True):
-            _assert_close(f"gradient of {name}", got, want)
+            assert_gradients_match(got, want, f"gradient of {name}")
         with torch.no_grad():
             for p, g in zip(module.parameters(), grads):
                 p -= 0.1 * g
@@ -177,9 +172,9 @@ def check_step(module: nn.Module, x: torch.Tensor, change: Callable[[nn.Module],
             before = module.get_states()
             y = step(x)
             want_y, want_states = per_stream(module.rnn, x, before)
-            _assert_close("output", y, want_y)
+            assert_chunked_equals_whole(y, want_y, "output")
             for name, got, want in zip(module.state_names, module.get_states(), want_states, strict=True):
-                _assert_close(f"state {name}", got, want)
+                assert_chunked_equals_whole(got, want, f"state {name}")
             for p in module.parameters():
                 p.mul_(1.1)
 

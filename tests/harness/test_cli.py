@@ -99,7 +99,7 @@ def test_bad_options_are_refused(lstm_pt, tmp_path, capsys):
 @pytest.mark.parametrize(("dst", "message"), [("locked/out.keras", "not writable"), ("kept.keras", "read-only")])
 def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, capsys, monkeypatch):
     """The refusal asks ``os.access`` too (ACLs, read-only mounts), faked here; the real permission bits, as
-    root included, are held in ``tests/test_read_only_writes.py``."""
+    root included, are held in ``tests/multistate_core/test_read_only_writes.py``."""
     (tmp_path / "locked").mkdir()
     (tmp_path / "kept.keras").write_text("the user's file")
     denied = {str(tmp_path / "locked"), str(tmp_path / "kept.keras")}

@@ -12,6 +12,7 @@ from torch import nn
 
 from models_torch import MultiStateGRU, MultiStateLSTM, MultiStateRNN
 from models_torch.multistate import MultiStateBase
+from tests.conformance import assert_chunked_equals_whole
 from tests.helpers import B, F, H, S, T, weight_normed_rnn
 
 CUT = 5
@@ -50,11 +51,6 @@ def stacked(finals: list) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack([p[i] for p in parts], 2) for i in range(len(parts[0])))
 
 
-def assert_close(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    error = (got - expected).abs().max().item()
-    assert error <= 1e-13, f"{what}: max abs error {error:.3g} > 1e-13"
-
-
 def assert_equals_per_stream_loop(module: nn.RNNBase, made: MultiStateBase, x: torch.Tensor) -> None:
     """``made`` on ``x`` in two chunks equals ``module`` run per stream: outputs and states at both boundaries."""
     states: list = [None] * S
@@ -62,9 +58,9 @@ def assert_equals_per_stream_loop(module: nn.RNNBase, made: MultiStateBase, x: t
         expected, states = per_stream(module, chunk, states)
         with torch.no_grad():
             got = made(chunk)
-        assert_close(got, expected, f"output of chunk {i}")
+        assert_chunked_equals_whole(got, expected, f"output of chunk {i}")
         for name, a, b in zip(made.state_names, made.get_states(), stacked(states), strict=True):
-            assert_close(a, b, f"state {name} after chunk {i}")
+            assert_chunked_equals_whole(a, b, f"state {name} after chunk {i}")
 
 
 @pytest.mark.parametrize("name", PLAIN)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 from harness import check_parity
 from harness.porting import keras_twin, torch_class
 from models_keras import MultiStateLSTM, fast_paths
+from tests.conformance import assert_twins_match
 from tests.helpers import B, F, H, S, keras_backend, random_input
 from tests.keras_helpers import functional, the_layer
 
@@ -100,6 +100,5 @@ def test_fuzz_keras_layer_follows_its_torch_twin(cell, operations):
         stream = None if op[0] == "stacked" else op[2]
         with torch.no_grad():
             expected = module(torch.from_numpy(x), stream=stream).numpy()
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, stream=stream)), expected, atol=1e-5, rtol=0)
-    for got, want in zip(layer.get_states(), module.get_states()):
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+        assert_twins_match(layer(x, stream=stream), expected, f"{op[0]} output")
+    assert_twins_match(layer.get_states(), module.get_states(), "states")

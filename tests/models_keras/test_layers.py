@@ -8,15 +8,11 @@ import pytest
 
 from harness import assert_parity
 from models_keras import MultiStateGRU, MultiStateLSTM, MultiStateSimpleRNN, multistate_layers, reset_all_states
+from tests.conformance import assert_bit_identical, assert_chunked_equals_whole, assert_twins_match
 from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
 from tests.keras_helpers import chunks_of, functional, the_layer, torch_and_keras
 
 pytestmark = pytest.mark.keras
-
-
-def assert_equal_arrays(a, b, atol: float = 0.0) -> None:
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
 
 
 # Random chunk lengths (long chunks and single steps) in float32, one step per call (a state check at every
@@ -41,7 +37,7 @@ def test_options_chunked_equals_whole(options, rng):
     parts = [model.predict_on_batch(c) for c in chunks_of(x, 5)]
     chunked = np.concatenate(parts, 2) if options.get("return_sequences", True) else parts[-1]
     assert whole.shape == ((B, S, T, H) if options.get("return_sequences", True) else (B, S, H))
-    np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
+    assert_chunked_equals_whole(chunked, whole)
 
 
 def sequential():
@@ -72,8 +68,8 @@ def test_every_model_kind_and_path_carries_state(build, path, rng):
     end_state = multistate_layers(model)[0].get_states()
     reset_all_states(model)
     chunked = np.concatenate([run(c) for c in chunks_of(x, 7)], 2)
-    np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
-    assert_equal_arrays(multistate_layers(model)[0].get_states(), end_state, atol=1e-6)
+    assert_chunked_equals_whole(chunked, whole)
+    assert_chunked_equals_whole(multistate_layers(model)[0].get_states(), end_state, "states")
 
 
 def consecutive_batches(x: np.ndarray, cut: int) -> np.ndarray:
@@ -99,7 +95,7 @@ def test_training_paths_carry_state_across_consecutive_batches(job, rng):
     else:
         for i in range(2):
             model.train_on_batch(xs[i * B : (i + 1) * B], ys[i * B : (i + 1) * B])
-    assert_equal_arrays(the_layer(model).get_states(), whole_state, atol=1e-6)
+    assert_chunked_equals_whole(the_layer(model).get_states(), whole_state, "states")
 
 
 def test_fit_trains_the_shared_weights(rng):
@@ -126,14 +122,14 @@ def test_seed_graph_whole_equals_halves_and_each_band_equals_plain_lstm(rng):
     whole = model.predict_on_batch(x)
     reset_all_states(model)
     halves = np.concatenate([model.predict_on_batch(c) for c in chunks_of(x, 10)], 1)
-    np.testing.assert_allclose(halves, whole, atol=1e-6, rtol=0)
+    assert_chunked_equals_whole(halves, whole)
 
     plain = keras.layers.LSTM(3, return_sequences=True)
     plain.build((1, 20, 4))
     plain.set_weights(shared.rnn_layers[0].get_weights())
     for k in range(3):
         alone = keras.ops.convert_to_numpy(plain(x[:, k]))
-        np.testing.assert_allclose(whole[:, :, 3 * k : 3 * k + 3], alone, atol=1e-6, rtol=0)
+        assert_twins_match(whole[:, :, 3 * k : 3 * k + 3], alone, f"band {k} vs a plain LSTM")
 
 
 def test_plain_shared_stateful_lstm_mixes_streams_and_ours_does_not(rng):
@@ -175,7 +171,7 @@ def test_jax_plain_stateful_rnn_does_not_carry_state_in_predict_and_ours_does(rn
     whole = ours.predict_on_batch(xs)
     reset_all_states(ours)
     halves = np.concatenate([ours.predict_on_batch(c) for c in chunks_of(xs, 5)], 2)
-    np.testing.assert_allclose(halves, whole, atol=1e-6, rtol=0)
+    assert_chunked_equals_whole(halves, whole)
 
 
 @pytest.mark.skipif(
@@ -299,7 +295,7 @@ def test_bad_batch_in_predict_is_refused_and_state_unchanged(rng):
     with pytest.raises(Exception, match=r"batch size|not compatible with expected shape") as error:
         model.predict_on_batch(random_input(rng, (B + 1, S, T, F)))
     print(error.value)
-    assert_equal_arrays(the_layer(model).get_states(), before)
+    assert_bit_identical(the_layer(model).get_states(), before, "states")
 
 
 @pytest.mark.parametrize(
@@ -325,8 +321,8 @@ def test_fast_path_or_generic_fallback_keeps_parity(cell, options, on_torch, on_
     whole = model.predict_on_batch(x)
     reset_all_states(model)
     chunked = np.concatenate([model.predict_on_batch(c) for c in chunks_of(x, 5)], 2)
-    np.testing.assert_allclose(chunked, whole, atol=1e-6, rtol=0)
+    assert_chunked_equals_whole(chunked, whole)
     generic = functional(cell, **{**options, "fused": False})
     generic.set_weights(model.get_weights())
     reset_all_states(generic)
-    np.testing.assert_allclose(generic.predict_on_batch(x), whole, atol=1e-6, rtol=0)
+    assert_chunked_equals_whole(generic.predict_on_batch(x), whole, "generic vs fast path")

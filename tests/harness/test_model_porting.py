@@ -9,7 +9,7 @@ import torch
 
 import models_keras
 import models_torch
-from harness import model_porting
+from harness import default_tolerance, model_porting
 from harness.model_porting import PortError, port_report, register_pair
 from harness.porting import port_weights
 from tests.helpers import B, F, H, S, T, random_input
@@ -17,7 +17,7 @@ from tests.helpers import B, F, H, S, T, random_input
 pytestmark = pytest.mark.keras
 
 E, A, C, V = 6, 2, 3, 7  # encoder width, actions, conv channels, vocabulary
-ATOL = 1e-5  # float32 across frameworks
+ATOL = default_tolerance("cross", "float32").atol  # float32 across frameworks
 
 
 # ---- the models, each built in torch and in Keras ---------------------------------------------

@@ -20,7 +20,7 @@ import tomllib
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "test_own_suite.py"
 PLUGIN = "harness.pytest_plugin"
 # Where the project is installed with its entry point (CI), pytest loads the plugin itself; loading it

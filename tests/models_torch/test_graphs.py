@@ -9,6 +9,7 @@ import torch
 
 from harness.porting import torch_class
 from models_torch.graphs import GraphStep
+from tests.conformance import assert_bit_identical
 from tests.helpers import B, F, H, S
 
 CELLS = ("lstm", "gru", "rnn")
@@ -21,8 +22,7 @@ def twins(cell: str, layers: int = 2, dtype: torch.dtype = torch.float32) -> tup
 
 
 def assert_same_states(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for x, y in zip(a.get_states(), b.get_states(), strict=True):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert_bit_identical(a.get_states(), b.get_states(), "states")
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
@@ -36,7 +36,7 @@ def test_steps_equal_the_modules_own_calls_state_included(cell, chunk):
         for t in range(0, x.shape[2], chunk):
             # contiguous, as in GraphStep's static input: the CPU kernels round a strided input differently (1e-17)
             part = x[:, :, t : t + chunk].contiguous()
-            torch.testing.assert_close(step(part), reference(part), atol=0, rtol=0)
+            assert_bit_identical(step(part), reference(part))
             assert_same_states(module, reference)
 
 
@@ -56,7 +56,7 @@ def test_resets_and_set_states_between_steps_are_respected():
                 states = [torch.randn(module.num_layers, B, S, H) for _ in module.state_names]
                 for m in (module, reference):
                     m.set_states(states)
-            torch.testing.assert_close(step(x[t]), reference(x[t]), atol=0, rtol=0)
+            assert_bit_identical(step(x[t]), reference(x[t]))
             assert_same_states(module, reference)
 
 
@@ -66,7 +66,7 @@ def test_the_module_state_is_a_copy_not_the_static_buffer():
     step(torch.randn(B, S, 1, F))
     held = module.get_states()[0]
     step.states[0].fill_(7.0)  # scribbling on the static buffer leaves the module's state alone
-    torch.testing.assert_close(module.get_states()[0], held, atol=0, rtol=0)
+    assert_bit_identical(module.get_states()[0], held)
 
 
 def test_static_output_buffer_when_asked():
@@ -107,4 +107,4 @@ def test_in_place_weight_updates_are_seen():
         reference.rnn.weight_hh_l0.mul_(0.5)
         module.rnn.load_state_dict(reference.rnn.state_dict())  # copies in place: same addresses
         x = torch.randn(B, S, 1, F)
-        torch.testing.assert_close(step(x), reference(x), atol=0, rtol=0)
+        assert_bit_identical(step(x), reference(x))
