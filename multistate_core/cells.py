@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,12 @@ def cell_of_class(obj: object) -> str | None:
         >>> cell_of_class(MyLSTM), cell_of_class(3)
         ('lstm', None)
     """
-    for klass in (obj if isinstance(obj, type) else type(obj)).__mro__:
+    return _cell_of_type(obj if isinstance(obj, type) else type(obj))
+
+
+@functools.cache
+def _cell_of_type(kind: type) -> str | None:
+    for klass in kind.__mro__:
         root = klass.__module__.split(".")[0]
         for cell in CELLS.values():
             raw = cell.torch_class if root == "torch" else cell.keras_class if root == "keras" else None

@@ -84,11 +84,12 @@ DOCTESTED = [
     "models_torch.ops.saturate",
     "models_torch.ops.kernels",
     "models_torch.ops.step_runs",
+    "models_torch.ops.paths",
     "harness.parity",
     "harness.tolerances",
     "models_torch",
     "models_torch.multistate",
-    "models_torch.segments",
+    "models_torch.inner_rnn",
     "models_torch.distributed",
     "models_torch.streaming",
 ]
