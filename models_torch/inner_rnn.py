@@ -123,4 +123,6 @@ def run(
     ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
     """
     stack = stack or stack_of(rnn, x, states)
-    return run_segmented(functools.partial(fused, rnn, stack=stack), x, states, resets, lengths, stack=stack)
+    plain = resets is None and lengths is None  # only the cutting runners call ``fused``: no partial per plain chunk
+    cutting = None if plain else functools.partial(fused, rnn, stack=stack)
+    return run_segmented(cutting, x, states, resets, lengths, stack=stack)

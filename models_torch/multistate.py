@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from models_torch import inner_rnn, streaming
+from models_torch.ops.kernels import step_by_cells
+from models_torch.ops.paths import Path, path_for
 from multistate_core import contract
 from multistate_core.cells import CELLS, cell_of_class
 from multistate_core.checkpoint import StateCheckpoints
@@ -330,9 +332,15 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             rnn = self.rnn
             layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
-            out, new = inner_rnn.run(
-                rnn, x.reshape(rows, steps, features), folded, resets=folded_resets, lengths=folded_lengths
-            )
+            stack = inner_rnn.stack_of(rnn, x, folded)
+            plain = folded_resets is None and folded_lengths is None
+            if plain and path_for(stack, rows, steps, x.device.type) is Path.CELL_OPS:
+                # The chooser's one-frame path, run on the frame as it comes: no time axis to fold and unfold
+                # (two views, a tenth of a small frame's cost; docs/measurements.md, "one frame").
+                out, new = step_by_cells(stack, x.reshape(rows, features), folded)
+            else:
+                x = x.reshape(rows, steps, features)
+                out, new = inner_rnn.run(rnn, x, folded, resets=folded_resets, lengths=folded_lengths, stack=stack)
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:

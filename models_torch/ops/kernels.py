@@ -73,7 +73,7 @@ def step_by_cells(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
     if len(stack.layers) == 1:  # streaming's common case, without the per-layer bookkeeping
         new = op(x, tuple(s[0] for s in states) if len(states) > 1 else states[0][0], *stack.layers[0])
         new = new if isinstance(new, tuple) else (new,)
-        return new[0].clone(), tuple(s[None] for s in new)  # the output must not alias the state carried on
+        return new[0].clone(), tuple(s.unsqueeze(0) for s in new)  # the output must not alias the carried state
     finals = []
     for k, weights in enumerate(stack.layers):
         new = op(x, tuple(s[k] for s in states) if len(states) > 1 else states[0][k], *weights)
@@ -84,8 +84,8 @@ def step_by_cells(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
 
 def run_cells(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
     """``Path.CELL_OPS``: the one-step chunk ``x`` ``(N, 1, F)`` through ``step_by_cells``; output ``(N, 1, H)``."""
-    out, new = step_by_cells(stack, x[:, 0], states)
-    return out[:, None], new
+    out, new = step_by_cells(stack, x.squeeze(1), states)  # squeeze/unsqueeze: cheaper than indexing per call
+    return out.unsqueeze(1), new
 
 
 def run_fused(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:

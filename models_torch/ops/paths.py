@@ -78,19 +78,18 @@ def path_for(
     if resets is None and lengths is None or not needs_segments(resets, lengths, steps):
         if resets is not None:
             return Path.FIRST_STEP_RESET
-        return Path.CELL_OPS if cells_pay(stack, rows, steps, device) else Path.PLAIN
+        if steps != 1 or device != "cpu" or (stack.training and stack.dropout):
+            return Path.PLAIN
+        weight_ih, weight_hh = stack.layers[0][0], stack.layers[0][1]  # one small step: the cell ops pay
+        return (
+            Path.CELL_OPS
+            if rows * weight_ih.shape[0] * (weight_ih.shape[1] + weight_hh.shape[1]) <= CELL_STEP_MACS
+            else Path.PLAIN
+        )
     if chunk is not None and saturable(stack, *chunk):
         return Path.SATURATED
     cuts = cut_points(resets, lengths, steps)
     return Path.CUTS if device == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else Path.PACKED
-
-
-def cells_pay(stack: Stack, rows: int, steps: int, device: str) -> bool:
-    """Whether a plain chunk runs faster through the cell ops: one step, on the CPU, small, no dropout."""
-    if steps != 1 or device != "cpu" or (stack.training and stack.dropout):
-        return False
-    weight_ih = stack.layers[0][0]
-    return rows * weight_ih.shape[0] * (weight_ih.shape[1] + stack.layers[0][1].shape[1]) <= CELL_STEP_MACS
 
 
 def needs_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> bool:
