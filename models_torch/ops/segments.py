@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from models_torch.ops import paths
-from models_torch.ops.kernels import Stack, run_fused, run_plain, step_by_cells
+from models_torch.ops.kernels import Stack, run_cells, run_fused, run_plain
 from models_torch.ops.paths import Path, cut_points
 from models_torch.ops.saturate import run_saturated
 
@@ -161,8 +161,7 @@ Runner = Callable[[Stack, Any, Any, tuple, "np.ndarray | None", "np.ndarray | No
 
 
 def _cells(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
-    out, new = step_by_cells(stack, x.squeeze(1), states)  # ``run_cells``, one call less on the one-frame path
-    return out.unsqueeze(1), new
+    return run_cells(stack, x, states)
 
 
 def _plain(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
