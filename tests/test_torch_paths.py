@@ -75,4 +75,4 @@ def test_an_rnn_of_no_known_cell_is_refused():
     with pytest.raises(TypeError, match="expected an nn.LSTM, nn.GRU or nn.RNN"):
         stack_of(rnn, torch.zeros(ROWS, 1, F), (torch.zeros(1, ROWS, H),) * 2)
     with pytest.raises(ValueError, match="unknown cell 'lstm2'"):
-        Stack("lstm2", []).fused_op
+        _ = Stack("lstm2", []).fused_op
