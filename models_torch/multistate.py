@@ -2,7 +2,8 @@
 
 Streams are folded into the batch: ``(B, S, T, F)`` becomes ``(B*S, T, F)``
 (row ``b*S + s``), runs through ONE fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call
-with the carried state as initial state (``segments.run``), and is unfolded again.
+with the carried state as initial state (``inner_rnn.run``, on the path ``ops.paths.path_for`` names),
+and is unfolded again.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models_torch import segments, streaming
-from models_torch.ops import kernels
+from models_torch import inner_rnn, streaming
+from models_torch.ops.kernels import step_by_cells
+from models_torch.ops.paths import Path, path_for
 from multistate_core import contract
-from multistate_core.cells import CELLS
+from multistate_core.cells import CELLS, cell_of_class
 from multistate_core.checkpoint import StateCheckpoints
 
 State = tuple[torch.Tensor, ...]
@@ -35,7 +37,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 class MultiStateBase(StateCheckpoints, nn.Module):
     """One recurrent layer (``self.rnn``) used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``multistate_core.cells``).
+    A subclass's cell is the cell table's row that names it (``Cell.torch_multistate``, read by
+    ``multistate_core.cells.cell_of_class``).
     Carried states, each ``(num_layers, batch, num_streams, hidden_size)``, are kept as plain
     tensors, not buffers: ``.to(device)`` moves them (``_apply``), ``state_dict()`` leaves
     them out, and ``DistributedDataParallel`` does not broadcast rank 0's state over the
@@ -45,6 +48,14 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     """
 
     cell: str
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cell = cell_of_class(cls)
+        if cell is None:
+            expected = ", ".join(c.torch_multistate for c in CELLS.values())
+            raise TypeError(f"{cls.__name__}: a multi-state layer subclasses one of {expected} (its cell)")
+        cls.cell = cell
 
     def __init__(
         self,
@@ -134,7 +145,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     @classmethod
     def _class_for(cls, module: object) -> type[MultiStateBase]:
         """The multi-state class for ``module``'s cell: ``cls`` itself, or by the cell where ``cls`` is the base."""
-        cell = next((k for k, c in CELLS.items() if isinstance(module, getattr(nn, c.torch_class))), None)
+        cell = cell_of_class(module) if isinstance(module, nn.RNNBase) else None
         own = getattr(cls, "cell", None)
         if cell is None or own not in (None, cell):
             expected = " or ".join(f"nn.{c.torch_class}" for k, c in CELLS.items() if own in (None, k))
@@ -321,24 +332,21 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             rnn = self.rnn
             layers, hidden, rows = rnn.num_layers, rnn.hidden_size, batch * streams
             folded = tuple(s.reshape(layers, rows, hidden) for s in states)
-            stack = segments.stack_of(rnn, x, folded)
-            if folded_resets is None and folded_lengths is None and kernels.by_cells(stack, rows, steps, x.device.type):
-                out, new = kernels.step_by_cells(stack, x.reshape(rows, features), folded)  # one-frame streaming
+            stack = inner_rnn.stack_of(rnn, x, folded)
+            plain = folded_resets is None and folded_lengths is None
+            if plain and path_for(stack, rows, steps, x.device.type) is Path.CELL_OPS:
+                # The chooser's one-frame path, run on the frame as it comes: no time axis to fold and unfold
+                # (two views, a tenth of a small frame's cost; docs/measurements.md, "one frame").
+                out, new = step_by_cells(stack, x.reshape(rows, features), folded)
             else:
-                out, new = segments.run(
-                    rnn,
-                    x.reshape(rows, steps, features),
-                    folded,
-                    resets=folded_resets,
-                    lengths=folded_lengths,
-                    stack=stack,
-                )
+                x = x.reshape(rows, steps, features)
+                out, new = inner_rnn.run(rnn, x, folded, resets=folded_resets, lengths=folded_lengths, stack=stack)
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:
                 self._store(new)
         else:
-            out, new = segments.run(self.rnn, x, states, resets=folded_resets, lengths=folded_lengths)
+            out, new = inner_rnn.run(self.rnn, x, states, resets=folded_resets, lengths=folded_lengths)
             if not stateless:
                 self._store_stream(stream, new, x.shape[0])
         return (out, new) if return_state else out
@@ -440,19 +448,13 @@ class MultiStateLSTM(MultiStateBase):
         >>> parts = [lstm(torch.randn(2, 3, 25, 4)) for _ in range(2)]  # in chunks
     """
 
-    cell = "lstm"
-
 
 class MultiStateGRU(MultiStateBase):
     """A shared ``nn.GRU`` with an ``h`` state per stream. See ``MultiStateLSTM``."""
 
-    cell = "gru"
-
 
 class MultiStateRNN(MultiStateBase):
     """A shared ``nn.RNN`` (``nonlinearity="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
-
-    cell = "rnn"
 
     def __init__(
         self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object

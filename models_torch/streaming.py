@@ -2,20 +2,20 @@
 
 ``module(x)`` serves every use (``stream=``, resets, lengths, stateless calls, autograd) and
 pays for it on each call: ``nn.Module``'s dispatch, argument handling and the bookkeeping of
-those options cost ~25 µs, more than a one-frame step of a band-split model (a GRU over 33
-bands, hidden 16: ~20 µs of ATen work). For frame-by-frame inference loops,
+those options cost about as much as a one-frame step of a small band-split model's ATen work
+(``docs/measurements.md``, "one frame"). For frame-by-frame inference loops,
 ``module.streaming_step()`` returns ``step(x) -> y``: the same numbers and the same carried
 state as ``module(x)`` under ``torch.no_grad()``, through the ops that ``module(x)`` calls
-(``models_torch.ops.step_runs``). Everything that only depends on the input's shape and dtype, the
-weights and the carried state's identity is worked out once (a "plan") and reused while they
-stay the same: a one-layer one-frame step on the CPU is then the cell op and three views. The weights
-are those ``module(x)`` reads (``segments.weights_of``): a Parameter replaced or given new storage
-(``param.data = ...``) makes a new plan; with hooks or parametrizations on the inner RNN the weights are
-read anew on every call.
+(``models_torch.ops.step_runs``, on the path ``ops.paths.path_for`` names). Everything that only
+depends on the input's shape and dtype, the weights and the carried state's identity is worked out
+once (a "plan") and reused while they stay the same: a one-layer one-frame step on the CPU is then
+the cell op and three views. The weights are those ``module(x)`` reads (``inner_rnn.weights_of``): a
+Parameter replaced or given new storage (``param.data = ...``) makes a new plan; with hooks or
+parametrizations on the inner RNN the weights are read anew on every call.
 
 ``compiled=True`` (CPU only) compiles the step ahead of time with torch's AOTInductor (C++, a
 few seconds per input shape; needs a C++ compiler): the whole chunk then runs in one call of
-native code, ~2-3x faster again for one frame of a band-split model, faster than onnxruntime.
+native code, faster again for one frame (``docs/measurements.md``).
 The weights are inputs of the compiled step, not constants: it always runs the current ones.
 
 Inference only: no autograd, no ``stream``, ``resets``, ``lengths`` or ``initial_state``, and
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from models_torch.inner_rnn import plain_weights, stack_of
 from models_torch.ops.step_runs import Run, plan_run
-from models_torch.segments import plain_weights, stack_of
 
 if TYPE_CHECKING:
     from models_torch.multistate import MultiStateBase

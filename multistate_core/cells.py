@@ -29,21 +29,40 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
+class Saturation:
+    """How two 0/1 input flag columns reset and hold a gated cell inside one plain call (``models_torch.ops.saturate``).
+
+    ``zero``/``hold``: per torch gate block, the sign of the drive the flag adds to it: -1 shuts the gate
+    (sigmoid -> 0), +1 opens it. ``cancelled_bias``: the block whose input bias the zero flag cancels
+    (GRU's n gate: its bias sits inside ``r * (...)`` and would survive a shut gate), or None.
+    """
+
+    zero: dict[int, int]
+    hold: dict[int, int]
+    cancelled_bias: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Cell:
     """One cell kind, as both frameworks know it.
 
     ``torch_class``/``keras_class``: the raw layer's class name in ``torch.nn`` / ``keras.layers``;
     ``torch_multistate``/``keras_multistate``: this project's class names. ``state_names``: the
-    carried state tensors in ``get_states()`` order. ``split_bias``: Keras keeps input and
-    recurrent biases apart as ``(2, G*H)`` (GRU, ``reset_after=True``); otherwise it has one
-    bias, their sum. ``activations``: each Keras activation attribute and the values the torch
-    op computes (a simple RNN's torch ``nonlinearity`` is its ``activation``).
+    carried state tensors in ``get_states()`` order. ``gates``: gate blocks per weight matrix, in
+    torch's order; ``keras_order``: Keras's blocks as indices of torch's. ``split_bias``: Keras keeps
+    input and recurrent biases apart as ``(2, G*H)`` (GRU, ``reset_after=True``); otherwise it has one
+    bias, their sum. ``activations``: each Keras activation attribute and the values the torch op
+    computes (a simple RNN's torch ``nonlinearity`` is its ``activation``). ``torch_op``: the ATen
+    op ``nn.LSTM``/``GRU``/``RNN.forward`` calls (``torch.lstm``, ...), ``{nonlinearity}`` standing for
+    a simple RNN's; ``fused_op``/``cell_op`` spell it out. ``saturation``: how flag columns reset the
+    cell inside one plain call, or None for a cell without gates.
     """
 
     name: str
@@ -56,44 +75,108 @@ class Cell:
     keras_order: tuple[int, ...]
     split_bias: bool
     activations: dict[str, tuple[str, ...]]
+    torch_op: str
+    saturation: Saturation | None = None
+
+    @property
+    def num_states(self) -> int:
+        """How many state tensors the cell carries (LSTM: h and c)."""
+        return len(self.state_names)
+
+    @property
+    def nonlinearities(self) -> tuple[str, ...]:
+        """The values of torch's ``nonlinearity`` (and Keras's ``activation``) the cell offers."""
+        return self.activations["activation"]
+
+    def fused_op(self, nonlinearity: str = "tanh") -> str:
+        """The name of torch's fused sequence op: "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
+        return self.torch_op.format(nonlinearity=nonlinearity)
+
+    def cell_op(self, nonlinearity: str = "tanh") -> str:
+        """The name of torch's one-step op: "lstm_cell", "gru_cell", "rnn_tanh_cell" or "rnn_relu_cell"."""
+        return f"{self.fused_op(nonlinearity)}_cell"
 
 
 CELLS = {
     cell.name: cell
     for cell in (
         Cell(
-            "lstm",
-            "LSTM",
-            "LSTM",
-            "MultiStateLSTM",
-            "MultiStateLSTM",
-            ("h", "c"),
-            4,
-            (0, 1, 2, 3),
-            False,
-            {"activation": ("tanh",), "recurrent_activation": ("sigmoid",)},
+            name="lstm",
+            torch_class="LSTM",
+            keras_class="LSTM",
+            torch_multistate="MultiStateLSTM",
+            keras_multistate="MultiStateLSTM",
+            state_names=("h", "c"),
+            gates=4,
+            keras_order=(0, 1, 2, 3),
+            split_bias=False,
+            activations={"activation": ("tanh",), "recurrent_activation": ("sigmoid",)},
+            torch_op="lstm",
+            # gates i, f, g, o: a zero step shuts i, f, o (c = 0, h = 0); a hold step shuts i, opens f (c kept)
+            saturation=Saturation(zero={0: -1, 1: -1, 3: -1}, hold={0: -1, 1: +1}),
         ),
         Cell(
-            "gru",
-            "GRU",
-            "GRU",
-            "MultiStateGRU",
-            "MultiStateGRU",
-            ("h",),
-            3,
-            (1, 0, 2),
-            True,
-            {"activation": ("tanh",), "recurrent_activation": ("sigmoid",)},
+            name="gru",
+            torch_class="GRU",
+            keras_class="GRU",
+            torch_multistate="MultiStateGRU",
+            keras_multistate="MultiStateGRU",
+            state_names=("h",),
+            gates=3,
+            keras_order=(1, 0, 2),
+            split_bias=True,
+            activations={"activation": ("tanh",), "recurrent_activation": ("sigmoid",)},
+            torch_op="gru",
+            # gates r, z, n: a zero step shuts r and z and cancels n's input bias (h = 0); a hold step opens z
+            saturation=Saturation(zero={0: -1, 1: -1}, hold={1: +1}, cancelled_bias=2),
         ),
-        Cell("rnn", "RNN", "SimpleRNN", "MultiStateRNN", "MultiStateSimpleRNN", ("h",), 1, (0,), False,
-             {"activation": ("tanh", "relu")}),
+        Cell(
+            name="rnn",
+            torch_class="RNN",
+            keras_class="SimpleRNN",
+            torch_multistate="MultiStateRNN",
+            keras_multistate="MultiStateSimpleRNN",
+            state_names=("h",),
+            gates=1,
+            keras_order=(0,),
+            split_bias=False,
+            activations={"activation": ("tanh", "relu")},
+            torch_op="rnn_{nonlinearity}",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def cell_of_torch(class_name: str) -> str:
     """The cell of a ``torch.nn`` class name ("LSTM" -> "lstm")."""
     return next(k for k, v in CELLS.items() if v.torch_class == class_name)
+
+
+def cell_of_class(obj: object) -> str | None:
+    """The cell of a layer (or layer class): a ``torch.nn`` or ``keras.layers`` RNN, or a multi-state layer of this
+    project, subclasses included ("LSTM" -> "lstm"); None for anything else.
+
+    Read from the class names along the method resolution order, a raw class's name only in its own framework
+    (``keras.layers.RNN``, the generic wrapper, is no simple RNN).
+
+    Example:
+        >>> class MyLSTM: pass
+        >>> MyLSTM.__name__, MyLSTM.__module__ = "LSTM", "torch.nn.modules.rnn"
+        >>> cell_of_class(MyLSTM), cell_of_class(3)
+        ('lstm', None)
+    """
+    return _cell_of_type(obj if isinstance(obj, type) else type(obj))
+
+
+@functools.cache
+def _cell_of_type(kind: type) -> str | None:
+    for klass in kind.__mro__:
+        root = klass.__module__.split(".")[0]
+        for cell in CELLS.values():
+            raw = cell.torch_class if root == "torch" else cell.keras_class if root == "keras" else None
+            if klass.__name__ in (raw, cell.torch_multistate, cell.keras_multistate):
+                return cell.name
+    return None
 
 
 def cell_of_gates(gates: int) -> str | None:

@@ -17,13 +17,13 @@ The drive shuts or opens a gate only where it dominates the gate's own pre-activ
 1e38 in float32, or an infinite weight, would win over it (or turn ``0 x Inf`` into NaN) and leak the
 state through a reset. ``drive_dominates`` bounds every pre-activation of the chunk from the weights,
 the input and the carried state, and the saturated path runs only where the drive is four times that
-bound; other chunks take the exact paths (``segments``).
+bound; other chunks take the exact paths (``paths.saturable`` decides).
 
 A simple RNN has no gate, so it cannot be reset this way (``tanh`` never reaches 0 exactly).
 Each layer runs as one plain call of torch's op on the stack's own weights with the two
 columns appended, so gradients reach those weights; none crosses a zero step (a saturated
-gate's derivative is exactly 0). The plan is numpy; ``torch`` is passed in, as everywhere on
-this floor.
+gate's derivative is exactly 0). The plan is numpy. Which gates each flag drives is the cell
+table's ``Cell.saturation``.
 
 Example:
     >>> resets = np.zeros((2, 4), bool); resets[0, 2] = True
@@ -39,19 +39,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from models_torch.ops.kernels import Stack
+from multistate_core.cells import CELLS
 
-# Per cell, torch's gate blocks that each flag drives: -1 shuts the gate (sigmoid -> 0), +1 opens it.
-SATURATED_GATES = {
-    "lstm": {"zero": {0: -1, 1: -1, 3: -1}, "hold": {0: -1, 1: +1}},
-    "gru": {"zero": {0: -1, 1: -1}, "hold": {1: +1}},
-}
-GRU_NEW_GATE = 2  # the GRU block whose input bias the zero step cancels
+if TYPE_CHECKING:
+    from models_torch.ops.kernels import Stack
+
 # The flag columns' weight is the dtype's largest value over DRIVE_SHARE: adding a pre-activation of at most
 # drive / DOMINANCE keeps it finite (no overflow to Inf) and at least 3/4 of the drive (a saturated sigmoid).
 DRIVE_SHARE = 4
@@ -162,22 +159,27 @@ def plan_layout(resets: np.ndarray | None, lengths: np.ndarray | None, steps: in
 def flag_columns(cell: str, layer: Sequence[Any]) -> Any:
     """The two weight columns ``(G*H, 2)`` appended to a layer's ``weight_ih``: zero flag, hold flag.
 
-    The GRU zero column carries ``-bias_ih`` of the n gate, so that the step's n pre-activation is
+    The gates each flag drives are the cell table's ``Cell.saturation``. A GRU's zero column carries
+    ``-bias_ih`` of the n gate (``cancelled_bias``), so that the step's n pre-activation is
     ``b_in - b_in = 0`` exactly and its gradient cancels.
     """
+    spec = CELLS[cell]
+    saturation = spec.saturation
+    if saturation is None:
+        raise ValueError(f"a {cell} cell has no gates to saturate: expected one of those with a Cell.saturation")
     weight_ih = layer[0]
     rows = weight_ih.shape[0]
-    size = rows // (4 if cell == "lstm" else 3)
+    size = rows // spec.gates
     big = drive(weight_ih.dtype)  # where ``drive_dominates``, it leaves every gate finite and saturated
     columns = []
-    for flag in ("zero", "hold"):
+    for flag in (saturation.zero, saturation.hold):
         values = np.zeros(rows)
-        for gate, sign in SATURATED_GATES[cell][flag].items():
+        for gate, sign in flag.items():
             values[gate * size : (gate + 1) * size] = sign * big
         column = torch.as_tensor(values, dtype=weight_ih.dtype, device=weight_ih.device)
-        if cell == "gru" and flag == "zero" and len(layer) == 4:
-            new = slice(GRU_NEW_GATE * size, (GRU_NEW_GATE + 1) * size)
-            column = torch.cat([column[: new.start], -layer[2][new]])
+        if flag is saturation.zero and saturation.cancelled_bias is not None and len(layer) == 4:
+            cancelled = slice(saturation.cancelled_bias * size, (saturation.cancelled_bias + 1) * size)
+            column = torch.cat([column[: cancelled.start], -layer[2][cancelled], column[cancelled.stop :]])
         columns.append(column)
     return torch.stack(columns, 1)
 
@@ -202,7 +204,7 @@ def run_saturated(
     table = torch.cat([torch.nn.functional.pad(x.reshape(-1, features), (0, 2)), flag_rows])
     laid = table.index_select(0, index["source"]).reshape(lay.steps, rows_n, features + 2)
     flags = torch.as_tensor(lay.flags, dtype=x.dtype, device=x.device)
-    op = torch.lstm if stack.cell == "lstm" else torch.gru
+    op = stack.fused_op
     finals: list[list] = [[] for _ in states]
     for k, layer in enumerate(stack.layers):
         weights = [torch.cat([layer[0], flag_columns(stack.cell, layer)], 1), *layer[1:]]

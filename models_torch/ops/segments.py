@@ -1,4 +1,8 @@
-"""Where per-step resets and per-stream lengths cut the rows of a chunk: one plan, in numpy, for both frameworks.
+"""Running a chunk on its path: the runner table (``RUNNERS``), and the runners that cut rows at resets and lengths.
+
+``run_segmented`` is the one entry for a chunk with or without resets and lengths, for both model packages:
+``paths.path_for`` names the path, ``RUNNERS`` runs it. The runners of the plain chunk (``kernels``) and of
+saturated gates (``saturate``) live with their ops; the two that cut live here:
 
 Each folded row ``n`` of a chunk ``(N, T)`` is cut into segments: one starts at step 0 and at
 every reset, and steps ``>= lengths[n]`` belong to none. A segment after a reset starts from
@@ -6,7 +10,8 @@ zeros; the first one from the carried state (zeros too if the row resets at step
 segments then run together as one packed sequence, and each row's carried state is the final
 state of its last segment (a row without a valid step keeps its state). The model packages
 gather and scatter their tensors with the indices of a ``SegmentPlan``. An LSTM or GRU on a
-CPU instead keeps every row whole (``models_torch.ops.saturate``); ``run_segmented`` picks the path.
+CPU instead keeps every row whole (``models_torch.ops.saturate``). Or the time axis is cut where
+some row resets or ends, and the pieces run as plain calls (``run_cuts``).
 
 Example:
     >>> resets = np.zeros((2, 5), bool); resets[0, 3] = True
@@ -18,13 +23,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from models_torch.ops.kernels import Stack
-from models_torch.ops.saturate import SATURATED_GATES, drive_dominates, run_saturated
+from models_torch.ops import paths
+from models_torch.ops.kernels import Stack, run_cells, run_fused, run_plain
+from models_torch.ops.paths import Path, cut_points
+from models_torch.ops.saturate import run_saturated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +54,6 @@ class SegmentPlan:
     segment: np.ndarray
     position: np.ndarray
     last: np.ndarray
-
-
-def needs_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> bool:
-    """False when one plain call serves: no reset after step 0 and every length full."""
-    inner = resets is not None and bool(resets[:, 1:].any())
-    return inner or (lengths is not None and bool((lengths != steps).any()))
 
 
 def plan_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int | None = None) -> SegmentPlan:
@@ -86,8 +88,7 @@ def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan) -> tuple[An
     """Run the segments of ``plan`` as ONE packed sequence; the torch side of both model packages.
 
     ``fused(x_or_packed, states) -> (output, finals)`` runs the whole stack once from ``states``
-    (each ``(L, n, H)``); ``x`` is the chunk ``(N, T, F)``; ``torch`` is the torch module, passed
-    in because this floor imports no framework. Returns the output ``(N, T, H)`` (zeros at
+    (each ``(L, n, H)``); ``x`` is the chunk ``(N, T, F)``. Returns the output ``(N, T, H)`` (zeros at
     invalid steps) and each row's state after its last valid step.
     """
     pack, unpack = torch.nn.utils.rnn.pack_padded_sequence, torch.nn.utils.rnn.pad_packed_sequence
@@ -106,25 +107,6 @@ def run_packed(fused: Any, x: Any, states: tuple, plan: SegmentPlan) -> tuple[An
     last = torch.as_tensor(np.maximum(plan.last, 0), device=x.device)
     moved = torch.as_tensor(plan.last >= 0, device=x.device)[None, :, None]
     return y, tuple(torch.where(moved, f[:, last], s) for f, s in zip(finals, states))
-
-
-# Measured on 2 CPU cores (LSTM, 32 rows, H=128): a fused call costs about 110 µs plus 50 µs per step,
-# and a packed call about 3x the plain one. Cutting the time axis wins while it makes fewer calls than this
-# many per step (cost cuts*110 + T*50 against 3*T*50); on a GPU cuDNN runs packed sequences natively.
-# An LSTM or GRU on a CPU takes neither: saturated gates keep it on the plain call (``saturate``).
-CUTS_PER_STEP = 0.9
-
-
-def cut_points(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> list[int]:
-    """Where the time axis must be cut so that inside each piece every row runs from its state unchanged:
-    0, every step where some valid row resets, every length inside the chunk, and ``steps``."""
-    cuts = {0, steps}
-    valid = np.ones((1, steps), bool) if lengths is None else np.arange(steps) < np.asarray(lengths)[:, None]
-    if resets is not None:
-        cuts |= {int(t) for t in np.nonzero((np.asarray(resets, bool) & valid).any(0))[0]}
-    if lengths is not None:
-        cuts |= {int(n) for n in np.asarray(lengths) if 0 < n < steps}
-    return sorted(cuts)
 
 
 def run_cuts(
@@ -156,57 +138,60 @@ def run_cuts(
     return torch.cat(outputs, 1), states
 
 
-def run_segmented(
-    fused: Any,
-    x: Any,
-    states: tuple,
-    resets: Any,
-    lengths: Any,
-    path: str | None = None,
-    stack: Stack | None = None,
-) -> tuple[Any, tuple]:
-    """Run ``x`` ``(N, T, F)`` from ``states`` with ``resets`` ``(N, T)`` and ``lengths`` ``(N,)`` (tensors or None).
+def run_segmented(fused: Any, x: Any, states: tuple, resets: Any, lengths: Any, *, stack: Stack) -> tuple[Any, tuple]:
+    """Run ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets`` ``(N, T)`` and ``lengths``
+    ``(N,)`` (tensors or None) on the path ``paths.path_for`` names for it (``RUNNERS``).
 
-    One plain call when no reset falls after step 0 and every length is full. Otherwise, where
-    ``saturable``, an LSTM or GRU ``stack`` runs with saturated gates (``saturate.run_saturated``: one
-    plain call per layer); else the time axis is cut (``run_cuts``) while that makes fewer than
-    ``CUTS_PER_STEP`` calls per step on a CPU, or the segments are packed (``run_packed``). ``path``
-    forces one: "saturated" (where ``saturable``, else as default), "cuts" or "packed".
-    ``fused(x_or_packed, states)`` runs the stack once; ``torch`` is the torch module (this floor
-    imports no framework).
+    ``stack``: the stack's cell, weights and settings (``kernels.Stack``); ``fused(x_or_packed, states)`` runs
+    it once, a ``PackedSequence`` included (the cutting runners call it). Returns the output ``(N, T, H)``
+    (zeros at steps past a row's length) and each row's state after its last valid step.
     """
+    if resets is None and lengths is None:  # the common chunk: no host copies, no chunk facts
+        path = paths.path_for(stack, x.shape[0], x.shape[1], x.device.type)
+        return RUNNERS[path](stack, fused, x, states, None, None)
     host_resets = None if resets is None else resets.cpu().numpy().astype(bool)
     host_lengths = None if lengths is None else lengths.cpu().numpy()
-    steps = x.shape[1]
-    if not needs_segments(host_resets, host_lengths, steps):
-        if resets is not None:
-            first = torch.as_tensor(host_resets[:, 0], device=x.device)[None, :, None]
-            states = tuple(torch.where(first, 0, s) for s in states)
-        return fused(x, states)
-    if path in (None, "saturated") and saturable(x, states, stack):
-        return run_saturated(stack, x, states, host_resets, host_lengths)
-    cuts = cut_points(host_resets, host_lengths, steps)
-    if path in (None, "saturated"):
-        path = "cuts" if x.device.type == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else "packed"
-    if path == "cuts":
-        return run_cuts(fused, x, states, host_resets, host_lengths, cuts)
-    return run_packed(fused, x, states, plan_segments(host_resets, host_lengths, steps))
+    path = paths.path_for(
+        stack, x.shape[0], x.shape[1], x.device.type, resets=host_resets, lengths=host_lengths, chunk=(x, states)
+    )
+    return RUNNERS[path](stack, fused, x, states, host_resets, host_lengths)
 
 
-def saturable(x: Any, states: tuple, stack: Stack | None) -> bool:
-    """Whether saturated gates can run this chunk exactly: an LSTM or GRU on a CPU, its input and states
-    finite (a zero step cannot clear NaN: 0 * NaN = NaN; only ``torch.where`` on the other paths does),
-    and the flag columns' drive larger than any pre-activation its weights, input and state can reach
-    (``saturate.drive_dominates``: a bias of 1e38 in float32, or an infinite weight, would leak the state).
+Runner = Callable[[Stack, Any, Any, tuple, "np.ndarray | None", "np.ndarray | None"], tuple[Any, tuple]]
 
-    Example:
-        >>> import torch
-        >>> x, h = torch.zeros(2, 3, 4), (torch.zeros(1, 2, 5),)
-        >>> saturable(x, h, Stack("gru", [])), saturable(x, h, Stack("rnn", []))
-        (True, False)
-        >>> saturable(x.fill_(float("nan")), h, Stack("gru", []))
-        False
-    """
-    if x.device.type != "cpu" or stack is None or stack.cell not in SATURATED_GATES:
-        return False
-    return drive_dominates(stack.layers, x, states)
+
+def _cells(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    return run_cells(stack, x, states)
+
+
+def _plain(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    return run_fused(stack, x, states)
+
+
+def _first_step_reset(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    first = torch.as_tensor(resets[:, 0], device=x.device)[None, :, None]
+    return run_plain(stack, x, tuple(torch.where(first, 0, s) for s in states))
+
+
+def _saturated(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    return run_saturated(stack, x, states, resets, lengths)
+
+
+def _cuts(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    return run_cuts(fused, x, states, resets, lengths, cut_points(resets, lengths, x.shape[1]))
+
+
+def _packed(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
+    return run_packed(fused, x, states, plan_segments(resets, lengths, x.shape[1]))
+
+
+# Each path a chunk can take, and its runner: ``runner(stack, fused, x, states, resets, lengths)`` with the
+# resets and lengths as host arrays. ``Path.COMPILED`` is a streaming step's (``step_runs.RUN_MAKERS``).
+RUNNERS: dict[Path, Runner] = {
+    Path.CELL_OPS: _cells,
+    Path.PLAIN: _plain,
+    Path.FIRST_STEP_RESET: _first_step_reset,
+    Path.SATURATED: _saturated,
+    Path.CUTS: _cuts,
+    Path.PACKED: _packed,
+}

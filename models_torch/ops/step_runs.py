@@ -3,16 +3,15 @@
 Both streaming steps (``models_torch.streaming``; ``models_keras.streaming`` on the torch backend)
 work out once per input shape a ``Run``, ``run(x, states) -> (y, new states)`` with ``x``
 ``(B, S, T, F)`` and ``y`` ``(B, S, T, H)``, the states in the layout ``plan_run`` names, and use it
-until the shape, the weights or the carried states change:
+until the shape, the weights or the carried states change. ``paths.path_for`` names the path, and
+``RUN_MAKERS`` makes its ``Run``:
 
-- ``cell``: one layer, one small step on the CPU: the cell op (``torch.gru_cell``, ...) on states
-  ``(N, H)``; ATen's ~20 µs for a band-split frame, the Python around it a few µs.
-- ``plain``: any other chunk: ``models_torch.ops.kernels.run_plain`` on states ``(L, N, H)``.
-- ``compiled``: the chunk exported and compiled ahead of time by torch's AOTInductor (C++, seconds
-  per shape, a C++ compiler needed; CPU) into one native call on states ``(L, B, S, H)``. Its
-  weights are inputs, not constants: it runs whatever weights it is handed.
-
-``torch`` is passed in, as everywhere on this floor.
+- ``Path.CELL_OPS``: one small step on the CPU: for one layer, the cell op (``torch.gru_cell``, ...)
+  on states ``(N, H)`` with nothing around it; for more, ``kernels.run_cells`` on states ``(L, N, H)``.
+- ``Path.PLAIN``: any other chunk: ``kernels.run_fused`` on states ``(L, N, H)``.
+- ``Path.COMPILED`` (asked for): the chunk exported and compiled ahead of time by torch's AOTInductor
+  (C++, seconds per shape, a C++ compiler needed; CPU) into one native call on states ``(L, B, S, H)``.
+  Its weights are inputs, not constants: it runs whatever weights it is handed.
 
 Example:
     >>> import torch
@@ -35,7 +34,9 @@ from typing import Any
 
 import torch
 
-from models_torch.ops.kernels import Stack, by_cells, run_plain
+from models_torch.ops.kernels import Stack, run_cells, run_fused, run_plain
+from models_torch.ops.paths import Path, path_for
+from multistate_core.cells import CELLS
 
 Run = Callable[[Any, tuple], tuple[Any, tuple]]
 
@@ -45,22 +46,27 @@ def plan_run(
 ) -> tuple[Run, tuple]:
     """The ``Run`` for chunks of ``x_shape`` from states of ``state_shape`` (each ``(L, B, S, H)``) on
     ``device``, and the shape it takes the states in. ``programs``: compile (the dict caches the
-    compiled programs by shape; CPU only), or None."""
-    batch, streams, steps, features = x_shape
-    layers, _, _, hidden = state_shape
-    rows, y_shape = batch * streams, (batch, streams, steps, hidden)
-    if programs is not None:
-        if device != "cpu":
-            raise ValueError(f"a compiled streaming step runs on the CPU, not {device}: on a GPU use GraphStep")
-        return _compiled_run(stack, x_shape, state_shape, programs), tuple(state_shape)
-    if layers == 1 and by_cells(stack, rows, steps, device):
-        return _cell_run(stack, (rows, features), y_shape), (rows, hidden)
-    return _plain_run(stack, (rows, steps, features), y_shape), (layers, rows, hidden)
+    compiled programs by shape; CPU only, an error elsewhere), or None."""
+    batch, streams, steps, _ = x_shape
+    path = path_for(stack, batch * streams, steps, device, compiled=programs is not None)
+    return RUN_MAKERS[path](stack, tuple(x_shape), tuple(state_shape), programs)
+
+
+def _cells_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: dict | None) -> tuple[Run, tuple]:
+    (batch, streams, _, features), (layers, _, _, hidden) = x_shape, state_shape
+    rows = batch * streams
+    if layers == 1:
+        return _cell_run(stack, (rows, features), (batch, streams, 1, hidden)), (rows, hidden)
+    return _chunk_run(run_cells, stack, x_shape, state_shape)
+
+
+def _plain_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: dict | None) -> tuple[Run, tuple]:
+    return _chunk_run(run_fused, stack, x_shape, state_shape)
 
 
 def _cell_run(stack: Stack, x_shape: tuple, y_shape: tuple) -> Run:
     """The cell op, its weights detached (no graph is built; in-place updates of the parameters are seen)."""
-    op, weights = getattr(torch, f"{stack.kind}_cell"), tuple(w.detach() for w in stack.layers[0])
+    op, weights = stack.cell_op, tuple(w.detach() for w in stack.layers[0])
 
     def run(x: Any, states: tuple) -> tuple[Any, tuple]:
         new = op(x.detach().reshape(x_shape), states if len(states) > 1 else states[0], *weights)
@@ -70,16 +76,22 @@ def _cell_run(stack: Stack, x_shape: tuple, y_shape: tuple) -> Run:
     return run
 
 
-def _plain_run(stack: Stack, x_shape: tuple, y_shape: tuple) -> Run:
+def _chunk_run(runner: Callable, stack: Stack, x_shape: tuple, state_shape: tuple) -> tuple[Run, tuple]:
+    """``runner`` (``kernels.run_cells`` or ``run_fused``) on the folded chunk, states ``(L, B*S, H)``."""
+    (batch, streams, steps, features), (layers, _, _, hidden) = x_shape, state_shape
+    rows = batch * streams
+    folded, y_shape = (rows, steps, features), (batch, streams, steps, hidden)
+
     def run(x: Any, states: tuple) -> tuple[Any, tuple]:
         with torch.no_grad():
-            out, new = run_plain(stack, x.reshape(x_shape), states)
+            out, new = runner(stack, x.reshape(folded), states)
         return out.view(y_shape), new
 
-    return run
+    return run, (layers, rows, hidden)
 
 
-def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: dict) -> Run:
+def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: dict | None) -> tuple[Run, tuple]:
+    assert programs is not None  # path_for names Path.COMPILED only where programs were asked for
     weights = tuple(w.detach() for layer in stack.layers for w in layer)
     dtype = weights[0].dtype
     key = (tuple(x_shape), tuple(state_shape), dtype, stack.kind, len(stack.layers), tuple(w.shape for w in weights))
@@ -91,7 +103,7 @@ def _compiled_run(stack: Stack, x_shape: tuple, state_shape: tuple, programs: di
         y, *new = program([x.contiguous(), *states, *weights])
         return y, tuple(new)
 
-    return run
+    return run, state_shape
 
 
 def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple) -> Callable:
@@ -111,7 +123,7 @@ def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple) -
     dtype = weights[0].dtype  # distinct example tensors: export merges inputs that are one tensor
     example = (
         torch.zeros(x_shape, dtype=dtype),
-        tuple(torch.zeros(state_shape, dtype=dtype) for _ in range(2 if stack.cell == "lstm" else 1)),
+        tuple(torch.zeros(state_shape, dtype=dtype) for _ in range(CELLS[stack.cell].num_states)),
         tuple(w.clone() for w in weights),
     )
     try:
@@ -123,3 +135,12 @@ def _compile(stack: Stack, x_shape: tuple, state_shape: tuple, weights: tuple) -
         raise RuntimeError(
             f"streaming_step(compiled=True): AOTInductor could not compile the step (it needs a C++ compiler): {error}"
         ) from error
+
+
+# Each path a streaming step can take, and the maker of its ``Run``: ``maker(stack, x_shape, state_shape,
+# programs) -> (run, state layout)``.
+RUN_MAKERS: dict[Path, Callable[[Stack, tuple, tuple, dict | None], tuple[Run, tuple]]] = {
+    Path.CELL_OPS: _cells_run,
+    Path.PLAIN: _plain_run,
+    Path.COMPILED: _compiled_run,
+}

@@ -180,15 +180,15 @@ def test_training_streams_do_not_interact(rng):
 
 @pytest.mark.parametrize("cell", VARIANTS)
 def test_direct_op_equals_the_modules_own_forward(cell, rng):
-    """``segments.fused`` calls the op ``nn.LSTM``/``GRU``/``RNN.forward`` calls: same outputs, states, gradients."""
-    from models_torch import segments
+    """``inner_rnn.fused`` calls the op ``nn.LSTM``/``GRU``/``RNN.forward`` calls: same outputs, states, gradients."""
+    from models_torch import inner_rnn
 
     model = make(cell, "float64", num_layers=2)
     x = torch.from_numpy(random_input(rng, (B * S, T, F), "float64"))
     states = tuple(torch.from_numpy(random_input(rng, (2, B * S, H), "float64")) for _ in model.state_names)
     results = []
     for run in (
-        lambda: segments.fused(model.rnn, x, states),
+        lambda: inner_rnn.fused(model.rnn, x, states),
         lambda: model.rnn(x, states if len(states) > 1 else states[0]),
     ):
         model.zero_grad()
@@ -203,14 +203,14 @@ def test_direct_op_equals_the_modules_own_forward(cell, rng):
 @pytest.mark.parametrize("cell", VARIANTS)
 def test_one_step_through_the_cell_ops_equals_the_fused_op(cell, layers, rng, monkeypatch):
     """A one-frame chunk takes ``torch.lstm_cell``/``gru_cell``/``rnn_*_cell``: the fused op's numbers and gradients."""
-    from models_torch.ops import kernels
+    from models_torch.ops import paths
 
     model = make(cell, "float64", num_layers=layers)
     x = random_input(rng, (B, S, 1, F), "float64")
     start = tuple(random_input(rng, (layers, B, S, H), "float64") for _ in model.state_names)
     results = []
     for cells in (True, False):
-        monkeypatch.setattr(kernels, "CELL_STEP_MACS", 10**12 if cells else 0)
+        monkeypatch.setattr(paths, "CELL_STEP_MACS", 10**12 if cells else 0)
         model.zero_grad()
         inputs = [torch.from_numpy(a).requires_grad_(True) for a in (x, *start)]
         out, new = model(inputs[0], initial_state=inputs[1:], return_state=True)

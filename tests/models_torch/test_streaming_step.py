@@ -94,14 +94,15 @@ def test_the_output_does_not_alias_the_carried_state(run):
 
 
 def test_a_one_frame_step_goes_straight_to_the_cell_op(monkeypatch):
-    """The speed path: a small one-layer frame on the CPU does not pass through ``run_plain``."""
+    """The speed path: a small one-layer frame on the CPU goes to the cell op, through neither chunk runner."""
     stepped, called = twins("gru")
     step = stepped.streaming_step()
     x = torch.randn(B, S, 1, F, dtype=torch.float64)
     for _ in range(2):
         want = call(called, x)
         with monkeypatch.context() as patched:  # the name the step's runs call it by
-            patched.setattr(step_runs, "run_plain", lambda *a: pytest.fail("one frame went through run_plain"))
+            for runner in ("run_cells", "run_fused"):
+                patched.setattr(step_runs, runner, lambda *a: pytest.fail("one frame went through a chunk runner"))
             got = step(x)
         assert_same(stepped, called, got, want)
 

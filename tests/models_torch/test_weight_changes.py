@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize, prune
 
 from harness.porting import torch_class
-from models_torch import segments, streaming
+from models_torch import inner_rnn, streaming
 from tests.conformance import assert_chunked_equals_whole, assert_gradients_match
 from tests.helpers import CELLS, B, F, H, S
 
@@ -241,7 +241,7 @@ def _raw_weights(rnn: nn.Module, *args: object) -> list[torch.Tensor]:
 PLANTED = {  # kind -> (module, attribute, planted value, the check that must catch it)
     "stale-weight step (plan blind to new storage)": (streaming, "_DATA_PTR", lambda w: 0, "step"),
     "stale-weight step (hooked weights planned once)": (streaming, "plain_weights", _raw_weights, "step"),
-    "parametrization ignored (raw _flat_weights read)": (segments, "weights_of", _raw_weights, "module"),
+    "parametrization ignored (raw _flat_weights read)": (inner_rnn, "weights_of", _raw_weights, "module"),
 }
 
 

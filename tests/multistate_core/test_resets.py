@@ -523,19 +523,28 @@ PATHS = [(c, p) for c in CELLS for p in ("cuts", "packed", "saturated") if (c, p
 
 
 def _folded_run(module, x, states, resets, lengths, path):
-    """``segments.run`` on the folded rows of ``module`` along ``path``; output and states unfolded."""
-    from models_torch import segments
+    """``inner_rnn.run`` on the folded rows of ``module``, the chooser planted to answer ``path`` ("cuts",
+    "packed", "saturated"; None: its own answer); output and states unfolded, and what the chooser itself chose."""
+    from models_torch import inner_rnn
+    from models_torch.ops import paths
 
-    layers = module.num_layers
-    out, new = segments.run(
-        module.rnn,
-        x.reshape(B * S, T, F),
-        tuple(s.reshape(layers, B * S, H) for s in states),
-        resets=torch.from_numpy(resets).reshape(B * S, T),
-        lengths=torch.from_numpy(lengths).reshape(B * S),
-        path=path,
-    )
-    return out.reshape(B, S, T, H), tuple(s.reshape(layers, B, S, H) for s in new)
+    chosen = []
+
+    def planted(*args, **kwargs):
+        chosen.append(choose(*args, **kwargs))
+        return chosen[-1] if path is None else paths.Path(path)
+
+    layers, choose = module.num_layers, paths.path_for
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(paths, "path_for", planted)
+        out, new = inner_rnn.run(
+            module.rnn,
+            x.reshape(B * S, T, F),
+            tuple(s.reshape(layers, B * S, H) for s in states),
+            resets=torch.from_numpy(resets).reshape(B * S, T),
+            lengths=torch.from_numpy(lengths).reshape(B * S),
+        )
+    return out.reshape(B, S, T, H), tuple(s.reshape(layers, B, S, H) for s in new), chosen[0]
 
 
 @pytest.mark.parametrize(("cell", "path"), PATHS)
@@ -546,7 +555,7 @@ def test_every_segment_path_equals_the_reference(cell, path, rng):
     states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H))) for _ in module.state_names)
     want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
     with torch.no_grad():
-        out, new = _folded_run(module, torch.from_numpy(x), states, resets, lengths, path)
+        out, new, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, path)
     close(out, want, 1e-12)
     for got, expected in zip(new, want_states, strict=True):
         close(got, expected, 1e-12)
@@ -562,7 +571,7 @@ def test_saturated_gates_pass_the_same_gradients_as_packed_segments(cell, rng):
     grads = {}
     for path in ("packed", "saturated"):
         inputs = [torch.from_numpy(a).requires_grad_(True) for a in start]
-        out, new = _folded_run(module, inputs[0], tuple(inputs[1:]), resets, lengths, path)
+        out, new, _ = _folded_run(module, inputs[0], tuple(inputs[1:]), resets, lengths, path)
         loss = ((out - target) ** 2).sum() + sum((s**2).sum() for s in new)
         grads[path] = torch.autograd.grad(loss, inputs + list(module.parameters()))
     for got, want in zip(grads["saturated"], grads["packed"], strict=True):
@@ -580,27 +589,28 @@ def test_saturation_too_weak_to_shut_the_gates_is_caught(rng, monkeypatch):
     states = tuple(torch.from_numpy(rng.standard_normal((2, B, S, H))) for _ in module.state_names)
     want, _ = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
     with torch.no_grad():
-        out, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, "saturated")
+        out, _, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, "saturated")
     error = float((out - want.detach()).abs().max())
     assert error > 1e-6, f"a leaking reset went unnoticed: max error {error:.1e}"
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-@pytest.mark.parametrize(("cell", "path"), PATHS)
+@pytest.mark.parametrize(("cell", "path"), [(c, p) for c in CELLS for p in ("cuts", "packed", None)])
 def test_a_reset_inside_the_chunk_clears_a_non_finite_state(cell, path, value, rng):
     """NaN/Inf carried into a chunk is gone after a reset at step 4: the same numbers as starting there from zeros.
 
-    On the saturated path a zero step would keep it (0 * NaN = NaN): a non-finite chunk or state takes
-    another path; this test holds every forced path to it.
+    On the saturated path a zero step would keep it (0 * NaN = NaN): the chooser (``path`` None) must take
+    another; the cutting paths are held to it planted.
     """
     module = make_module(cell, num_layers=2)
     x, resets = rng.standard_normal((B, S, T, F)), np.zeros((B, S, T), bool)
     resets[:, :, 4] = True
     states = tuple(torch.full((2, B, S, H), value, dtype=torch.float64) for _ in module.state_names)
     with torch.no_grad():
-        out, new = _folded_run(module, torch.from_numpy(x), states, resets, np.full((B, S), T), path)
+        out, new, chosen = _folded_run(module, torch.from_numpy(x), states, resets, np.full((B, S), T), path)
         zeros = tuple(torch.zeros_like(s) for s in states)
         want, want_states = reference_run(module, torch.from_numpy(x[:, :, 4:]), zeros)
+    assert chosen.value != "saturated", f"a non-finite state took the saturated path ({value})"
     close(out[:, :, 4:], want, 1e-12)
     for got, expected in zip(new, want_states, strict=True):
         close(got, expected, 1e-12)
@@ -695,12 +705,12 @@ def test_absurd_weights_take_an_exact_path(cell, dtype, case, rng):
 def test_planted_saturation_predicate_faults_are_caught(fault, case, rng, monkeypatch):
     """Planted faults: with the pre-activation bound read as 0 (finite huge weights pass) or the whole predicate
     answering True (infinite ones pass), the state leaks through a reset and the comparison above fails."""
-    from models_torch.ops import saturate, segments
+    from models_torch.ops import paths, saturate
 
     if fault == "magnitude bound ignored":
         monkeypatch.setattr(saturate, "preactivation_bound", lambda *args: 0.0)
     else:
-        monkeypatch.setattr(segments, "drive_dominates", lambda *args: True)
+        monkeypatch.setattr(paths, "drive_dominates", lambda *args: True)
     errors = {cell: absurd_error(cell, "float32", case, rng) for cell in ("lstm", "gru")}
     assert all(e > 1e-3 for e in errors.values()), f"{fault}: a leaking reset went unnoticed: {errors}"
 

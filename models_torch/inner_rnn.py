@@ -1,11 +1,10 @@
-"""Running the shared torch RNN on folded streams, with per-step resets and per-stream lengths.
+"""The multi-state layer's inner ``nn.LSTM``/``GRU``/``RNN`` as the torch ops take it, and one chunk run on it.
 
-Without resets inside the chunk and with full lengths, one fused call does it all
-(``run``'s common path). Otherwise, on a CPU, an LSTM or GRU runs one plain call per layer
-with two extra input columns whose weights shut or hold its gates (``models_torch.ops.saturate``);
-elsewhere, and for a simple RNN, every row is cut into segments at its resets and at its length
-(``models_torch.ops.segments``), and the segments run as ONE packed sequence or between cuts of the
-time axis. No Python loop over time steps on any path.
+``stack_of`` reads the inner RNN into a ``kernels.Stack`` (its cell from the cell table, the weights it
+would run with: hooks and parametrizations included); ``run`` runs a folded chunk, with per-step resets
+and per-stream lengths, on the path ``models_torch.ops.paths.path_for`` names (``ops.segments.RUNNERS``);
+``fused`` is the one call of the whole stack that the cutting runners make. No Python loop over time steps
+on any path.
 
 Example:
     >>> rnn = torch.nn.GRU(3, 5, batch_first=True)
@@ -26,17 +25,21 @@ from torch import nn
 
 from models_torch.ops.kernels import Stack, run_plain
 from models_torch.ops.segments import run_segmented
+from multistate_core.cells import cell_of_class
 
 State = tuple[torch.Tensor, ...]
 
 
 def stack_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> Stack:
     """``rnn`` as the floor's ops take it for the chunk ``x`` ``(..., T, F)`` from ``states`` (each
-    ``(L, N, H)``): the weights ``rnn`` would run it with (``weights_of``), its mode and settings."""
+    ``(L, N, H)``): the weights ``rnn`` would run it with (``weights_of``), its mode and settings. Its cell
+    is the cell table's for ``rnn``'s class; an RNN of no known cell is refused."""
+    cell = cell_of_class(rnn)
+    if cell is None:
+        raise TypeError(f"expected an nn.LSTM, nn.GRU or nn.RNN (or a subclass), got {type(rnn).__name__}")
     weights, count = weights_of(rnn, x, states), rnn.num_layers
     per_layer = len(weights) // count
     layers = [weights] if count == 1 else [weights[k * per_layer : (k + 1) * per_layer] for k in range(count)]
-    cell = "lstm" if isinstance(rnn, nn.LSTM) else "gru" if isinstance(rnn, nn.GRU) else "rnn"
     return Stack(cell, layers, rnn.training, float(rnn.dropout), getattr(rnn, "nonlinearity", "tanh"))
 
 
@@ -94,7 +97,7 @@ def fused(
     A plain chunk goes straight to the op that ``nn.LSTM``/``GRU``/``RNN.forward`` would call, with
     the same weights and settings (``stack``, as ``stack_of`` reads it; a small one-step chunk on the
     CPU through the cell ops): the module's Python checks, already done by the multi-state layer,
-    cost more than a one-step chunk itself. ``tests/test_torch_models.py`` holds both paths equal,
+    cost more than a one-step chunk itself. ``tests/models_torch/test_modules.py`` holds both paths equal,
     bit for bit, and fails loudly if ``rnn._flat_weights`` moves.
     """
     if isinstance(x, nn.utils.rnn.PackedSequence):
@@ -110,18 +113,16 @@ def run(
     *,
     resets: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
-    path: str | None = None,
     stack: Stack | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Run ``x`` ``(N, T, F)`` from ``states``; ``resets`` ``(N, T)`` bool zeroes a row's state before
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
-    Returns the output ``(N, T, H)`` and each row's state after its last valid step. ``path`` forces
-    "saturated", "cuts" or "packed" (``models_torch.ops.segments.run_segmented``; default: the cheaper here).
-    ``stack``: ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
+    Returns the output ``(N, T, H)`` and each row's state after its last valid step, on the path
+    ``paths.path_for`` names (``models_torch.ops.segments.run_segmented``). ``stack``:
+    ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
     """
     stack = stack or stack_of(rnn, x, states)
-    if resets is None and lengths is None:
-        return fused(rnn, x, states, stack)
-    saturable = None if rnn.training and rnn.dropout else stack  # saturated gates: no dropout between layers
-    return run_segmented(functools.partial(fused, rnn, stack=stack), x, states, resets, lengths, path, saturable)
+    plain = resets is None and lengths is None  # only the cutting runners call ``fused``: no partial per plain chunk
+    cutting = None if plain else functools.partial(fused, rnn, stack=stack)
+    return run_segmented(cutting, x, states, resets, lengths, stack=stack)
