@@ -15,21 +15,21 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "PLANS": "parity",
-    "assert_parity": "parity",
-    "check_parity": "parity",
-    "chunk_plan": "parity",
-    "port_weights": "porting",
-    "keras_twin": "porting",
-    "torch_twin": "porting",
-    "Comparison": "report",
-    "ParityReport": "report",
-    "Runner": "runners",
-    "as_runner": "runners",
-    "Tolerance": "tolerances",
-    "default_tolerance": "tolerances",
-    "TrainingParityReport": "training",
-    "check_training_parity": "training",
+    "PLANS": "parity.engine",
+    "assert_parity": "parity.engine",
+    "check_parity": "parity.engine",
+    "chunk_plan": "parity.engine",
+    "port_weights": "porting.layers",
+    "keras_twin": "porting.layers",
+    "torch_twin": "porting.layers",
+    "Comparison": "parity.report",
+    "ParityReport": "parity.report",
+    "Runner": "parity.runners",
+    "as_runner": "parity.runners",
+    "Tolerance": "parity.tolerances",
+    "default_tolerance": "parity.tolerances",
+    "TrainingParityReport": "training.twins",
+    "check_training_parity": "training.twins",
 }
 
 __all__ = sorted(_HOMES)

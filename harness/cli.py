@@ -154,7 +154,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _port(args: argparse.Namespace) -> int:
-    from harness.convert import ParityFailed, convert_file
+    from harness.porting.convert import ParityFailed, convert_file
 
     try:
         result = convert_file(
@@ -189,7 +189,7 @@ def _positive(text: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from harness.export import export
+    from harness.export.to_onnx import export
 
     try:
         result = export(
@@ -235,8 +235,8 @@ def _seed(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from harness.parity import check_parity
-    from harness.porting import keras_twin
+    from harness.parity.engine import check_parity
+    from harness.porting.layers import keras_twin
     from harness.scenarios import torch_model
 
     module = torch_model(args.cell, 2, "float32")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.parity import PLANS, check_parity
+from harness.parity.engine import PLANS, check_parity
 from multistate_core.atomic import atomic_path
 
 CELLS = ("lstm", "gru", "rnn")
@@ -35,7 +35,7 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str 
     """
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import torch_class
 
     torch.manual_seed(seed)
     return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
@@ -63,8 +63,8 @@ def model_device(model: Any) -> str:
 def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
     """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its exported
     file (``onnx``; ``tflite``: exported from the Keras twin)."""
-    from harness.export import export
-    from harness.porting import keras_twin
+    from harness.export.to_onnx import export
+    from harness.porting.layers import keras_twin
 
     if backend in ("onnx", "tflite"):
         path = os.path.join(folder, f"{module.cell}.{backend}")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.files import write_torch_file
+from harness.porting.files import write_torch_file
 from tests.helpers import F, H
 
 pytestmark = pytest.mark.keras  # porting a torch file writes a Keras one
@@ -137,8 +137,8 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
     computes the relu RNN."""
     import keras
 
-    from harness.convert import _keras_like
-    from harness.files import multistate_spec_from_keras_weights, read_keras_file
+    from harness.porting.convert import _keras_like
+    from harness.porting.files import multistate_spec_from_keras_weights, read_keras_file
 
     torch.manual_seed(0)
     rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
@@ -161,7 +161,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
 
 def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monkeypatch):
     """Planted fault: the written file is corrupted before the check; the check fails and nothing is left."""
-    from harness import files
+    from harness.porting import files
 
     write = files.write_keras_file
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
+from harness.porting.layers import keras_class, keras_twin, port_weights, read_weights, torch_class
 from models_keras import multistate_layers
 from multistate_core.cells import CELLS as CELL_SPECS
 from multistate_core.cells import to_keras
@@ -358,7 +358,7 @@ def test_keras_training_step_with_resets_matches_torch(cell, rng):
     floatx = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        from harness.training import _sum_of_squares_loss
+        from harness.training.twins import _sum_of_squares_loss
 
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr / target.size), loss=_sum_of_squares_loss())
         keras_loss = float(np.asarray(model.train_on_batch([x, resets, lengths.astype("int32")], target)))

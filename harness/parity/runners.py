@@ -34,7 +34,7 @@ class Runner(Protocol):
 class TorchRunner:
     """Drives a ``models_torch`` multi-state module without gradients, on its device.
 
-    TF32 is switched off by ``check_parity`` (``harness.precision.full_precision_matmul``).
+    TF32 is switched off by ``check_parity`` (``harness.parity.precision.full_precision_matmul``).
     """
 
     def __init__(self, model: Any) -> None:
@@ -98,11 +98,11 @@ def as_runner(model: Any) -> Runner:
     if isinstance(model, Runner):
         return model
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
-        from harness.exported import OnnxRunner
+        from harness.export.runners import OnnxRunner
 
         return OnnxRunner(model)
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".tflite"):
-        from harness.exported import TFLiteRunner
+        from harness.export.runners import TFLiteRunner
 
         return TFLiteRunner(model)
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):

@@ -237,15 +237,15 @@ def port_weights(src: Any, dst: Any, *, name_map: Mapping[str, str] | None = Non
 
     Two recurrent layers (multi-state, ``nn.LSTM``/``GRU``/``RNN``, Keras ``LSTM``/``GRU``/``SimpleRNN``,
     ``Bidirectional``) port directly. Anything else (whole models, any nesting, or other layers) ports
-    every parameterised layer in structural order (``harness.model_porting``): ``name_map`` pairs
+    every parameterised layer in structural order (``harness.porting.models``): ``name_map`` pairs
     source paths with destination paths where order cannot decide, and a parameter left without a
     partner refuses the port unless ``allow_unported=True`` (then a warning lists it).
-    ``harness.model_porting.port_report`` shows what a port does without writing.
+    ``harness.porting.models.port_report`` shows what a port does without writing.
     Everything is validated before anything is assigned: a refused port leaves ``dst`` untouched.
     """
     if _is_recurrent_layer(src) and _is_recurrent_layer(dst):
         return write_weights(read_weights(src), dst)
-    from harness import model_porting
+    from harness.porting import models as model_porting
 
     return model_porting.port_model(src, dst, name_map=name_map, allow_unported=allow_unported)
 

@@ -1,8 +1,8 @@
 """Export a Keras multi-state layer to TFLite (LiteRT) as one streaming chunk, then prove the file.
 
-``harness.export.export(model, "m.tflite")`` lands here. The ``.tflite`` file holds one call of the
+``harness.export.to_onnx.export(model, "m.tflite")`` lands here. The ``.tflite`` file holds one call of the
 layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
-tensors are named and shaped as in the ONNX file (the table in ``harness.export``: inputs ``x``, ``h``
+tensors are named and shaped as in the ONNX file (the table in ``harness.export.to_onnx``: inputs ``x``, ``h``
 [, ``c``], outputs ``y``, ``h_out`` [, ``c_out``]).
 
 ``B`` (batch) and ``t`` (time) are dynamic (``-1`` in the shape signature); ``S``, ``F``, ``L``, ``H``
@@ -14,7 +14,7 @@ shape). Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT inte
 
 Sources: a ``models_keras`` layer (built, with a batch size) or a Keras model that is just that layer,
 or a ``.keras``/``.weights.h5`` file, on the TensorFlow backend, in float32. torch modules and torch
-weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.keras_twin``
+weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.layers.keras_twin``
 and export the Keras twin).
 
 Example:
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import (
+from harness.export.to_onnx import (
     ExportError,
     ExportResult,
     _is_keras,
@@ -187,7 +187,7 @@ def _converter_reason(error: Exception) -> str:
 def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str | None) -> Any:
     """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
     if isinstance(model_or_path, (str, os.PathLike)):
-        from harness import files
+        from harness.porting import files
 
         try:
             kind = files.file_kind(model_or_path)
@@ -197,7 +197,7 @@ def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str 
             raise _refuse(dst, "from a torch weight file: export it to .onnx, or port it to Keras first")
         if str(model_or_path).endswith(".keras"):
             return files.read_keras_file(model_or_path)
-        from harness.convert import _keras_like
+        from harness.porting.convert import _keras_like
 
         spec = files.multistate_spec_from_keras_weights(model_or_path)
         return files.read_keras_file(model_or_path, like=_keras_like(spec, nonlinearity))
@@ -274,7 +274,7 @@ def export_tflite(
         >>> result.exporter, result.state_names                                         # doctest: +SKIP
         ('tflite', ('h', 'c'))
     """
-    from harness.exported import TFLiteRunner
+    from harness.export.runners import TFLiteRunner
 
     check_destination(dst)
     try:

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import files
-from harness.parity import check_parity
-from harness.porting import describe, keras_twin, torch_class, torch_twin
-from harness.report import ParityReport
+from harness.parity.engine import check_parity
+from harness.parity.report import ParityReport
+from harness.porting import files
+from harness.porting.layers import describe, keras_twin, torch_class, torch_twin
 from multistate_core.atomic import atomic_path, check_writable
 
 

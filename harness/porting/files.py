@@ -148,7 +148,7 @@ def torch_module_from_state(
     """
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import torch_class
 
     state = without_weight_norm(state)
     keys = {m.groups(): k for k in state if (m := _TORCH_KEY.match(k))}

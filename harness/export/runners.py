@@ -1,13 +1,13 @@
 """Run an exported multi-state chunk model as a parity-engine ``Runner``: ``.onnx`` in onnxruntime
 (``OnnxRunner``), ``.tflite`` in the LiteRT interpreter (``TFLiteRunner``).
 
-The file must have the signature ``harness.export`` writes: inputs ``x`` ``(B, S, t, F)``
+The file must have the signature ``harness.export.to_onnx`` writes: inputs ``x`` ``(B, S, t, F)``
 then the carried states in ``get_states()`` order (``h``, ``c`` for LSTM; ``h`` otherwise),
 each ``(L, B, S, H)``; outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner
 keeps the states between calls, so a stream of chunks runs like the source model.
 
 Example:
-    >>> from harness.parity import check_parity
+    >>> from harness.parity.engine import check_parity
     >>> report = check_parity({"torch": module, "onnx": OnnxRunner("lstm.onnx")}, x, "random")  # doctest: +SKIP
     >>> report.ok                                                                                  # doctest: +SKIP
     True
@@ -194,7 +194,7 @@ def _interpreter_class() -> type:
 class TFLiteRunner(_ChunkRunner):
     """Drives an exported ``.tflite`` chunk model in the LiteRT interpreter and carries its states between calls.
 
-    The file's signature (``harness.export_tflite``) names the tensors; batch and time may be dynamic
+    The file's signature (``harness.export.to_tflite``) names the tensors; batch and time may be dynamic
     (``-1``): the runner resizes the inputs only when a chunk's shape changes, so a stream of
     one-frame chunks costs one ``invoke`` each.
 

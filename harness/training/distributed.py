@@ -155,7 +155,7 @@ def check_distributed_training_parity(
 def _torch_module(cell: str, batch: int, dtype: str, planted: str | None) -> Any:
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import torch_class
 
     cls = torch_class(cell)
     if planted == "state-in-buffers":
@@ -332,7 +332,7 @@ def _keras_scope(engine: str, replicas: int | None) -> Callable[[], Any]:
 def _keras_model(cell: str, batch: int, dtype: str) -> Any:
     import keras
 
-    from harness.porting import keras_class
+    from harness.porting.layers import keras_class
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input(batch_shape=(batch, S, None, F), dtype=dtype)

@@ -16,7 +16,7 @@ name       shape                  meaning
 ``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph);
 ``S``, ``F``, ``L`` and ``H`` are fixed. Feed
 ``h_out``/``c_out`` back as ``h``/``c`` on the next chunk (zeros to start);
-``harness.exported.OnnxRunner`` does exactly that.
+``harness.export.runners.OnnxRunner`` does exactly that.
 
 Inside, streams are folded into the batch (row ``b*S + s``) and run through the one
 fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``, which both exporters turn into ONNX
@@ -24,12 +24,12 @@ fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``, which both exporters turn into ONNX
 
 Sources: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
 layer or a Keras model holding only one, or a weight file that ``python -m harness port``
-reads. Keras sources are exported through their torch twin (``harness.porting.torch_twin``);
+reads. Keras sources are exported through their torch twin (``harness.porting.layers.torch_twin``);
 the exported file is then checked against the Keras model itself.
 
 Every export is verified before it appears under its name: the written graph runs in
 onnxruntime, chunk by chunk on a random input, against the source model (outputs and every
-state tensor at every chunk boundary, ``harness.parity.check_parity``); on any disagreement
+state tensor at every chunk boundary, ``harness.parity.engine.check_parity``); on any disagreement
 the file is discarded and ``ExportError`` raised. Refused outright: float64 models
 (onnxruntime's LSTM/GRU/RNN kernels take float32 only), ``proj_size``, ``bidirectional``,
 dropout in training mode, and the dynamo exporter where it fixes the time axis (``nn.RNN``,
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.report import ParityReport
+from harness.parity.report import ParityReport
 
 EXPORTERS = ("legacy", "dynamo")
 LEGACY_OPSET = 17
@@ -213,8 +213,8 @@ def _check_streams(asked: int | None, has: int, what: str) -> int:
 def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
     import torch
 
-    from harness import files
-    from harness.porting import describe, torch_class
+    from harness.porting import files
+    from harness.porting.layers import describe, torch_class
     from models_torch import MultiStateBase
 
     rnn = model.rnn if isinstance(model, MultiStateBase) else model
@@ -273,7 +273,7 @@ def _keras_layer_of(model: Any) -> Any:
 
 
 def _from_keras(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
-    from harness.porting import torch_twin
+    from harness.porting.layers import torch_twin
 
     layer = _keras_layer_of(model)
     _check_streams(num_streams, layer.num_streams, "the Keras layer")
@@ -286,7 +286,7 @@ def _from_file(
     path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str | None
 ) -> _Source:
     """The source of a weight file (a Keras file is verified against the Keras model read from it)."""
-    from harness import files
+    from harness.porting import files
 
     try:
         kind = files.file_kind(path)
@@ -298,7 +298,7 @@ def _from_file(
     if str(path).endswith(".keras"):
         model = files.read_keras_file(path)
     else:
-        from harness.convert import _keras_like
+        from harness.porting.convert import _keras_like
 
         model = files.read_keras_file(
             path, like=_keras_like(files.multistate_spec_from_keras_weights(path), nonlinearity)
@@ -358,7 +358,7 @@ def landing(dst: str | os.PathLike) -> Iterator[str]:
 
 def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
     """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
-    from harness.parity import check_parity
+    from harness.parity.engine import check_parity
 
     report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
     if not report.ok:
@@ -385,7 +385,7 @@ def export(
             layer or a Keras model holding only one, or a weight file (``.pt``, ``.pth``, ``.safetensors``,
             ``.keras``, ``.weights.h5``).
         dst: the ``.onnx`` file to write (atomically: it appears complete and verified, or not at all); a
-            ``.tflite`` destination goes to ``harness.export_tflite.export_tflite`` (Keras sources only).
+            ``.tflite`` destination goes to ``harness.export.to_tflite.export_tflite`` (Keras sources only).
         num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
             has its own, it must agree if given.
         batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
@@ -414,12 +414,12 @@ def export(
     """
     import torch
 
-    from harness.exported import OnnxRunner
+    from harness.export.runners import OnnxRunner
 
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}: expected one of {EXPORTERS}")
     if str(dst).endswith(".tflite"):
-        from harness.export_tflite import export_tflite
+        from harness.export.to_tflite import export_tflite
 
         return export_tflite(
             model_or_path,

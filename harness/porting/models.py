@@ -1,6 +1,6 @@
 """Port every parameterised layer of a whole torch model into a Keras model, or back.
 
-``harness.porting.port_weights`` comes here when either side is a container (a torch module
+``harness.porting.layers.port_weights`` comes here when either side is a container (a torch module
 that is not one recurrent layer, a Keras ``Model``/``Sequential``, or any non-recurrent layer).
 
 How a port goes:
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import porting
+from harness.porting import layers as porting
 
 Problems = list[str]
 
@@ -159,7 +159,7 @@ def _eps_differs(torch_eps: float, keras_eps: float) -> Problems:
 
 
 def _recurrent_pair() -> Pair:
-    """The recurrent layers of ``harness.porting`` (multi-state, LSTM/GRU/RNN, bidirectional)."""
+    """The recurrent layers of ``harness.porting.layers`` (multi-state, LSTM/GRU/RNN, bidirectional)."""
     import torch
 
     import models_torch
@@ -441,7 +441,7 @@ def _no_pair_message(torch_leaf: Leaf, keras_leaf: Leaf) -> str:
     if not partners:
         return (
             f"{torch_leaf.label} and {keras_leaf.label}: no pair is registered for a torch {kind} "
-            "(add one with harness.model_porting.register_pair)"
+            "(add one with harness.porting.models.register_pair)"
         )
     return f"{torch_leaf.label} cannot pair with {keras_leaf.label}: a {kind} pairs with {' or '.join(partners)}"
 
