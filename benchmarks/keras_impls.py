@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks import cases, torch_impls
 from benchmarks.cases import Case
-from harness.porting.layers import keras_class, keras_twin, port_weights
+from harness.porting import keras_class, keras_twin, port_weights
 from models_keras import fast_paths, multistate_layers
 from multistate_core.cells import CELLS
 

@@ -71,9 +71,8 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
 def _tflite_session(module: object, folder: str) -> Callable:
     """The module's Keras twin exported to ``.tflite``: one frame per call in the LiteRT interpreter, one thread,
     fed directly (as ``TFLiteRunner`` does, without its checks and resizing: the shapes never change)."""
-    from harness.export.runners import TFLiteRunner
-    from harness.export.to_onnx import export
-    from harness.porting.layers import keras_twin
+    from harness.export import TFLiteRunner, export
+    from harness.porting import keras_twin
 
     path = os.path.join(folder, "twin.tflite")
     export(keras_twin(module, batch_size=1), path, verify_steps=16)
@@ -97,7 +96,7 @@ def _keras_step(module: object, frame: np.ndarray, compiled: bool = False) -> Ca
     (numpy in, numpy out, as onnxruntime)."""
 
     import models_keras
-    from harness.porting.layers import keras_twin
+    from harness.porting import keras_twin
 
     (layer,) = models_keras.multistate_layers(keras_twin(module, batch_size=1))
     run = layer.streaming_step(compiled=compiled)
@@ -122,7 +121,7 @@ def one_frame_steppers(
     ``keras-compiled``: compiled by AOTInductor, where Keras runs on torch)."""
     import torch
 
-    from harness.porting.layers import torch_class
+    from harness.porting import torch_class
 
     torch.manual_seed(0)
     module = torch_class(cell)(hidden, hidden, streams).eval()
@@ -163,8 +162,7 @@ def one_frame_steppers(
 
 def _exported(module: object, folder: str, exporter: str, frames: int | None) -> object:
     """``module`` exported to ONNX (``frames``: fixed steps per call, or None), in an ``OnnxRunner`` on one thread."""
-    from harness.export.runners import OnnxRunner
-    from harness.export.to_onnx import export
+    from harness.export import OnnxRunner, export
 
     path = os.path.join(folder, f"{exporter}-{frames}.onnx")
     export(module, path, exporter=exporter, frames=frames, verify_steps=16)
@@ -245,7 +243,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from harness.export.to_onnx import ExportError
+    from harness.export import ExportError
 
     torch.set_num_threads(1)
     keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")

@@ -21,7 +21,7 @@ from torch import nn
 import models_torch
 from benchmarks import cases
 from benchmarks.cases import Case, Shape
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from multistate_core.cells import CELLS, cell_of_torch
 
 SEED = 0

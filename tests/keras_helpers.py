@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import models_keras
-from harness.porting.layers import keras_class, keras_twin, torch_class
+from harness.porting import keras_class, keras_twin, torch_class
 from tests.helpers import B, F, H, S
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.porting.layers import torch_twin
+from harness.porting import torch_twin
 from tests.helpers import CELLS, B, F, H, S, T, random_input
 from tests.keras_helpers import the_layer, torch_and_keras
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.porting.layers import port_weights, torch_class
+from harness.porting import port_weights, torch_class
 from tests.helpers import B, F, H, S, keras_backend
 
 T = 6
@@ -135,7 +135,7 @@ def _training(model: Any, rng: np.random.Generator, tmp_path: Any) -> None:
 
 
 def _port(model: Any, rng: np.random.Generator, tmp_path: Any) -> None:
-    from harness.porting.layers import keras_class, torch_twin
+    from harness.porting import keras_class, torch_twin
     from models_keras import multistate_layers
 
     if _is_keras(model):
@@ -146,7 +146,7 @@ def _port(model: Any, rng: np.random.Generator, tmp_path: Any) -> None:
 
 
 def _export(model: Any, rng: np.random.Generator, tmp_path: Any) -> None:
-    from harness.export.to_onnx import export
+    from harness.export import export
 
     export(model, tmp_path / "m.onnx", verify_steps=T)
 
@@ -182,7 +182,7 @@ def test_checks_leave_a_keras_model_as_found(check, rng, tmp_path):
 
 
 def test_cli_file_port_leaves_the_source_file(rng, tmp_path):
-    from harness.porting.convert import convert_file
+    from harness.porting import convert_file
     from harness.porting.files import write_torch_file
 
     src = tmp_path / "m.pt"

@@ -137,8 +137,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
     computes the relu RNN."""
     import keras
 
-    from harness.porting.convert import _keras_like
-    from harness.porting.files import multistate_spec_from_keras_weights, read_keras_file
+    from harness.porting.files import keras_model_like, multistate_spec_from_keras_weights, read_keras_file
 
     torch.manual_seed(0)
     rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
@@ -148,7 +147,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
     assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
     assert _files(tmp_path) == {"relu.pt"}
     assert _port(capsys, tmp_path / "relu.pt", h5, "--nonlinearity", "relu")[0] == 0
-    model = read_keras_file(h5, like=_keras_like(multistate_spec_from_keras_weights(h5), "relu"))
+    model = read_keras_file(h5, like=keras_model_like(multistate_spec_from_keras_weights(h5), "relu"))
     x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
     with torch.no_grad():
         expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.training.distributed import check_distributed_training_parity
+from harness.training import check_distributed_training_parity
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
 from tests.helpers import F, H, S, keras_backend
@@ -69,7 +69,7 @@ if engine == "tf-mirrored":
 else:
     import jax
     jax.config.update("jax_enable_x64", True)
-from harness.training.distributed import check_distributed_training_parity
+from harness.training import check_distributed_training_parity
 out = {}
 for name, kwargs in (("float32", {}), ("float64", {"dtype": "float64"}), ("drop-rows", {"planted": "drop-rows"})):
     report = check_distributed_training_parity(engine, "lstm", **kwargs)

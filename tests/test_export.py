@@ -16,8 +16,11 @@ import torch  # noqa: E402
 
 from harness import check_parity  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.export.runners import OnnxRunner  # noqa: E402
-from harness.export.to_onnx import ExportError, export  # noqa: E402
+from harness.export import (  # noqa: E402
+    ExportError,
+    OnnxRunner,  # noqa: E402
+    export,
+)
 from harness.porting.layers import torch_class  # noqa: E402
 from tests.helpers import weight_normed_rnn  # noqa: E402
 
@@ -337,8 +340,8 @@ def test_planted_weight_norm_gain_ignored_is_caught(tmp_path, capsys, monkeypatc
 def test_keras_model_exports_through_its_torch_twin(tmp_path):
     """A ``.keras`` file is exported via ``torch_twin`` and verified against the Keras model itself."""
     pytest.importorskip("keras")
+    from harness.porting import keras_twin
     from harness.porting.files import write_keras_file
-    from harness.porting.layers import keras_twin
 
     module = model("gru")
     write_keras_file(keras_twin(module, batch_size=2), tmp_path / "gru.keras")

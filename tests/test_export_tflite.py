@@ -22,8 +22,11 @@ pytest.importorskip("tensorflow")
 
 import harness.export.to_tflite as ex  # noqa: E402
 from harness import check_parity  # noqa: E402
-from harness.export.runners import TFLiteRunner  # noqa: E402
-from harness.export.to_onnx import ExportError, export  # noqa: E402
+from harness.export import (  # noqa: E402
+    ExportError,
+    TFLiteRunner,  # noqa: E402
+    export,
+)
 from harness.parity.runners import as_runner  # noqa: E402
 from harness.porting.layers import keras_class  # noqa: E402
 

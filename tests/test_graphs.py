@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from models_torch.graphs import GraphStep
 from tests.helpers import B, F, H, S
 

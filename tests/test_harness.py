@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from harness import assert_parity, check_parity, chunk_plan
 from harness.cli import main
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from tests.helpers import B, F, H, S, T, random_input
 
 
@@ -168,7 +168,7 @@ def test_cli_parity_with_episodes(capsys):
 
 
 def test_entry_point_refusals(tmp_path, capsys):
-    from harness.porting.convert import convert_file
+    from harness.porting import convert_file
     from harness.porting.files import file_kind
 
     with pytest.raises(ValueError, match="unsupported weight file 'w.onnx'"):
@@ -367,7 +367,7 @@ def test_compare_each_gives_the_rows_of_each_item_alone(monkeypatch: pytest.Monk
     """Items stacked by shape (and split in batches of at most ``STACKED_ELEMENTS``) give, item by item and in order,
     the rows a plain slice-by-slice comparison gives: errors, mismatch counts and the worst element's location."""
     import harness.parity.report as report
-    from harness.parity.tolerances import Tolerance
+    from harness.parity import Tolerance
 
     if most is not None:
         monkeypatch.setattr(report, "STACKED_ELEMENTS", most)

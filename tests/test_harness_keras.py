@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from harness import assert_parity, check_training_parity
 from harness.cli import main
-from harness.porting.layers import keras_twin, torch_class
+from harness.porting import keras_twin, torch_class
 from tests.helpers import CELLS, B, F, H, S, keras_backend, random_input
 
 pytestmark = pytest.mark.keras

@@ -10,7 +10,7 @@ import torch
 import models_keras
 import models_torch
 from harness.porting import models as model_porting
-from harness.porting.layers import port_weights
+from harness.porting import port_weights
 from harness.porting.models import PortError, port_report, register_pair
 from tests.helpers import B, F, H, S, T, random_input
 

@@ -17,7 +17,7 @@ import torch
 
 from harness import scenarios
 from harness.cli import main
-from harness.export.to_onnx import export
+from harness.export import export
 from harness.porting import files
 from models_torch.distributed import save_global_states
 from multistate_core import atomic
@@ -40,7 +40,7 @@ def _multistate() -> torch.nn.Module:
 
 
 def _keras_model():
-    from harness.porting.layers import keras_twin
+    from harness.porting import keras_twin
 
     return keras_twin(_multistate(), batch_size=1)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import check_parity
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from models_torch import segments
 from tests.helpers import B, F, H, PerStreamLoop, S, random_input
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import check_parity
-from harness.porting.layers import keras_twin, torch_class
+from harness.porting import keras_twin, torch_class
 from models_keras import MultiStateLSTM, fast_paths
 from tests.helpers import B, F, H, S, keras_backend, random_input
 from tests.keras_helpers import functional, the_layer

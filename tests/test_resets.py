@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.porting.layers import keras_class, keras_twin, port_weights, read_weights, torch_class
+from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
 from models_keras import multistate_layers
 from multistate_core.cells import CELLS as CELL_SPECS
 from multistate_core.cells import to_keras

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from models_torch import segments
 from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
 
@@ -115,7 +115,7 @@ def test_keras_mixed_precision_carries_state(policy, cell, rng):
     """Under a mixed policy the state variables stay float32 and are carried: chunked == whole (policy tolerance)."""
     import keras
 
-    from harness.porting.layers import keras_class
+    from harness.porting import keras_class
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from harness.porting.layers import keras_class
+from harness.porting import keras_class
 from tests.helpers import CELLS, B, F, H, S
 
 pytestmark = pytest.mark.keras

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from models_torch.ops import step_runs
 from tests.helpers import CELLS, B, F, H, S
 

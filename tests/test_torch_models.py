@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness import PLANS, assert_parity
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from tests.helpers import B, F, H, PerStreamLoop, S, T, random_input
 
 VARIANTS = {"lstm": {}, "gru": {}, "rnn-tanh": {"nonlinearity": "tanh"}, "rnn-relu": {"nonlinearity": "relu"}}

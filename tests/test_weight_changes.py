@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize, prune
 
-from harness.porting.layers import torch_class
+from harness.porting import torch_class
 from models_torch import segments, streaming
 from tests.helpers import CELLS, B, F, H, S
 

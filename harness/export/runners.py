@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from multistate_core.cells import CELLS
+
+_STATE_LAYOUTS = {tuple(cell.state_names) for cell in CELLS.values()}  # the carried states a chunk file may hold
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
@@ -154,7 +157,7 @@ class OnnxRunner(_ChunkRunner):
         ok = (
             len(inputs) >= 2
             and inputs[0].name == "x"
-            and names in (["h"], ["h", "c"])
+            and tuple(names) in _STATE_LAYOUTS
             and [o.name for o in outputs] == expected_outputs
             and all(len(v.shape) == 4 and v.type == inputs[0].type for v in inputs + outputs)
             and inputs[0].type in _ORT_DTYPES
@@ -236,7 +239,7 @@ class TFLiteRunner(_ChunkRunner):
             sorted(["x", *states]),
             sorted(["y", *(f"{n}_out" for n in states)]),
         )
-        ok = ok and states in (["h"], ["h", "c"])
+        ok = ok and tuple(states) in _STATE_LAYOUTS
         if ok:
             runner = self.interpreter.get_signature_runner("serving_default")
             inputs, outputs = runner.get_input_details(), runner.get_output_details()

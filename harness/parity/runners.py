@@ -94,17 +94,15 @@ class KerasRunner:
 
 
 def as_runner(model: Any) -> Runner:
-    """Wrap ``model`` in the runner for its framework (runners pass through; ``.onnx``/``.tflite`` paths: the file)."""
+    """Wrap ``model`` in the runner for its framework (runners pass through; the path of an exported file: its
+    format's runner, ``harness.export.formats``)."""
     if isinstance(model, Runner):
         return model
-    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
-        from harness.export.runners import OnnxRunner
+    if isinstance(model, (str, os.PathLike)):
+        from harness.export.formats import format_of
 
-        return OnnxRunner(model)
-    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".tflite"):
-        from harness.export.runners import TFLiteRunner
-
-        return TFLiteRunner(model)
+        if fmt := format_of(model):
+            return fmt.runner(model)
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         return KerasRunner(model)
     if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):
