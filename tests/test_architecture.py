@@ -161,7 +161,15 @@ def test_importing_harness_loads_no_framework():
 
 _TORCH_ONLY = """
 import sys
-sys.modules.update(keras=None, tensorflow=None, jax=None)  # not installed: importing them raises ImportError
+
+
+class NotInstalled:  # Keras, TensorFlow and JAX as if not installed: importing them raises ImportError
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras", "tensorflow", "jax"):
+            raise ImportError(f"No module named {name!r}")
+
+
+sys.meta_path.insert(0, NotInstalled())
 import numpy as np
 import harness
 from harness.porting import files
