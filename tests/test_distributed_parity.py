@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.training import check_distributed_training_parity
+from harness.training import check_distributed_training_parity, distributed
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
-from tests.helpers import F, H, S, keras_backend
+from tests.helpers import F, H, S, drop_rows, keras_backend
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -40,8 +40,15 @@ def test_torch_ddp_on_nccl_matches_one_process(dtype):
     assert report.ok, report.table()
 
 
-def test_torch_ddp_check_catches_rows_dropped_at_gather():
-    report = check_distributed_training_parity("torch-ddp", "gru", planted="drop-rows")
+def test_torch_ddp_check_catches_rows_dropped_at_gather(monkeypatch):
+    run = distributed._torch_parallel
+
+    def dropping(config, *args):
+        result = run(config, *args)
+        return result | {"states": drop_rows(result["states"], config.replicas)}
+
+    monkeypatch.setattr(distributed, "_torch_parallel", dropping)
+    report = check_distributed_training_parity("torch-ddp", "gru")
     assert not report.ok and report.max_state_error > 1e-3, report.table()
     assert report.max_weight_error <= 1e-6  # the training itself was right: only the gathered state is wrong
 
@@ -69,7 +76,7 @@ if engine == "tf-mirrored":
 else:
     import jax
     jax.config.update("jax_enable_x64", True)
-from harness.training import check_distributed_training_parity
+from harness.training import check_distributed_training_parity, distributed
 out = {}
 for name, kwargs in (("float32", {}), ("float64", {"dtype": "float64"}), ("drop-rows", {"planted": "drop-rows"})):
     report = check_distributed_training_parity(engine, "lstm", **kwargs)
