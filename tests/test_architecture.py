@@ -200,6 +200,7 @@ DOCTESTED = [
     "models_torch.ops.step_runs",
     "harness.parity.engine",
     "harness.parity.tolerances",
+    "harness.export.formats",
     "models_torch",
     "models_torch.multistate",
     "models_torch.segments",
