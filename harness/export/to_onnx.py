@@ -1,4 +1,4 @@
-"""Export a multi-state model to ONNX as one streaming chunk, then prove the file: ``python -m harness export``.
+"""The ONNX format: one streaming chunk of a multi-state model as an ONNX graph (``export(model, "m.onnx")``).
 
 The exported graph is one call of the model on a chunk, with the carried states made explicit:
 
@@ -36,6 +36,7 @@ dropout in training mode, and the dynamo exporter where it fixes the time axis (
 which it unrolls step by step).
 
 Example:
+    >>> from harness.export import export
     >>> from models_torch import MultiStateGRU
     >>> result = export(MultiStateGRU(16, 16, num_streams=33), "gru.onnx")   # doctest: +SKIP
     >>> result.report.max_abs_error < 1e-5                                    # doctest: +SKIP
