@@ -17,8 +17,8 @@ import json
 import numpy as np
 import torch
 
+from harness.parity.precision import full_precision_matmul, matmul_settings
 from harness.porting import torch_class
-from harness.precision import full_precision_matmul, matmul_settings
 
 FEATURES, UNITS, STREAMS, BATCH, LAYERS = 4, 16, 3, 2, 2  # tests/helpers.py's shape
 STEPS, CHUNK = 1_000, 100

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from harness.parity import full_precision_matmul
 from harness.porting import torch_class
-from harness.precision import full_precision_matmul
 from models_torch.graphs import GraphStep
 
 FEATURES, UNITS = 32, 128  # the suite's small shape (benchmarks/cases.py SMALL)

@@ -3,7 +3,7 @@
 This module imports Keras; the suite loads it only when a Keras case runs, so torch-only runs need
 neither Keras nor TensorFlow.
 
-- ``multistate``: ``harness.porting.keras_twin`` of the torch module, a functional model with
+- ``multistate``: ``harness.porting.layers.keras_twin`` of the torch module, a functional model with
   ``Input(batch_shape=(B, S, None, F))`` around the multi-state layer; it carries each stream's state
   and may take a backend fast path (``models_keras.fast_paths``), recorded as ``kernel``. In an episode
   job the model also takes the job's ``resets`` ``(B, S, None)`` and/or ``lengths`` ``(B, S)`` as inputs.

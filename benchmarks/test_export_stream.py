@@ -71,8 +71,7 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
 def _tflite_session(module: object, folder: str) -> Callable:
     """The module's Keras twin exported to ``.tflite``: one frame per call in the LiteRT interpreter, one thread,
     fed directly (as ``TFLiteRunner`` does, without its checks and resizing: the shapes never change)."""
-    from harness.export import export
-    from harness.exported import TFLiteRunner
+    from harness.export import TFLiteRunner, export
     from harness.porting import keras_twin
 
     path = os.path.join(folder, "twin.tflite")
@@ -163,8 +162,7 @@ def one_frame_steppers(
 
 def _exported(module: object, folder: str, exporter: str, frames: int | None) -> object:
     """``module`` exported to ONNX (``frames``: fixed steps per call, or None), in an ``OnnxRunner`` on one thread."""
-    from harness.export import export
-    from harness.exported import OnnxRunner
+    from harness.export import OnnxRunner, export
 
     path = os.path.join(folder, f"{exporter}-{frames}.onnx")
     export(module, path, exporter=exporter, frames=frames, verify_steps=16)

@@ -1,7 +1,9 @@
 """Weight porting and parity checking between the torch and Keras multi-state models.
 
-The names below load on first use (PEP 562), so that ``import harness`` loads no
-framework: torch and Keras are imported only by the parts that need them.
+The harness in four parts: ``harness.parity`` (the engine, its report, runners, tolerances), ``harness.porting``
+(weights between frameworks, files), ``harness.export`` (chunk files, one registry of formats) and
+``harness.training`` (training parity, data-parallel). Importing it loads numpy and these modules only:
+every framework (torch, Keras, TensorFlow, JAX, onnxruntime) is imported inside the functions that use it.
 
 Example:
     >>> import harness
@@ -9,37 +11,35 @@ Example:
     [2, 3]
 """
 
-from __future__ import annotations
+from harness.parity import (
+    PLANS,
+    Comparison,
+    ParityReport,
+    Runner,
+    Tolerance,
+    as_runner,
+    assert_parity,
+    check_parity,
+    chunk_plan,
+    default_tolerance,
+)
+from harness.porting import keras_twin, port_weights, torch_twin
+from harness.training import TrainingParityReport, check_training_parity
 
-import importlib
-from typing import Any
-
-_HOMES = {
-    "PLANS": "parity",
-    "assert_parity": "parity",
-    "check_parity": "parity",
-    "chunk_plan": "parity",
-    "port_weights": "porting",
-    "keras_twin": "porting",
-    "torch_twin": "porting",
-    "Comparison": "report",
-    "ParityReport": "report",
-    "Runner": "runners",
-    "as_runner": "runners",
-    "Tolerance": "tolerances",
-    "default_tolerance": "tolerances",
-    "TrainingParityReport": "training",
-    "check_training_parity": "training",
-}
-
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'harness' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"harness.{_HOMES[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "PLANS",
+    "Comparison",
+    "ParityReport",
+    "Runner",
+    "Tolerance",
+    "TrainingParityReport",
+    "as_runner",
+    "assert_parity",
+    "check_parity",
+    "check_training_parity",
+    "chunk_plan",
+    "default_tolerance",
+    "keras_twin",
+    "port_weights",
+    "torch_twin",
+]

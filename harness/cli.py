@@ -18,25 +18,22 @@ import sys
 import time
 
 from harness import scenarios
+from harness.export.formats import FORMATS
+from multistate_core.cells import CELLS
 
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 NONLINEARITY_HELP = "a simple RNN's activation: required for one in a .pt/.pth/.safetensors/.weights.h5 file"
-EXPORTED = ("onnx", "tflite")  # backends that are exported files: float32 only, no resets or lengths
 
 
 def installed_backends() -> list[str]:
-    """``torch`` (the reference), every Keras backend whose framework is importable, and the exported
-    formats with their extras: ``onnx`` (onnx, onnxruntime), ``tflite`` (Keras on TensorFlow)."""
+    """``torch`` (the reference), every Keras backend whose framework is importable, and the export formats
+    (``FORMATS``) whose modules are installed."""
     found = ["torch"] if importlib.util.find_spec("torch") else []
     if importlib.util.find_spec("keras"):
         found += [f"keras-{b}" for b in KERAS_BACKENDS if importlib.util.find_spec(b)]
-    if found and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        found.append("onnx")
-    if "keras-tensorflow" in found:
-        found.append("tflite")
-    return found
+    return found + [name for name, fmt in FORMATS.items() if all(importlib.util.find_spec(m) for m in fmt.needs)]
 
 
 def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
@@ -44,8 +41,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if backend.startswith("keras-"):
         env["KERAS_BACKEND"] = backend.removeprefix("keras-")
-    if backend == "tflite":
-        env["KERAS_BACKEND"] = "tensorflow"  # the TFLite converter takes TensorFlow graphs
+    if backend in FORMATS and FORMATS[backend].keras_backend:
+        env["KERAS_BACKEND"] = FORMATS[backend].keras_backend  # e.g. the TFLite converter takes TensorFlow graphs
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
     cmd = [
@@ -123,7 +120,7 @@ def _parity(args: argparse.Namespace) -> int:
         )
         return 1
     backends = args.backend or installed
-    exported = [b for b in backends if b in EXPORTED] if args.episodes else []
+    exported = [b for b in backends if b in FORMATS] if args.episodes else []  # a chunk file takes no resets
     if exported and args.backend:
         print(f"error: --episodes: an exported {exported[0]} chunk takes no resets or lengths", file=sys.stderr)
         return 1
@@ -162,7 +159,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _port(args: argparse.Namespace) -> int:
-    from harness.convert import ParityFailed, convert_file
+    from harness.porting.convert import ParityFailed, convert_file
 
     try:
         result = convert_file(
@@ -197,7 +194,7 @@ def _positive(text: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from harness.export import export
+    from harness.export.pipeline import export
 
     try:
         result = export(
@@ -243,8 +240,8 @@ def _seed(args: argparse.Namespace) -> int:
 def _drift(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from harness.parity import check_parity
-    from harness.porting import keras_twin
+    from harness.parity.engine import check_parity
+    from harness.porting.layers import keras_twin
     from harness.scenarios import torch_model
 
     module = torch_model(args.cell, 2, "float32")
@@ -274,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "_worker":
             p.add_argument("which")
         else:
-            backends = ["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], *EXPORTED]
+            backends = ["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], *FORMATS]
             p.add_argument("--backend", nargs="+", choices=backends)
             p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
-        p.add_argument("--cell", nargs="+", default=list(scenarios.CELLS), choices=list(scenarios.CELLS))
+        p.add_argument("--cell", nargs="+", default=list(CELLS), choices=list(CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
         p.add_argument("--streams", type=_positive, default=3)
         p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the torch model runs")
@@ -311,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     drift = sub.add_parser("drift", help="error curve of a long run in chunks (float32), torch and Keras")
     drift.add_argument("--steps", type=_positive, default=10_000)
     drift.add_argument("--chunk", type=_positive, default=1_000)
-    drift.add_argument("--cell", choices=list(scenarios.CELLS), default="lstm")
+    drift.add_argument("--cell", choices=list(CELLS), default=next(iter(CELLS)), help="default: the table's first")
     drift.add_argument("--no-keras", dest="keras", action="store_false", help="torch alone")
     try:
         args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ import pytest
 from multistate_core.atomic import atomic_path, writable
 
 if TYPE_CHECKING:
-    from harness.report import ParityReport
+    from harness.parity.report import ParityReport
 
 _NAMES = pytest.StashKey[dict]()  # report file stem -> the test id it was given to
 _LONGEST_STEM = 150
@@ -69,7 +69,7 @@ class ParityCheck:
 
     def __call__(self, *args: Any, **kwargs: Any) -> ParityReport:
         __tracebackhide__ = True
-        from harness.parity import check_parity
+        from harness.parity.engine import check_parity
 
         report = check_parity(*args, **kwargs)
         self.reports.append(report)

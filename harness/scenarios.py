@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.parity import PLANS, check_parity
+from harness.export.formats import FORMATS, format_of
+from harness.parity.engine import PLANS, check_parity
 from multistate_core.atomic import atomic_path
 
-CELLS = ("lstm", "gru", "rnn")
 BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2
 WHOLE_STATE_CHECKS = 8  # boundaries where chunked-vs-whole states are compared (each costs a prefix run)
 
@@ -35,7 +35,7 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str 
     """
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import torch_class
 
     torch.manual_seed(seed)
     return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
@@ -51,7 +51,7 @@ def model_device(model: Any) -> str:
     import sys
 
     if isinstance(model, (str, os.PathLike)):
-        return "litert-cpu" if str(model).endswith(".tflite") else "onnxruntime-cpu"
+        return format_of(model).device
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         value = model.weights[0].value
         if hasattr(value, "devices"):  # a JAX array
@@ -62,13 +62,14 @@ def model_device(model: Any) -> str:
 
 def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
     """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its exported
-    file (``onnx``; ``tflite``: exported from the Keras twin)."""
-    from harness.export import export
-    from harness.porting import keras_twin
+    file (a format of ``FORMATS``, exported from the module or from its Keras twin, as the format takes them)."""
+    from harness.export.pipeline import export
+    from harness.porting.layers import keras_twin
 
-    if backend in ("onnx", "tflite"):
-        path = os.path.join(folder, f"{module.cell}.{backend}")
-        export(module if backend == "onnx" else keras_twin(module, batch_size=BATCH), path, batch_size=BATCH)
+    if backend in FORMATS:
+        fmt = FORMATS[backend]
+        path = os.path.join(folder, f"{module.cell}{fmt.suffix}")
+        export(module if fmt.source == "torch" else keras_twin(module, batch_size=BATCH), path, batch_size=BATCH)
         return path
     return keras_twin(module) if eager else keras_twin(module, batch_size=BATCH)
 
@@ -76,7 +77,7 @@ def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
 def run_backend(
     backend: str, cells: list[str], dtypes: list[str], streams: int, device: str = "cpu", episodes: float = 0.0
 ) -> Iterator[dict]:
-    """Parity rows for ``backend`` ("torch" alone, "keras-<name>", "onnx" or "tflite" against torch), torch on
+    """Parity rows for ``backend`` ("torch" alone, "keras-<name>", or an export format against torch), torch on
     ``device``.
 
     Exported files run float32 only (onnxruntime's recurrent kernels and TFLite's have no float64). ``episodes`` > 0:
@@ -88,7 +89,7 @@ def run_backend(
         for cell in cells:
             for dtype in dtypes:
                 x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
-                if backend in ("onnx", "tflite") and dtype != "float32":
+                if backend in FORMATS and dtype != "float32":
                     continue
                 models = {"torch": torch_model(cell, streams, dtype, device=device)}
                 if backend != "torch":

@@ -19,7 +19,7 @@ and no dropout in training mode. The graph holds the addresses of the module's
 parameters: updating them in place (``copy_``, ``load_state_dict``) is seen by the next
 replay, while replacing or moving them is refused (make a new ``GraphStep``). The graph
 keeps the kernels chosen at capture, TF32 included: for parity with the CPU, capture (and
-replay) inside ``harness.precision.full_precision_matmul()``.
+replay) inside ``harness.parity.full_precision_matmul()``.
 
 Example:
     >>> import torch

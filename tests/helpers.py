@@ -145,3 +145,14 @@ def weight_normed_rnn(form: str) -> Any:
             if name.endswith(("_g", "original0")):
                 param.mul_(1.5)
     return rnn
+
+
+def drop_rows(states: tuple, replicas: int) -> tuple[np.ndarray, ...]:
+    """Planted fault: replica 1's rows of the global state replaced by replica 0's (lost at gathering)."""
+    out = []
+    for state in states:
+        a = np.array(state)
+        rows = a.shape[1] // replicas
+        a[:, rows : 2 * rows] = a[:, :rows]
+        out.append(a)
+    return tuple(out)

@@ -61,6 +61,84 @@ def test_imports_only_point_down(layer):
     assert not wrong, f"imports against the arrows of docs/architecture.md: {wrong}"
 
 
+def _module_of(path: pathlib.Path, root: pathlib.Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
+    """The import nodes under ``if TYPE_CHECKING:`` (they never run)."""
+    guarded = [n for n in ast.walk(tree) if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)]
+    return {i for g in guarded for b in g.body for i in ast.walk(b) if isinstance(i, (ast.Import, ast.ImportFrom))}
+
+
+def import_map(root: pathlib.Path = ROOT, packages: tuple[str, ...] = PROJECT) -> dict[str, set[str]]:
+    """Each project module -> the project modules it imports (any import, lazy ones too; not ``TYPE_CHECKING``
+    ones). ``from pkg import name`` points at ``pkg.name`` where that is a module, else at ``pkg`` itself."""
+    files = {_module_of(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
+    arrows: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_only(tree)
+        found = set()
+        for node in ast.walk(tree):
+            if node in skip:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                          for a in node.names}  # fmt: skip
+        arrows[module] = {name for name in found if name in files and name != module}
+    return arrows
+
+
+def find_cycle(arrows: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules, the first repeated at the end), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        stack.append(module)
+        for target in sorted(arrows.get(module, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[module] = "done"
+        stack.pop()
+        return None
+
+    for module in sorted(arrows):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_files():
+    cycle = find_cycle(import_map())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_planted_import_cycles_are_caught(tmp_path):
+    """A lazy import closing a circle of two files, and a longer one, in a package written here."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from planted import b\n")
+    (pkg / "b.py").write_text("def f():\n    from planted.a import g\n")
+    (pkg / "c.py").write_text("import planted.d\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import planted.c\n")
+    arrows = import_map(tmp_path, ("planted",))
+    assert find_cycle(arrows) == ["planted.a", "planted.b", "planted.a"], arrows
+    del arrows["planted.a"]
+    assert find_cycle(arrows) is None, "a TYPE_CHECKING import counted as an arrow"
+    arrows["planted.d"].add("planted.e")
+    arrows["planted.e"] = {"planted.c"}
+    assert find_cycle(arrows) == ["planted.c", "planted.d", "planted.e", "planted.c"]
+
+
 def _loaded_by(statement: str) -> set[str]:
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     code = f"import sys; {statement}; print(' '.join(sys.modules))"
@@ -70,9 +148,45 @@ def _loaded_by(statement: str) -> set[str]:
 
 def test_importing_a_model_package_loads_no_other_framework_and_no_engine():
     torch_side = _loaded_by("import models_torch")
-    assert not {"keras", "jax", "tensorflow", "harness.parity", "harness.porting"} & torch_side
+    assert not {"keras", "jax", "tensorflow", "harness.parity.engine", "harness.porting.layers"} & torch_side
     keras_side = _loaded_by("import models_keras")
-    assert not {"torch", "models_torch", "harness.parity", "harness.porting", "harness.training"} & keras_side
+    engine = {"harness.parity.engine", "harness.porting.layers", "harness.training.twins"}
+    assert not {"torch", "models_torch", *engine} & keras_side
+
+
+def test_importing_harness_loads_no_framework():
+    loaded = _loaded_by("import harness, harness.export, harness.porting, harness.training, harness.cli")
+    assert not {"torch", "keras", "tensorflow", "jax", "onnxruntime", "models_torch", "models_keras"} & loaded
+
+
+_TORCH_ONLY = """
+import sys
+
+
+class NotInstalled:  # Keras, TensorFlow and JAX as if not installed: importing them raises ImportError
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("keras", "tensorflow", "jax"):
+            raise ImportError(f"No module named {name!r}")
+
+
+sys.meta_path.insert(0, NotInstalled())
+import numpy as np
+import harness
+from harness.porting import files
+from models_torch import MultiStateGRU
+module = MultiStateGRU(3, 4, 2)
+files.write_torch_file(module.rnn.state_dict(), sys.argv[1])
+back = files.torch_module_from_state(files.read_torch_file(sys.argv[1]), 2)
+report = harness.check_parity({"torch": module, "file": back}, np.ones((1, 2, 6, 3), "float32"), "halves")
+print(report.ok, report.max_abs_error)
+"""
+
+
+def test_a_torch_only_user_ports_files_and_checks_parity(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", _TORCH_ONLY, str(tmp_path / "gru.pt")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["True", "0.0"], done.stderr[-2000:] + done.stdout
 
 
 LIBRARY = ("multistate_core", "models_torch", "models_keras", "harness")

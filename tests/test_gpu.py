@@ -20,8 +20,8 @@ import torch
 
 from harness import check_parity, check_training_parity, default_tolerance
 from harness.cli import main
+from harness.parity import full_precision_matmul
 from harness.porting import keras_twin, port_weights, read_weights, torch_class
-from harness.precision import full_precision_matmul
 from harness.scenarios import run_backend
 from models_torch.graphs import GraphStep
 from multistate_core.cells import to_keras

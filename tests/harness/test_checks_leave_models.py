@@ -182,8 +182,8 @@ def test_checks_leave_a_keras_model_as_found(check, rng, tmp_path):
 
 
 def test_cli_file_port_leaves_the_source_file(rng, tmp_path):
-    from harness.convert import convert_file
-    from harness.files import write_torch_file
+    from harness.porting import convert_file
+    from harness.porting.files import write_torch_file
 
     src = tmp_path / "m.pt"
     write_torch_file(_torch_model(rng).rnn.state_dict(), src)
@@ -205,8 +205,8 @@ def test_planted_fault_a_check_that_mutates_its_input_is_caught(check, rng, tmp_
     """Without ``left_as_found`` the checks change the caller's model, and the snapshots must say so."""
     if check == "check_training_parity":
         pytest.importorskip("keras")
-    monkeypatch.setattr("harness.parity.left_as_found", _no_protection)
-    monkeypatch.setattr("harness.training.left_as_found", _no_protection)
+    monkeypatch.setattr("harness.parity.engine.left_as_found", _no_protection)
+    monkeypatch.setattr("harness.training.twins.left_as_found", _no_protection)
     model = _torch_model(rng)
     before = snapshot(model)
     CHECKS[check](model, rng, tmp_path)
@@ -217,7 +217,7 @@ def test_planted_fault_a_check_that_mutates_its_input_is_caught(check, rng, tmp_
 
 @pytest.mark.keras
 def test_planted_fault_unprotected_keras_check_is_caught(rng, tmp_path, monkeypatch):
-    monkeypatch.setattr("harness.parity.left_as_found", _no_protection)
+    monkeypatch.setattr("harness.parity.engine.left_as_found", _no_protection)
     model = _keras_model(rng)
     before = snapshot(model)
     _parity(model, rng, tmp_path)

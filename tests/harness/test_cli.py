@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.files import write_torch_file
+from harness.porting.files import write_torch_file
 from tests.helpers import F, H
 
 pytestmark = pytest.mark.keras  # porting a torch file writes a Keras one
@@ -151,8 +151,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
     computes the relu RNN."""
     import keras
 
-    from harness.convert import _keras_like
-    from harness.files import multistate_spec_from_keras_weights, read_keras_file
+    from harness.porting.files import keras_model_like, multistate_spec_from_keras_weights, read_keras_file
 
     torch.manual_seed(0)
     rnn = torch.nn.RNN(F, H, nonlinearity="relu", batch_first=True)
@@ -162,7 +161,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
     assert status == 1 and "do not record its nonlinearity" in err and "--nonlinearity" in err, (status, err)
     assert _files(tmp_path) == {"relu.pt"}
     assert _port(capsys, tmp_path / "relu.pt", h5, "--nonlinearity", "relu")[0] == 0
-    model = read_keras_file(h5, like=_keras_like(multistate_spec_from_keras_weights(h5), "relu"))
+    model = read_keras_file(h5, like=keras_model_like(multistate_spec_from_keras_weights(h5), "relu"))
     x = np.random.default_rng(0).standard_normal((1, 1, 6, F)).astype("float32")
     with torch.no_grad():
         expected = rnn(torch.from_numpy(x[:, 0]))[0].numpy()
@@ -175,7 +174,7 @@ def test_port_of_a_simple_rnn_file_needs_its_nonlinearity(tmp_path, capsys):
 
 def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monkeypatch):
     """Planted fault: the written file is corrupted before the check; the check fails and nothing is left."""
-    from harness import files
+    from harness.porting import files
 
     write = files.write_keras_file
 

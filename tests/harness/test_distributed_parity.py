@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.distributed import check_distributed_training_parity
+from harness.training import check_distributed_training_parity, distributed
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
-from tests.helpers import F, H, S, keras_backend
+from tests.helpers import F, H, S, drop_rows, keras_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,8 +40,15 @@ def test_torch_ddp_on_nccl_matches_one_process(dtype):
     assert report.ok, report.table()
 
 
-def test_torch_ddp_check_catches_rows_dropped_at_gather():
-    report = check_distributed_training_parity("torch-ddp", "gru", planted="drop-rows")
+def test_torch_ddp_check_catches_rows_dropped_at_gather(monkeypatch):
+    run = distributed._torch_parallel
+
+    def dropping(config, *args):
+        result = run(config, *args)
+        return result | {"states": drop_rows(result["states"], config.replicas)}
+
+    monkeypatch.setattr(distributed, "_torch_parallel", dropping)
+    report = check_distributed_training_parity("torch-ddp", "gru")
     assert not report.ok and report.max_state_error > 1e-3, report.table()
     assert report.max_weight_error <= 1e-6  # the training itself was right: only the gathered state is wrong
 
@@ -64,14 +71,24 @@ _KERAS_SCRIPT = """
 import json, os, sys
 engine = sys.argv[1]
 if engine == "tf-mirrored":
-    from harness.distributed import logical_cpus
+    from harness.training.distributed import logical_cpus
     logical_cpus(2)
 else:
     import jax
     jax.config.update("jax_enable_x64", True)
-from harness.distributed import check_distributed_training_parity
+from harness.training import check_distributed_training_parity, distributed
+from tests.helpers import drop_rows
 out = {}
-for name, kwargs in (("float32", {}), ("float64", {"dtype": "float64"}), ("drop-rows", {"planted": "drop-rows"})):
+run = distributed._keras_run
+
+
+def dropping(config, x, y, *, parallel):  # the planted fault: replica 1's rows lost from the global state
+    result = run(config, x, y, parallel=parallel)
+    return result | {"states": drop_rows(result["states"], config.replicas)} if parallel else result
+
+
+for name, kwargs in (("float32", {}), ("float64", {"dtype": "float64"}), ("drop-rows", {})):
+    distributed._keras_run = dropping if name == "drop-rows" else run
     report = check_distributed_training_parity(engine, "lstm", **kwargs)
     print(report.table(), file=sys.stderr)
     out[name] = {"ok": report.ok, "states": report.max_state_error, "weights": report.max_weight_error}

@@ -1,4 +1,4 @@
-"""ONNX export (``harness.export``) and the onnxruntime runner (``harness.exported``): every cell and
+"""ONNX export (``harness.export.to_onnx``) and the onnxruntime runner (``harness.export.runners``): every cell and
 exporter held to the torch module at every chunk boundary, and every refusal leaving no file behind."""
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import torch  # noqa: E402
 
 from harness import check_parity  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.export import ExportError, export  # noqa: E402
-from harness.exported import OnnxRunner  # noqa: E402
-from harness.porting import torch_class  # noqa: E402
+from harness.export import (  # noqa: E402
+    ExportError,
+    OnnxRunner,  # noqa: E402
+    export,
+)
+from harness.porting.layers import torch_class  # noqa: E402
 from tests.helpers import weight_normed_rnn  # noqa: E402
 
 S, F, H, L = 3, 4, 8, 2
@@ -188,7 +191,7 @@ def stale_states(fold_run):
 @pytest.mark.parametrize("frames", [None, 1])
 @pytest.mark.parametrize("cell, fault", [("lstm", swap_states), ("gru", stale_states)])
 def test_wrong_state_wiring_is_caught_and_nothing_written(cell, fault, frames, tmp_path, monkeypatch):
-    import harness.export as ex
+    import harness.export.to_onnx as ex
 
     target = tmp_path / "m.onnx"
     target.write_bytes(b"the previous good file")
@@ -325,7 +328,7 @@ def test_a_weight_normed_module_exports_to_what_it_computes(tmp_path):
 def test_planted_weight_norm_gain_ignored_is_caught(tmp_path, capsys, monkeypatch):
     """Planted fault: the weight read as ``v`` alone (the gain ``g`` ignored). The export's own proof holds the
     file to the module read from it and passes; the comparison with the weight-normed module catches it."""
-    from harness import files
+    from harness.porting import files
 
     monkeypatch.setattr(files, "_weight_norm", lambda g, v, name: v)
     error = _weight_normed_export_error("parametrization", tmp_path, capsys)
@@ -337,8 +340,8 @@ def test_planted_weight_norm_gain_ignored_is_caught(tmp_path, capsys, monkeypatc
 def test_keras_model_exports_through_its_torch_twin(tmp_path):
     """A ``.keras`` file is exported via ``torch_twin`` and verified against the Keras model itself."""
     pytest.importorskip("keras")
-    from harness.files import write_keras_file
     from harness.porting import keras_twin
+    from harness.porting.files import write_keras_file
 
     module = model("gru")
     write_keras_file(keras_twin(module, batch_size=2), tmp_path / "gru.keras")

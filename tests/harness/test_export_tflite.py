@@ -1,4 +1,4 @@
-"""TFLite export (``harness.export_tflite``) and the LiteRT runner (``harness.exported.TFLiteRunner``): every
+"""TFLite export (``harness.export.to_tflite``) and the LiteRT runner (``harness.export.runners.TFLiteRunner``): every
 cell held to the Keras source at every chunk boundary, every refusal leaving no file behind, and planted
 faults caught by the verification."""
 
@@ -20,12 +20,15 @@ pytestmark = [
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
-import harness.export_tflite as ex  # noqa: E402
+import harness.export.to_tflite as ex  # noqa: E402
 from harness import check_parity  # noqa: E402
-from harness.export import ExportError, export  # noqa: E402
-from harness.exported import TFLiteRunner  # noqa: E402
-from harness.porting import keras_class  # noqa: E402
-from harness.runners import as_runner  # noqa: E402
+from harness.export import (  # noqa: E402
+    ExportError,
+    TFLiteRunner,  # noqa: E402
+    export,
+)
+from harness.parity.runners import as_runner  # noqa: E402
+from harness.porting.layers import keras_class  # noqa: E402
 
 S, F, H, L, B = 3, 4, 8, 2, 2
 
@@ -89,7 +92,7 @@ def test_signature_and_dynamic_batch_and_time(exported):
 
 
 def test_keras_file_source_and_callers_states_left_alone(tmp_path):
-    from harness.files import write_keras_file
+    from harness.porting.files import write_keras_file
 
     layer = layer_of("gru", num_layers=1)
     model = keras.Model(inputs := keras.Input(batch_shape=(B, S, None, F)), layer(inputs))

@@ -9,9 +9,10 @@ import torch
 
 import models_keras
 import models_torch
-from harness import default_tolerance, model_porting
-from harness.model_porting import PortError, port_report, register_pair
+from harness import default_tolerance
+from harness.porting import models as model_porting
 from harness.porting import port_weights
+from harness.porting.models import PortError, port_report, register_pair
 from tests.helpers import B, F, H, S, T, random_input
 
 pytestmark = pytest.mark.keras

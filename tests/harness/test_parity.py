@@ -83,7 +83,7 @@ class PerturbedRunner:
     """Another model's runner whose outputs are off by ``eps``."""
 
     def __init__(self, model, eps: float) -> None:
-        from harness.runners import TorchRunner
+        from harness.parity.runners import TorchRunner
 
         self.inner, self.eps = TorchRunner(model), eps
 
@@ -168,8 +168,8 @@ def test_cli_parity_with_episodes(capsys):
 
 
 def test_entry_point_refusals(tmp_path, capsys):
-    from harness.convert import convert_file
-    from harness.files import file_kind
+    from harness.porting import convert_file
+    from harness.porting.files import file_kind
 
     with pytest.raises(ValueError, match="unsupported weight file 'w.onnx'"):
         file_kind("w.onnx")
@@ -185,7 +185,7 @@ class RenamedStates:
     """A runner of ``model`` whose states are renamed, offset by ``shift`` and optionally trimmed or dropped."""
 
     def __init__(self, model, names: dict[str, str], shift: float = 0.0, drop=(), trim: bool = False) -> None:
-        from harness.runners import TorchRunner
+        from harness.parity.runners import TorchRunner
 
         self.inner, self.names, self.shift, self.drop, self.trim = TorchRunner(model), names, shift, drop, trim
 
@@ -366,8 +366,8 @@ def _rows_one_by_one(items: list, tolerance) -> list[list[tuple]]:
 def test_compare_each_gives_the_rows_of_each_item_alone(monkeypatch: pytest.MonkeyPatch, most: int | None) -> None:
     """Items stacked by shape (and split in batches of at most ``STACKED_ELEMENTS``) give, item by item and in order,
     the rows a plain slice-by-slice comparison gives: errors, mismatch counts and the worst element's location."""
-    import harness.report as report
-    from harness.tolerances import Tolerance
+    import harness.parity.report as report
+    from harness.parity import Tolerance
 
     if most is not None:
         monkeypatch.setattr(report, "STACKED_ELEMENTS", most)

@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from harness import check_parity, default_tolerance
+from harness.parity import ParityReport
 from harness.porting import torch_class
-from harness.report import ParityReport
 from tests.helpers import B, F, H, S
 
 T, PLAN = 12, [3, 3, 3, 3]

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from harness import assert_parity
-from harness.convert import convert_file
-from harness.files import read_torch_file, write_torch_file
-from harness.porting import keras_twin, port_weights, torch_twin
+from harness.porting import convert_file, keras_twin, port_weights, torch_twin
+from harness.porting.files import read_torch_file, write_torch_file
 from models_keras import exact, reset_all_states
 from models_torch import MultiStateRNN
 from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input, weight_normed_rnn

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from harness.precision import _SWITCHES, FRAMEWORKS, full_precision_matmul, matmul_settings
+from harness.parity.precision import _SWITCHES, FRAMEWORKS, full_precision_matmul, matmul_settings
 
 
 def _read_direct(name: str) -> dict[str, Any]:
-    """The settings read straight from the framework, not through ``harness.precision``."""
+    """The settings read straight from the framework, not through ``harness.parity.precision``."""
     module = importlib.import_module(name)
     if name == "torch":
         return {

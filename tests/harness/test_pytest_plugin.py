@@ -29,7 +29,7 @@ INSTALLED = any(ep.value == PLUGIN for ep in importlib.metadata.entry_points(gro
 LOAD = () if INSTALLED else ("-p", PLUGIN)
 # pytester unloads the modules a test imported, and torch or TensorFlow imported a second time in one process
 # crashes it: the in-process runs below find them loaded here.
-for _name in ("torch", "keras", "models_torch", "models_keras", "harness.parity"):
+for _name in ("torch", "keras", "models_torch", "models_keras", "harness.parity.engine"):
     importlib.import_module(_name)
 
 PLANTED = 123.375  # an input value (exact in float32) that a failure's output must not show

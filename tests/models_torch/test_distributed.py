@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed import leave_worker
 from harness.porting import torch_class
+from harness.training.distributed import leave_worker
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states
 from tests.helpers import F, H, S

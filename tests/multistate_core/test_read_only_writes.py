@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import files, scenarios
+from harness import scenarios
 from harness.cli import main
 from harness.export import export
+from harness.porting import files
 from models_torch.distributed import save_global_states
 from multistate_core import atomic
 from multistate_core.atomic import check_writable

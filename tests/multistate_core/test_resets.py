@@ -358,7 +358,7 @@ def test_keras_training_step_with_resets_matches_torch(cell, rng):
     floatx = keras.config.floatx()
     keras.config.set_floatx("float64")
     try:
-        from harness.training import _sum_of_squares_loss
+        from harness.training.twins import _sum_of_squares_loss
 
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr / target.size), loss=_sum_of_squares_loss())
         keras_loss = float(np.asarray(model.train_on_batch([x, resets, lengths.astype("int32")], target)))

@@ -22,11 +22,14 @@ _TABLE = {
     ("same", "float64"): Tolerance(1e-13, 0.0),
     ("cross", "float32"): Tolerance(1e-5, 1.3e-6),
     ("cross", "float64"): Tolerance(1e-12, 1e-10),
+    ("parallel", "float32"): Tolerance(1e-6, 0.0),
+    ("parallel", "float64"): Tolerance(1e-12, 0.0),
 }
 
 
 def default_tolerance(kind: str, dtype: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:
-    """Tolerance for ``kind`` ("same": chunked vs whole in one model; "cross": model vs reference).
+    """Tolerance for ``kind`` ("same": chunked vs whole in one model; "cross": model vs reference; "parallel":
+    data-parallel training vs one process, ``check_distributed_training_parity``).
 
     ``atol``/``rtol`` override the table's values where given.
     """

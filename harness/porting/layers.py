@@ -9,14 +9,13 @@ checked against the destination in full, and only then written.
 Example:
     >>> import torch, keras
     >>> src = torch.nn.LSTM(4, 8, batch_first=True)
-    >>> dst = port_weights(src, keras.layers.LSTM(8))     # builds dst if needed
+    >>> dst = write_weights(read_weights(src), keras.layers.LSTM(8))     # builds dst if needed
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -52,22 +51,34 @@ def _is_torch(obj: Any) -> bool:
     return "torch" in sys.modules and isinstance(obj, sys.modules["torch"].nn.Module)
 
 
-def _torch_rnn(obj: Any) -> Any:
+def torch_rnn(obj: Any) -> Any:
+    """The ``nn.LSTM``/``GRU``/``RNN`` of ``obj`` (itself, or a multi-state module's ``.rnn``); the one place that
+    refuses what neither porting nor export can take: ``TypeError`` for another module, ``ValueError`` for
+    ``proj_size`` (Keras's LSTM and the carried state layout have no projection)."""
     import torch
 
     rnn = obj if isinstance(obj, torch.nn.RNNBase) else getattr(obj, "rnn", None)
     if not isinstance(rnn, torch.nn.RNNBase):
         raise TypeError(
-            f"cannot port weights of torch {type(obj).__name__}: expected nn.LSTM/GRU/RNN or a multi-state module"
+            f"torch {type(obj).__name__} is not recurrent: expected nn.LSTM/GRU/RNN or a multi-state module"
         )
     if getattr(rnn, "proj_size", 0):
-        raise ValueError(f"torch LSTM with proj_size={rnn.proj_size} is not portable: Keras LSTM has no projection")
+        raise ValueError(
+            f"torch LSTM with proj_size={rnn.proj_size} is not supported: Keras's LSTM and the carried state have no "
+            "projection"
+        )
     return rnn
+
+
+def activation_is_chosen(cell: str) -> bool:
+    """Whether ``cell``'s activation is the user's choice (a simple RNN's tanh or relu) rather than fixed by the cell:
+    then torch takes it as ``nonlinearity=`` and Keras as ``activation=``, and weight files do not record it."""
+    return len(CELLS[cell].activations["activation"]) > 1
 
 
 def _torch_spec(rnn: Any) -> Spec:
     cell = cell_of_torch(type(rnn).__name__)
-    activation = rnn.nonlinearity if cell == "rnn" else "tanh"
+    activation = rnn.nonlinearity if activation_is_chosen(cell) else CELLS[cell].activations["activation"][0]
     return Spec(cell, rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bidirectional, rnn.bias, activation)
 
 
@@ -77,7 +88,7 @@ def _torch_suffixes(spec: Spec) -> list[str]:
 
 
 def _read_torch(obj: Any) -> Weights:
-    rnn = _torch_rnn(obj)
+    rnn = torch_rnn(obj)
     spec = _torch_spec(rnn)
     names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if spec.bias else ())
     layers = [{n: getattr(rnn, n + s).detach().cpu().numpy() for n in names} for s in _torch_suffixes(spec)]
@@ -87,7 +98,7 @@ def _read_torch(obj: Any) -> Weights:
 def _write_torch(weights: Weights, obj: Any) -> None:
     import torch
 
-    rnn = _torch_rnn(obj)
+    rnn = torch_rnn(obj)
     with torch.no_grad():
         for suffix, layer in zip(_torch_suffixes(weights.spec), weights.layers):
             for name, value in layer.items():
@@ -98,12 +109,13 @@ def _write_torch(weights: Weights, obj: Any) -> None:
 # ---- Keras side -------------------------------------------------------------------------------
 
 
-def _is_keras(obj: Any) -> bool:
+def is_keras(obj: Any) -> bool:
+    """Whether ``obj`` is a Keras layer or model (Keras already imported; on its torch backend also a module)."""
     return "keras" in sys.modules and isinstance(obj, sys.modules["keras"].layers.Layer)
 
 
 def _keras_cell_kind(layer: Any) -> str | None:
-    """ "lstm", "gru" or "rnn" for a Keras recurrent layer by its cell's class (subclasses too), else None."""
+    """The cell (a key of ``CELLS``) of a Keras recurrent layer by its cell's class (subclasses too), else None."""
     import keras
 
     cell = getattr(layer, "cell", None)
@@ -128,6 +140,26 @@ def _keras_parts(obj: Any) -> tuple[list[Any], bool]:
     )
 
 
+def only_multistate_layer(model: Any) -> Any:
+    """The one ``models_keras`` multi-state layer of ``model`` (a layer, or a Keras model that is just that layer);
+    ``ValueError`` naming what else it holds."""
+    import keras
+
+    from models_keras import multistate_layers
+
+    layers = multistate_layers(model)
+    if len(layers) != 1:
+        raise ValueError(f"expected one multi-state layer, found {len(layers)}")
+    if isinstance(model, keras.Model):
+        others = [lyr for lyr in model.layers if lyr is not layers[0] and not isinstance(lyr, keras.layers.InputLayer)]
+        if others:
+            raise ValueError(
+                f"the Keras model holds layers besides the multi-state one ({[lyr.name for lyr in others]}): "
+                "only a model that is just the multi-state layer can be ported or exported as a file"
+            )
+    return layers[0]
+
+
 def _keras_spec(obj: Any) -> Spec:
     import keras
 
@@ -143,8 +175,11 @@ def _keras_spec(obj: Any) -> Spec:
                     f"Keras {type(part).__name__} {attr}={got!r} has no torch equivalent: torch's cell uses "
                     f"{' or '.join(map(repr, allowed))}"
                 )
-        if cell == "gru" and not part.cell.reset_after:
-            raise ValueError("Keras GRU with reset_after=False is not portable: torch's GRU computes reset_after=True")
+        if CELLS[cell].split_bias and not part.cell.reset_after:
+            raise ValueError(
+                f"Keras {CELLS[cell].keras_class} with reset_after=False is not portable: torch's "
+                f"{CELLS[cell].torch_class} computes reset_after=True"
+            )
     if isinstance(obj, keras.layers.Bidirectional) or not hasattr(obj, "rnn_layers"):
         input_size = parts[0].cell.kernel.shape[0] if parts[0].built else None
     else:
@@ -181,7 +216,7 @@ def _write_keras(weights: Weights, obj: Any) -> None:
 
 
 def _side(obj: Any) -> str:
-    if _is_keras(obj):  # first: on Keras's torch backend, layers are torch modules too
+    if is_keras(obj):  # first: on Keras's torch backend, layers are torch modules too
         return "keras"
     if _is_torch(obj):
         return "torch"
@@ -195,7 +230,7 @@ def read_weights(obj: Any) -> Weights:
 
 def describe(obj: Any) -> Spec:
     """The ``Spec`` of a torch or Keras object (refuses unportable configurations)."""
-    return _torch_spec(_torch_rnn(obj)) if _side(obj) == "torch" else _keras_spec(obj)
+    return _torch_spec(torch_rnn(obj)) if _side(obj) == "torch" else _keras_spec(obj)
 
 
 def check_compatible(src: Spec, dst: Spec) -> None:
@@ -217,48 +252,15 @@ def write_weights(weights: Weights, dst: Any) -> Any:
     return dst
 
 
-def _is_recurrent_layer(obj: Any) -> bool:
-    """One recurrent layer this module ports by itself (not a model around one)."""
-    if _side(obj) == "torch":
-        import torch
-
-        import models_torch
-
-        return isinstance(obj, (torch.nn.RNNBase, models_torch.MultiStateBase))
-    try:
-        _keras_parts(obj)
-    except TypeError:
-        return False
-    return True
-
-
-def port_weights(src: Any, dst: Any, *, name_map: Mapping[str, str] | None = None, allow_unported: bool = False) -> Any:
-    """Copy the weights of ``src`` into ``dst`` (torch <-> Keras, either way) and return ``dst``.
-
-    Two recurrent layers (multi-state, ``nn.LSTM``/``GRU``/``RNN``, Keras ``LSTM``/``GRU``/``SimpleRNN``,
-    ``Bidirectional``) port directly. Anything else (whole models, any nesting, or other layers) ports
-    every parameterised layer in structural order (``harness.model_porting``): ``name_map`` pairs
-    source paths with destination paths where order cannot decide, and a parameter left without a
-    partner refuses the port unless ``allow_unported=True`` (then a warning lists it).
-    ``harness.model_porting.port_report`` shows what a port does without writing.
-    Everything is validated before anything is assigned: a refused port leaves ``dst`` untouched.
-    """
-    if _is_recurrent_layer(src) and _is_recurrent_layer(dst):
-        return write_weights(read_weights(src), dst)
-    from harness import model_porting
-
-    return model_porting.port_model(src, dst, name_map=name_map, allow_unported=allow_unported)
-
-
 def torch_class(cell: str) -> type:
-    """The ``models_torch`` class of ``cell`` ("lstm", "gru", "rnn")."""
+    """The ``models_torch`` class of ``cell`` (a key of ``CELLS``)."""
     import models_torch
 
     return getattr(models_torch, CELLS[cell].torch_multistate)
 
 
 def keras_class(cell: str) -> type:
-    """The ``models_keras`` class of ``cell`` ("lstm", "gru", "rnn")."""
+    """The ``models_keras`` class of ``cell`` (a key of ``CELLS``)."""
     import models_keras
 
     return getattr(models_keras, CELLS[cell].keras_multistate)
@@ -274,7 +276,7 @@ def keras_twin(model: Any, batch_size: int | None = None, *, step_inputs: bool =
     import keras
 
     spec = describe(model)
-    extra = {"activation": spec.activation} if spec.cell == "rnn" else {}
+    extra = {"activation": spec.activation} if activation_is_chosen(spec.cell) else {}
     dtype = str(model.rnn.weight_ih_l0.dtype).removeprefix("torch.")
     layer = keras_class(spec.cell)(
         spec.hidden_size,
@@ -285,7 +287,7 @@ def keras_twin(model: Any, batch_size: int | None = None, *, step_inputs: bool =
         dtype=dtype,
         **extra,
     )
-    port_weights(model, layer)
+    write_weights(read_weights(model), layer)
     if batch_size is None:
         return layer
     inputs = keras.Input(batch_shape=(batch_size, model.num_streams, None, spec.input_size), dtype=dtype)
@@ -301,7 +303,7 @@ def torch_twin(layer: Any) -> Any:
     import torch
 
     spec = describe(layer)
-    extra = {"nonlinearity": spec.activation} if spec.cell == "rnn" else {}
+    extra = {"nonlinearity": spec.activation} if activation_is_chosen(spec.cell) else {}
     module = torch_class(spec.cell)(
         spec.input_size,
         spec.hidden_size,
@@ -312,4 +314,4 @@ def torch_twin(layer: Any) -> Any:
         dtype=getattr(torch, layer.variable_dtype),
         **extra,
     )
-    return port_weights(layer, module)
+    return write_weights(read_weights(layer), module)

@@ -17,9 +17,8 @@ difference of the global carried state (every replica's rows) after the run:
   (``models_keras.distributed.sharded_data_parallel``); virtual CPU devices need
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is imported.
 
-``planted`` injects a fault the check must catch: ``"state-in-buffers"`` (torch: the state
-registered as a buffer, which DDP broadcasts from rank 0) or ``"drop-rows"`` (every engine:
-replica 1's rows lost when the global state is gathered).
+The tests plant faults (a row dropped from the gathered state, the state in DDP-broadcast buffers) by
+wrapping ``_torch_parallel``/``_keras_run`` or with their own module; nothing here takes a fault.
 
 Example:
     >>> report = check_distributed_training_parity("torch-ddp", "lstm")  # doctest: +SKIP
@@ -39,11 +38,32 @@ from typing import Any
 
 import numpy as np
 
+from harness.parity.tolerances import default_tolerance
+
 ENGINES = ("torch-ddp", "tf-mirrored", "jax-data-parallel")
-PLANTS = ("state-in-buffers", "drop-rows")
-ATOL = {"float32": 1e-6, "float64": 1e-12}
 _ONE_PROCESS: dict[tuple, dict] = {}
-F, H, S = 4, 5, 3  # features, units, streams
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run of the check: the model (cell, sizes, dtype), the data split and the SGD schedule."""
+
+    engine: str
+    cell: str
+    replicas: int
+    rows: int  # batch rows per replica
+    steps: int  # SGD updates, one per chunk
+    chunk: int  # time steps per chunk
+    lr: float
+    dtype: str
+    backend: str = "gloo"  # torch-ddp's process group
+    features: int = 4
+    units: int = 5
+    streams: int = 3
+
+    @property
+    def global_batch(self) -> int:
+        return self.replicas * self.rows
 
 
 @dataclasses.dataclass
@@ -76,22 +96,13 @@ class DistributedParityReport:
         return "\n".join(lines)
 
 
-def training_data(batch: int, steps: int, chunk: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded inputs ``(batch, S, steps*chunk, F)`` and targets ``(batch, S, steps*chunk, H)``."""
+def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded inputs ``(B, S, T, F)`` and targets ``(B, S, T, H)`` of the global batch, ``T`` = one chunk more
+    than the training steps (the chunk after resuming)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, S, steps * chunk, F)).astype(dtype)
-    return x, rng.standard_normal((batch, S, steps * chunk, H)).astype(dtype)
-
-
-def _drop_rows(states: tuple[Any, ...], replicas: int) -> tuple[np.ndarray, ...]:
-    """Planted fault: replica 1's rows of the global state replaced by replica 0's."""
-    out = []
-    for s in states:
-        a = np.array(s.cpu() if hasattr(s, "cpu") else s)
-        rows = a.shape[1] // replicas
-        a[:, rows : 2 * rows] = a[:, :rows]
-        out.append(a)
-    return tuple(out)
+    batch, steps = config.global_batch, (config.steps + 1) * config.chunk
+    x = rng.standard_normal((batch, config.streams, steps, config.features)).astype(config.dtype)
+    return x, rng.standard_normal((batch, config.streams, steps, config.units)).astype(config.dtype)
 
 
 def _max_abs(a: Any, b: Any) -> float:
@@ -106,14 +117,14 @@ def _report(engine: str, single: dict, parallel: dict, dtype: str, atol: float |
         _max_abs([single["losses"]], [parallel["losses"]]),
         _max_abs(single["weights"], parallel["weights"]),
         _max_abs(single["states"], parallel["states"]),
-        ATOL[dtype] if atol is None else atol,
+        default_tolerance("parallel", dtype, atol=atol).atol,
         resume,
     )
 
 
 def check_distributed_training_parity(
     engine: str,
-    cell: str = "lstm",
+    cell: str,
     *,
     replicas: int = 2,
     rows: int = 2,
@@ -121,7 +132,6 @@ def check_distributed_training_parity(
     chunk: int = 4,
     lr: float = 0.5,
     dtype: str = "float32",
-    planted: str | None = None,
     atol: float | None = None,
     backend: str = "gloo",
 ) -> DistributedParityReport:
@@ -129,57 +139,49 @@ def check_distributed_training_parity(
 
     Args:
         engine: one of ``ENGINES``.
-        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        cell: a key of ``multistate_core.cells.CELLS``.
         steps, chunk: SGD updates and the time steps of each chunk (the state carries over).
-        planted: a fault from ``PLANTS`` the report must show.
-        atol: allowed absolute difference (default 1e-6 for float32, 1e-12 for float64).
+        atol: allowed absolute difference (default: the "parallel" row of ``harness.parity.tolerances``).
         backend: ``torch-ddp`` only: ``"gloo"`` (CPU processes) or ``"nccl"`` (one GPU per rank; the
             one-process run on ``cuda:0``; never run here: marked ``gpu`` in the suite).
     """
-    if engine not in ENGINES or planted not in (None, *PLANTS):
-        raise ValueError(f"engine must be one of {ENGINES} and planted one of {PLANTS} or None")
-    x, y = training_data(replicas * rows, steps + 1, chunk, dtype)  # the last chunk: after resuming
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    config = RunConfig(engine, cell, replicas, rows, steps, chunk, lr, dtype, backend)
+    x, y = training_data(config)
     if engine == "torch-ddp":
-        return _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y, backend)
-    key = (engine, cell, x.shape, dtype, steps, chunk, lr)
-    if key not in _ONE_PROCESS:  # the one-process side does not change with ``planted``: run it once
-        _ONE_PROCESS[key] = _keras_run(engine, cell, None, x, y, steps, chunk, lr, None)
-    single = _ONE_PROCESS[key]
-    parallel = _keras_run(engine, cell, replicas, x, y, steps, chunk, lr, planted)
-    return _report(engine, single, parallel, dtype, atol, **parallel.get("resume", {}))
+        return _torch_ddp(config, x, y, atol)
+    key = (config, x.shape)
+    if key not in _ONE_PROCESS:  # the one-process side of a configuration is the same every time: run it once
+        _ONE_PROCESS[key] = _keras_run(config, x, y, parallel=False)
+    parallel = _keras_run(config, x, y, parallel=True)
+    return _report(engine, _ONE_PROCESS[key], parallel, dtype, atol, **parallel.get("resume", {}))
 
 
 # -- torch DDP ---------------------------------------------------------------------------------------
 
 
-def _torch_module(cell: str, batch: int, dtype: str, planted: str | None) -> Any:
+def _torch_module(config: RunConfig, batch: int) -> Any:
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import torch_class
 
-    cls = torch_class(cell)
-    if planted == "state-in-buffers":
-
-        class StateInBuffers(cls):
-            def _store(self, states: tuple[torch.Tensor, ...]) -> None:
-                super()._store(states)
-                for name, state in zip(self.state_names, self._carried):
-                    self._buffers[f"state_{name}"] = state
-
-        cls = StateInBuffers
     torch.manual_seed(0)
-    return cls(F, H, S, batch_size=batch, dtype=getattr(torch, dtype))
+    module = torch_class(config.cell)(
+        config.features, config.units, config.streams, batch_size=batch, dtype=getattr(torch, config.dtype)
+    )
+    return module.to("cuda:0" if config.backend == "nccl" else "cpu")
 
 
-def _torch_train(model: Any, module: Any, x: np.ndarray, y: np.ndarray, chunks: range, chunk: int, lr: float) -> list:
+def _torch_train(model: Any, module: Any, x: np.ndarray, y: np.ndarray, chunks: range, config: RunConfig) -> list:
     """SGD on MSE, one update per chunk; returns each step's local loss (a tensor)."""
     import torch
 
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(module.parameters(), lr=config.lr)
     device = next(module.parameters()).device
     losses = []
     for c in chunks:
-        part = slice(c * chunk, (c + 1) * chunk)
+        part = slice(c * config.chunk, (c + 1) * config.chunk)
         optimizer.zero_grad()
         xc, yc = (torch.from_numpy(a[:, :, part]).to(device) for a in (x, y))
         loss = torch.nn.functional.mse_loss(model(xc), yc)
@@ -193,39 +195,39 @@ def _weights(module: Any) -> list[np.ndarray]:
     return [p.detach().cpu().numpy().copy() for p in module.parameters()]
 
 
-def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> None:
+def _ddp_worker(rank: int, port: int, config: RunConfig, x: np.ndarray, y: np.ndarray, folder: str) -> None:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from models_torch import distributed
 
-    cell, rows, steps, chunk, lr, dtype, planted, x, y, backend = args
+    world = config.replicas
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if backend == "nccl":
+    if config.backend == "nccl":
         torch.cuda.set_device(rank)
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    dist.init_process_group(config.backend, rank=rank, world_size=world)
     try:
-        module = _torch_module(cell, rows, dtype, planted).to(f"cuda:{rank}" if backend == "nccl" else "cpu")
-        mine = slice(rank * rows, (rank + 1) * rows)
-        losses = _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps), chunk, lr)
+        module = _torch_module(config, config.rows).to(f"cuda:{rank}" if config.backend == "nccl" else "cpu")
+        mine = slice(rank * config.rows, (rank + 1) * config.rows)
+        ddp = DistributedDataParallel(module)
+        losses = _torch_train(ddp, module, x[mine], y[mine], range(config.steps), config)
         global_losses = torch.stack(losses)
         dist.all_reduce(global_losses)  # equal local batches: the global MSE is the mean of the local ones
         states = distributed.gather_states(module)
-        if planted == "drop-rows":
-            states = _drop_rows(states, world)
         distributed.save_global_states(module, f"{folder}/parallel.npz")
         weights = _weights(module)
         # Resume the one-process checkpoint (1 -> world replicas) and continue one chunk.
         distributed.load_global_states(module, f"{folder}/single.npz")
-        _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], range(steps, steps + 1), chunk, lr)
+        resume_chunk = range(config.steps, config.steps + 1)
+        _torch_train(DistributedDataParallel(module), module, x[mine], y[mine], resume_chunk, config)
         resumed = distributed.gather_states(module)
         if rank == 0:
             np.savez(
                 f"{folder}/result.npz",
                 losses=(global_losses / world).cpu().numpy(),
                 **{f"weight{i}": w for i, w in enumerate(weights)},
-                states=np.array([np.asarray(s) for s in states]),
+                states=np.array([s.cpu().numpy() for s in states]),
                 resumed=np.array([s.cpu().numpy() for s in resumed]),
             )
         dist.barrier()  # no rank tears the group down while another still talks to it
@@ -237,9 +239,8 @@ def _ddp_worker(rank: int, world: int, port: int, args: tuple, folder: str) -> N
 
 def leave_worker() -> None:
     """End a spawned data-parallel worker whose ranks all finished (past a barrier) and wrote what they
-    owe: at once, without tearing the gloo group down. That teardown (``destroy_process_group`` and the
-    interpreter's exit) now and then aborts a worker that had finished ("terminate called without an
-    active exception", SIGABRT; torch 2.13, 2 of ~10 suite runs here), failing a run whose numbers are in."""
+    owe: at once, without tearing the gloo group down, whose teardown now and then aborts a finished worker
+    (SIGABRT, "terminate called without an active exception"; docs/distributed.md has the measurements)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -251,41 +252,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torch_ddp(cell, replicas, rows, steps, chunk, lr, dtype, planted, atol, x, y, backend) -> DistributedParityReport:
-    import torch
+def _torch_parallel(config: RunConfig, x: np.ndarray, y: np.ndarray, folder: str) -> dict:
+    """The data-parallel run (spawned ranks; they resume ``folder/single.npz`` too): its losses, weights, the
+    gathered global states, and ``resumed``, the global states one chunk after that resume."""
     import torch.multiprocessing as mp
 
-    device = "cuda:0" if backend == "nccl" else "cpu"
-    single = _torch_module(cell, replicas * rows, dtype, None).to(device)
-    losses = _torch_train(single, single, x, y, range(steps), chunk, lr)
+    args = (_free_port(), config, x, y, folder)
+    mp.start_processes(_ddp_worker, args, nprocs=config.replicas, start_method="spawn")
+    with np.load(f"{folder}/result.npz") as got:
+        weights = [got[f"weight{i}"] for i in range(sum(k.startswith("weight") for k in got.files))]
+        return {"losses": got["losses"], "states": tuple(got["states"]), "weights": weights,
+                "resumed": tuple(got["resumed"])}  # fmt: skip
+
+
+def _torch_ddp(config: RunConfig, x: np.ndarray, y: np.ndarray, atol: float | None) -> DistributedParityReport:
+    import torch
+
+    single = _torch_module(config, config.global_batch)
+    losses = _torch_train(single, single, x, y, range(config.steps), config)
     expected = {"losses": [float(v) for v in losses], "states": single.numpy_states()}
+    resume_chunk = range(config.steps, config.steps + 1)
     with tempfile.TemporaryDirectory() as folder:
         single.save_states(f"{folder}/single.npz")
         after_training = _weights(single)
-        _torch_train(single, single, x, y, range(steps, steps + 1), chunk, lr)  # one chunk more, from the checkpoint
-        args = (cell, rows, steps, chunk, lr, dtype, planted, x, y, backend)
-        mp.start_processes(_ddp_worker, (replicas, _free_port(), args, folder), nprocs=replicas, start_method="spawn")
-        with np.load(f"{folder}/result.npz") as got:
-            weights = [got[f"weight{i}"] for i in range(len(after_training))]
-            parallel = {"losses": got["losses"], "states": tuple(got["states"]), "weights": weights}
-            resumed = tuple(got["resumed"])
+        _torch_train(single, single, x, y, resume_chunk, config)  # one chunk more, from the checkpoint
+        parallel = _torch_parallel(config, x, y, folder)
         # world -> 1: one process resumes the ranks' checkpoint and goes on from the same weights.
-        one = _torch_module(cell, replicas * rows, dtype, None).to(device)
+        one = _torch_module(config, config.global_batch)
         with torch.no_grad():
             for p, w in zip(one.parameters(), after_training):
                 p.copy_(torch.from_numpy(w))
         one.load_states(f"{folder}/parallel.npz")
-        _torch_train(one, one, x, y, range(steps, steps + 1), chunk, lr)
+        _torch_train(one, one, x, y, resume_chunk, config)
     expected["weights"] = after_training
+    replicas = config.replicas
     return _report(
         "torch-ddp",
         expected,
         parallel,
-        dtype,
+        config.dtype,
         atol,
         **{
             f"{replicas}->1": _max_abs(one.numpy_states(), single.numpy_states()),
-            f"1->{replicas}": _max_abs(resumed, single.numpy_states()),
+            f"1->{replicas}": _max_abs(parallel["resumed"], single.numpy_states()),
         },
     )
 
@@ -329,20 +338,22 @@ def _keras_scope(engine: str, replicas: int | None) -> Callable[[], Any]:
     return sharded_data_parallel(devices).scope
 
 
-def _keras_model(cell: str, batch: int, dtype: str) -> Any:
+def _keras_model(config: RunConfig) -> Any:
     import keras
 
-    from harness.porting import keras_class
+    from harness.porting.layers import keras_class
 
     keras.utils.set_random_seed(0)
-    inputs = keras.Input(batch_shape=(batch, S, None, F), dtype=dtype)
-    model = keras.Model(inputs, keras_class(cell)(H, S, dtype=dtype)(inputs))
+    dtype = config.dtype
+    inputs = keras.Input(batch_shape=(config.global_batch, config.streams, None, config.features), dtype=dtype)
+    model = keras.Model(inputs, keras_class(config.cell)(config.units, config.streams, dtype=dtype)(inputs))
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
     return model
 
 
-def _keras_run(engine, cell, replicas, x, y, steps, chunk, lr, planted) -> dict:
-    """Train with ``fit`` (one update per chunk); the parallel run also round-trips ``model.save``."""
+def _keras_run(config: RunConfig, x: np.ndarray, y: np.ndarray, *, parallel: bool) -> dict:
+    """Train with ``fit`` (one update per chunk), in one process or data-parallel over ``config.replicas``;
+    the parallel run also round-trips ``model.save``."""
     import keras
 
     from models_keras import multistate_layers
@@ -350,19 +361,18 @@ def _keras_run(engine, cell, replicas, x, y, steps, chunk, lr, planted) -> dict:
     floatx = keras.config.floatx()
     keras.config.set_floatx(str(x.dtype))
     try:
-        scope = _keras_scope(engine, replicas)
+        replicas = config.replicas if parallel else None
+        scope = _keras_scope(config.engine, replicas)
         losses = []
         with scope():
-            model = _keras_model(cell, x.shape[0], str(x.dtype))
-            model.optimizer.learning_rate.assign(lr)
-            for c in range(steps):
-                part = slice(c * chunk, (c + 1) * chunk)
+            model = _keras_model(config)
+            model.optimizer.learning_rate.assign(config.lr)
+            for c in range(config.steps):
+                part = slice(c * config.chunk, (c + 1) * config.chunk)
                 history = model.fit(x[:, :, part], y[:, :, part], batch_size=x.shape[0], shuffle=False, verbose=0)
                 losses.append(history.history["loss"][0])
         (layer,) = multistate_layers(model)
         states = layer.get_states()
-        if planted == "drop-rows":
-            states = _drop_rows(states, replicas)
         result = {"losses": losses, "states": states, "weights": [np.asarray(w) for w in model.trainable_weights]}
         if replicas is not None:
             with tempfile.TemporaryDirectory() as folder:

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import files
-from harness.parity import check_parity
-from harness.porting import describe, keras_twin, torch_class, torch_twin
-from harness.report import ParityReport
+from harness.parity.engine import check_parity
+from harness.parity.report import ParityReport
+from harness.porting import files
+from harness.porting.layers import describe, keras_twin, only_multistate_layer, torch_twin
 from multistate_core.atomic import atomic_path, check_writable
 
 
@@ -42,33 +42,6 @@ class ParityFailed(ValueError):
     def __init__(self, result: ConvertResult, dst: str | os.PathLike) -> None:
         super().__init__(f"the ported model differs from the source; {dst} was not written")
         self.result = result
-
-
-def _keras_like(spec: dict, nonlinearity: str | None) -> Any:
-    """A Keras multi-state model of the architecture ``spec`` (random weights, to load a file into); a simple
-    RNN's ``nonlinearity`` must be given (a ``.weights.h5`` file does not record it)."""
-    import torch
-
-    is_rnn = spec["cell"] == "rnn"
-    module = torch_class(spec["cell"])(
-        spec["input_size"],
-        spec["units"],
-        spec["num_streams"],
-        num_layers=spec["num_layers"],
-        bias=spec["use_bias"],
-        dtype=getattr(torch, spec["dtype"]),
-        **({"nonlinearity": files.rnn_nonlinearity(nonlinearity, "the .weights.h5 file")} if is_rnn else {}),
-    )
-    return keras_twin(module, batch_size=spec["batch_size"])
-
-
-def _the_layer(model: Any) -> Any:
-    from models_keras import multistate_layers
-
-    layers = multistate_layers(model)
-    if len(layers) != 1:
-        raise ValueError(f"expected a Keras model with one multi-state layer, found {len(layers)}")
-    return layers[0]
 
 
 def convert_file(
@@ -130,16 +103,11 @@ def _convert(
             "dtype": str(module.rnn.weight_ih_l0.dtype).removeprefix("torch."),
         }
         model = files.read_keras_file(
-            dst, like=None if str(dst).endswith(".keras") else _keras_like(spec, describe(module).activation)
+            dst, like=None if str(dst).endswith(".keras") else files.keras_model_like(spec, describe(module).activation)
         )
     else:
-        if str(src).endswith(".keras"):
-            model = files.read_keras_file(src)
-        else:
-            model = files.read_keras_file(
-                src, like=_keras_like(files.multistate_spec_from_keras_weights(src), nonlinearity)
-            )
-        layer = _the_layer(model)
+        model = files.read_keras_model(src, nonlinearity)
+        layer = only_multistate_layer(model)
         files.write_torch_file(torch_twin(layer).rnn.state_dict(), dst)
         module = files.torch_module_from_state(
             files.read_torch_file(dst),
@@ -147,7 +115,7 @@ def _convert(
             nonlinearity=describe(layer).activation,
             batch_size=layer.batch_size,
         )
-    layer = _the_layer(model)
+    layer = only_multistate_layer(model)
     x = np.random.default_rng(seed).standard_normal((layer.batch_size, layer.num_streams, steps, layer.input_size))
     report = check_parity({"torch": module, "keras": model}, x.astype(layer.variable_dtype), "halves")
     return ConvertResult(module, model, report)

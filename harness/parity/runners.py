@@ -34,7 +34,7 @@ class Runner(Protocol):
 class TorchRunner:
     """Drives a ``models_torch`` multi-state module without gradients, on its device.
 
-    TF32 is switched off by ``check_parity`` (``harness.precision.full_precision_matmul``).
+    TF32 is switched off by ``check_parity`` (``harness.parity.precision.full_precision_matmul``).
     """
 
     def __init__(self, model: Any) -> None:
@@ -94,17 +94,15 @@ class KerasRunner:
 
 
 def as_runner(model: Any) -> Runner:
-    """Wrap ``model`` in the runner for its framework (runners pass through; ``.onnx``/``.tflite`` paths: the file)."""
+    """Wrap ``model`` in the runner for its framework (runners pass through; the path of an exported file: its
+    format's runner, ``harness.export.formats``)."""
     if isinstance(model, Runner):
         return model
-    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
-        from harness.exported import OnnxRunner
+    if isinstance(model, (str, os.PathLike)):
+        from harness.export.formats import format_of
 
-        return OnnxRunner(model)
-    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".tflite"):
-        from harness.exported import TFLiteRunner
-
-        return TFLiteRunner(model)
+        if fmt := format_of(model):
+            return fmt.runner(model)
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         return KerasRunner(model)
     if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):

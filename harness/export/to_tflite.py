@@ -1,8 +1,8 @@
 """Export a Keras multi-state layer to TFLite (LiteRT) as one streaming chunk, then prove the file.
 
-``harness.export.export(model, "m.tflite")`` lands here. The ``.tflite`` file holds one call of the
-layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
-tensors are named and shaped as in the ONNX file (the table in ``harness.export``: inputs ``x``, ``h``
+``harness.export.export(model, "m.tflite")`` lands here (as does ``export_tflite``). The ``.tflite`` file holds one
+call of the layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
+tensors are named and shaped as in the ONNX file (the table in ``harness.export.to_onnx``: inputs ``x``, ``h``
 [, ``c``], outputs ``y``, ``h_out`` [, ``c_out``]).
 
 ``B`` (batch) and ``t`` (time) are dynamic (``-1`` in the shape signature); ``S``, ``F``, ``L``, ``H``
@@ -14,7 +14,7 @@ shape). Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT inte
 
 Sources: a ``models_keras`` layer (built, with a batch size) or a Keras model that is just that layer,
 or a ``.keras``/``.weights.h5`` file, on the TensorFlow backend, in float32. torch modules and torch
-weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.keras_twin``
+weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.layers.keras_twin``
 and export the Keras twin).
 
 Example:
@@ -35,16 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.export import (
-    ExportError,
-    ExportResult,
-    _is_keras,
-    _keras_layer_of,
-    _keras_states_kept,
-    check_destination,
-    landing,
-    prove,
-)
+from harness.export.job import ExportError, Job, Options
+from harness.export.sources import file_kind
 
 SIGNATURE = "serving_default"
 
@@ -186,22 +178,14 @@ def _converter_reason(error: Exception) -> str:
 
 def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str | None) -> Any:
     """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
+    from harness.porting import files
+    from harness.porting.layers import is_keras
+
     if isinstance(model_or_path, (str, os.PathLike)):
-        from harness import files
-
-        try:
-            kind = files.file_kind(model_or_path)
-        except ValueError as e:
-            raise ExportError(str(e)) from None
-        if kind == "torch":
+        if file_kind(model_or_path) == "torch":
             raise _refuse(dst, "from a torch weight file: export it to .onnx, or port it to Keras first")
-        if str(model_or_path).endswith(".keras"):
-            return files.read_keras_file(model_or_path)
-        from harness.convert import _keras_like
-
-        spec = files.multistate_spec_from_keras_weights(model_or_path)
-        return files.read_keras_file(model_or_path, like=_keras_like(spec, nonlinearity))
-    if _is_keras(model_or_path):
+        return files.read_keras_model(model_or_path, nonlinearity)
+    if is_keras(model_or_path):
         return model_or_path
     raise _refuse(
         dst,
@@ -234,63 +218,31 @@ def _check_layer(layer: Any, dst: str | os.PathLike) -> None:
         )
 
 
-# ---- export -------------------------------------------------------------------------------------
+# ---- the job ------------------------------------------------------------------------------------
 
 
-def export_tflite(
-    model_or_path: Any,
-    dst: str | os.PathLike,
-    *,
-    num_streams: int | None = None,
-    batch_size: int | None = None,
-    nonlinearity: str | None = None,
-    verify_steps: int = 64,
-    seed: int = 0,
-) -> ExportResult:
-    """Export a Keras multi-state model to the ``.tflite`` file ``dst`` (one chunk, states explicit), verified.
+def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job:
+    """The TFLite job for a Keras multi-state model (layer, model that is just that layer, or Keras file): refused
+    (``ExportError``) for torch sources, a non-TensorFlow backend, non-float32 layers, ``return_sequences=False``,
+    ``go_backwards``; verified at the layer's carried batch on random chunks."""
+    from harness.porting.layers import only_multistate_layer
 
-    The file is written atomically; before it lands it runs in the LiteRT interpreter chunk by chunk
-    (random chunks, ones included) against the source (``check_parity``, float32 tolerances); any
-    disagreement discards it with ``ExportError``.
-
-    Args:
-        model_or_path: a ``models_keras`` layer or a Keras model that is just that layer, or a ``.keras``
-            / ``.weights.h5`` file.
-        dst: the ``.tflite`` file to write.
-        num_streams: must agree with the layer's if given.
-        batch_size: must agree with the layer's carried batch if given (the verification runs at it;
-            the file's batch axis is dynamic either way).
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a ``.weights.h5``
-            file (it does not record it).
-        verify_steps: time steps of the random verification input.
-        seed: seed of the verification input and chunk plan.
-
-    Raises:
-        ExportError: torch sources, a non-TensorFlow backend, non-float32 layers, ``return_sequences=False``,
-            ``go_backwards``, converter failures, or a file that disagrees with the source.
-
-    Example:
-        >>> result = export_tflite(keras_model, "lstm.tflite")                          # doctest: +SKIP
-        >>> result.exporter, result.state_names                                         # doctest: +SKIP
-        ('tflite', ('h', 'c'))
-    """
-    from harness.exported import TFLiteRunner
-
-    check_destination(dst)
     try:
-        model = _keras_source(model_or_path, dst, nonlinearity)
-        layer = _keras_layer_of(model)
+        model = _keras_source(model_or_path, dst, options.nonlinearity)
+        layer = only_multistate_layer(model)
     except (ValueError, TypeError, OSError) as e:
         raise e if isinstance(e, ExportError) else ExportError(f"cannot export {model_or_path}: {e}") from e
     _check_layer(layer, dst)
-    if num_streams is not None and num_streams != layer.num_streams:
-        raise ExportError(f"num_streams={num_streams} but the Keras layer has {layer.num_streams} streams")
-    if batch_size is not None and batch_size != layer.batch_size:
-        raise ExportError(f"batch_size={batch_size} but the Keras layer carries a batch of {layer.batch_size}")
+    if options.num_streams is not None and options.num_streams != layer.num_streams:
+        raise ExportError(f"num_streams={options.num_streams} but the Keras layer has {layer.num_streams} streams")
+    if options.batch_size is not None and options.batch_size != layer.batch_size:
+        raise ExportError(
+            f"batch_size={options.batch_size} but the Keras layer carries a batch of {layer.batch_size}"
+        )
+    shape = (layer.batch_size, layer.num_streams, options.verify_steps, layer.input_size)
+    x = np.random.default_rng(options.seed).standard_normal(shape).astype("float32")
 
-    shape = (layer.batch_size, layer.num_streams, verify_steps, layer.input_size)
-    x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
-    with landing(dst) as tmp:
+    def write(path: str) -> None:
         try:
             data = convert(layer)
         except Exception as e:
@@ -298,8 +250,7 @@ def export_tflite(
                 f"cannot write {dst}: the TFLite converter cannot express {layer.name} ({layer.cell}) with "
                 f"TFLite builtin ops: {_converter_reason(e)}"
             ) from e
-        with open(tmp, "wb") as f:
+        with open(path, "wb") as f:
             f.write(data)
-        with _keras_states_kept(model):
-            report = prove(model, "tflite", TFLiteRunner(tmp), x, "random", seed)
-    return ExportResult(str(dst), "tflite", layer.cell, tuple(layer.state_names), layer.num_streams, report)
+
+    return Job(write, model, x, "random", "tflite", layer.cell, tuple(layer.state_names), layer.num_streams)

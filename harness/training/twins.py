@@ -7,7 +7,7 @@ the final weights and the final carried states.
 
 The torch module may live on any device: inputs and targets go to its device, results
 come back with ``.cpu()``. The run holds full float32 matmuls in every framework
-(``harness.precision.full_precision_matmul``: no TF32 on a GPU) and reports the settings.
+(``harness.parity.precision.full_precision_matmul``: no TF32 on a GPU) and reports the settings.
 
 Torch keeps two biases (``bias_ih``, ``bias_hh``) where Keras LSTM/SimpleRNN keep
 one, their sum: plain SGD moves torch's sum twice as fast. For those cells the
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.parity import StepArgs, chunk_plan
-from harness.porting import describe, keras_twin, read_weights
-from harness.precision import full_precision_matmul
-from harness.untouched import left_as_found
+from harness.parity.engine import StepArgs, chunk_plan
+from harness.parity.precision import full_precision_matmul
+from harness.parity.untouched import left_as_found
+from harness.porting.layers import describe, keras_twin, read_weights
 from multistate_core.cells import CELLS, to_keras
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}

@@ -1,4 +1,4 @@
-"""Export a multi-state model to ONNX as one streaming chunk, then prove the file: ``python -m harness export``.
+"""The ONNX format: one streaming chunk of a multi-state model as an ONNX graph (``export(model, "m.onnx")``).
 
 The exported graph is one call of the model on a chunk, with the carried states made explicit:
 
@@ -16,7 +16,7 @@ name       shape                  meaning
 ``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph);
 ``S``, ``F``, ``L`` and ``H`` are fixed. Feed
 ``h_out``/``c_out`` back as ``h``/``c`` on the next chunk (zeros to start);
-``harness.exported.OnnxRunner`` does exactly that.
+``harness.export.runners.OnnxRunner`` does exactly that.
 
 Inside, streams are folded into the batch (row ``b*S + s``) and run through the one
 fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``, which both exporters turn into ONNX
@@ -24,18 +24,19 @@ fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``, which both exporters turn into ONNX
 
 Sources: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
 layer or a Keras model holding only one, or a weight file that ``python -m harness port``
-reads. Keras sources are exported through their torch twin (``harness.porting.torch_twin``);
+reads. Keras sources are exported through their torch twin (``harness.porting.layers.torch_twin``);
 the exported file is then checked against the Keras model itself.
 
 Every export is verified before it appears under its name: the written graph runs in
 onnxruntime, chunk by chunk on a random input, against the source model (outputs and every
-state tensor at every chunk boundary, ``harness.parity.check_parity``); on any disagreement
+state tensor at every chunk boundary, ``harness.parity.engine.check_parity``); on any disagreement
 the file is discarded and ``ExportError`` raised. Refused outright: float64 models
 (onnxruntime's LSTM/GRU/RNN kernels take float32 only), ``proj_size``, ``bidirectional``,
 dropout in training mode, and the dynamo exporter where it fixes the time axis (``nn.RNN``,
 which it unrolls step by step).
 
 Example:
+    >>> from harness.export import export
     >>> from models_torch import MultiStateGRU
     >>> result = export(MultiStateGRU(16, 16, num_streams=33), "gru.onnx")   # doctest: +SKIP
     >>> result.report.max_abs_error < 1e-5                                    # doctest: +SKIP
@@ -54,26 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.report import ParityReport
+from harness.export.job import ExportError, Job, Options
+from harness.export.sources import check_streams, file_kind
 
 EXPORTERS = ("legacy", "dynamo")
 LEGACY_OPSET = 17
-
-
-class ExportError(ValueError):
-    """The model cannot be exported, or the exported file disagrees with it (nothing was written)."""
-
-
-@dataclasses.dataclass
-class ExportResult:
-    """What ``export`` wrote and the parity report that proved it against the source."""
-
-    path: str
-    exporter: str
-    cell: str
-    state_names: tuple[str, ...]
-    num_streams: int
-    report: ParityReport
 
 
 # ---- the exported graph -------------------------------------------------------------------------
@@ -204,26 +190,14 @@ class _Source:
     batch_size: int
 
 
-def _check_streams(asked: int | None, has: int, what: str) -> int:
-    if asked is not None and asked != has:
-        raise ExportError(f"num_streams={asked} but {what} has {has} streams")
-    return has
-
-
 def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
     import torch
 
-    from harness import files
-    from harness.porting import describe, torch_class
+    from harness.porting import files
+    from harness.porting.layers import activation_is_chosen, describe, torch_class, torch_rnn
     from models_torch import MultiStateBase
 
-    rnn = model.rnn if isinstance(model, MultiStateBase) else model
-    if not isinstance(rnn, torch.nn.RNNBase):
-        raise ExportError(
-            f"cannot export torch {type(model).__name__}: expected nn.LSTM/GRU/RNN or a multi-state module"
-        )
-    if getattr(rnn, "proj_size", 0):
-        raise ExportError(f"cannot export an LSTM with proj_size={rnn.proj_size}: the carried state layout differs")
+    rnn = torch_rnn(model)
     if rnn.bidirectional:
         raise ExportError("cannot export a bidirectional RNN as a streaming chunk: it needs the future of the stream")
     if rnn.training and rnn.dropout > 0:
@@ -232,7 +206,7 @@ def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> 
             "differs; call model.eval() first"
         )
     if isinstance(model, MultiStateBase):
-        streams = _check_streams(num_streams, model.num_streams, "the model")
+        streams = check_streams(num_streams, model.num_streams, "the model")
         fixed = model.fixed_batch_size
     else:
         streams, fixed = num_streams or 1, None
@@ -246,7 +220,7 @@ def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> 
         num_layers=spec.num_layers,
         bias=spec.bias,
         dtype=rnn.weight_ih_l0.dtype,
-        **({"nonlinearity": spec.activation} if spec.cell == "rnn" else {}),
+        **({"nonlinearity": spec.activation} if activation_is_chosen(spec.cell) else {}),
     )
     plain = files.without_weight_norm({k: v.detach().cpu().numpy() for k, v in rnn.state_dict().items()})
     module.rnn.load_state_dict({k: torch.from_numpy(v) for k, v in plain.items()})
@@ -254,224 +228,81 @@ def _from_torch(model: Any, num_streams: int | None, batch_size: int | None) -> 
     return _Source(module, module, fixed or batch_size or 1)
 
 
-def _keras_layer_of(model: Any) -> Any:
-    import keras
-
-    from models_keras import multistate_layers
-
-    layers = multistate_layers(model)
-    if len(layers) != 1:
-        raise ExportError(f"expected one multi-state layer, found {len(layers)}")
-    if isinstance(model, keras.Model):
-        others = [lyr for lyr in model.layers if lyr is not layers[0] and not isinstance(lyr, keras.layers.InputLayer)]
-        if others:
-            raise ExportError(
-                f"the Keras model holds layers besides the multi-state one ({[lyr.name for lyr in others]}): "
-                "only a model that is just the multi-state layer can be exported"
-            )
-    return layers[0]
-
-
 def _from_keras(model: Any, num_streams: int | None, batch_size: int | None) -> _Source:
-    from harness.porting import torch_twin
+    from harness.porting.layers import only_multistate_layer, torch_twin
 
-    layer = _keras_layer_of(model)
-    _check_streams(num_streams, layer.num_streams, "the Keras layer")
+    layer = only_multistate_layer(model)
+    check_streams(num_streams, layer.num_streams, "the Keras layer")
     module = torch_twin(layer).eval()
     module.reset_states()
     return _Source(module, model, layer.batch_size or batch_size or 1)
 
 
-def _from_file(
-    path: str | os.PathLike, num_streams: int | None, batch_size: int | None, nonlinearity: str | None
-) -> _Source:
+def _from_file(path: str | os.PathLike, options: Options) -> _Source:
     """The source of a weight file (a Keras file is verified against the Keras model read from it)."""
-    from harness import files
+    from harness.porting import files
 
-    try:
-        kind = files.file_kind(path)
-    except ValueError as e:
-        raise ExportError(str(e)) from None
-    if kind == "torch":
-        module = files.torch_module_from_state(files.read_torch_file(path), num_streams or 1, nonlinearity=nonlinearity)
-        return _from_torch(module, None, batch_size)
-    if str(path).endswith(".keras"):
-        model = files.read_keras_file(path)
-    else:
-        from harness.convert import _keras_like
-
-        model = files.read_keras_file(
-            path, like=_keras_like(files.multistate_spec_from_keras_weights(path), nonlinearity)
-        )
-    return _from_keras(model, num_streams, batch_size)
+    if file_kind(path) == "torch":
+        state = files.read_torch_file(path)
+        module = files.torch_module_from_state(state, options.num_streams or 1, nonlinearity=options.nonlinearity)
+        return _from_torch(module, None, options.batch_size)
+    return _from_keras(files.read_keras_model(path, options.nonlinearity), options.num_streams, options.batch_size)
 
 
-def _is_keras(obj: Any) -> bool:
-    import sys
-
-    return "keras" in sys.modules and isinstance(obj, sys.modules["keras"].layers.Layer)
-
-
-@contextlib.contextmanager
-def _keras_states_kept(model: Any) -> Iterator[None]:
-    """Verification resets the Keras layer's carried states; put them back afterwards."""
-    from models_keras import multistate_layers
-
-    saved = []
-    for layer in multistate_layers(model):
-        with contextlib.suppress(Exception):
-            saved.append((layer, layer.get_states()))
-    try:
-        yield
-    finally:
-        for layer, states in saved:
-            layer.set_states(states)
-
-
-# ---- export -------------------------------------------------------------------------------------
-
-
-def check_destination(dst: str | os.PathLike) -> None:
-    """Refuse (``ExportError``) a destination that cannot be written, before any model is read or exported."""
-    from multistate_core.atomic import check_writable
-
-    try:
-        check_writable(dst)
-    except ValueError as e:
-        raise ExportError(str(e)) from None
-
-
-@contextlib.contextmanager
-def landing(dst: str | os.PathLike) -> Iterator[str]:
-    """A temporary path beside ``dst`` that becomes ``dst`` only if the block completes (``atomic_path``);
-    a ``ValueError`` or ``OSError`` inside comes out as ``ExportError``."""
-    from multistate_core.atomic import atomic_path
-
-    try:
-        with atomic_path(dst) as tmp:
-            yield tmp
-    except ExportError:
-        raise
-    except (ValueError, OSError) as e:
-        raise ExportError(str(e)) from e
-
-
-def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
-    """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
-    from harness.parity import check_parity
-
-    report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
-    if not report.ok:
-        raise ExportError(f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}")
-    return report
-
-
-def export(
-    model_or_path: Any,
-    dst: str | os.PathLike,
-    *,
-    num_streams: int | None = None,
-    batch_size: int | None = None,
-    nonlinearity: str | None = None,
-    exporter: str = "legacy",
-    frames: int | None = None,
-    verify_steps: int = 64,
-    seed: int = 0,
-) -> ExportResult:
-    """Export ``model_or_path`` to the ONNX file ``dst`` (one chunk, states explicit), verified before it lands.
-
-    Args:
-        model_or_path: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
-            layer or a Keras model holding only one, or a weight file (``.pt``, ``.pth``, ``.safetensors``,
-            ``.keras``, ``.weights.h5``).
-        dst: the ``.onnx`` file to write (atomically: it appears complete and verified, or not at all); a
-            ``.tflite`` destination goes to ``harness.export_tflite.export_tflite`` (Keras sources only).
-        num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
-            has its own, it must agree if given.
-        batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
-            exported batch axis is dynamic either way.
-        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a torch or
-            ``.weights.h5`` file (they do not record it).
-        exporter: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
-        frames: fix the time axis at this many steps per call (a streaming deployment sends the same
-            number every call): the graph then needs no shape arithmetic around the RNN node, and the
-            dynamo exporter may unroll a simple RNN. Default: a dynamic time axis.
-        verify_steps: time steps of the random verification input, run in random chunks (ones included;
-            chunks of ``frames`` steps when it is fixed, rounded up to a whole number of them).
-        seed: seed of the verification input and chunk plan.
-
-    Returns:
-        An ``ExportResult`` with the parity report of the written file against the source.
-
-    Raises:
-        ExportError: unsupported model or destination, or the exported file disagrees with the source.
-
-    Example:
-        >>> import torch
-        >>> result = export(torch.nn.LSTM(16, 32, num_layers=2), "lstm.onnx", num_streams=31)  # doctest: +SKIP
-        >>> result.state_names, result.report.ok                                                   # doctest: +SKIP
-        (('h', 'c'), True)
-    """
+def _source(model_or_path: Any, options: Options) -> _Source:
     import torch
 
-    from harness.exported import OnnxRunner
+    from harness.porting.layers import is_keras
 
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}: expected one of {EXPORTERS}")
-    if str(dst).endswith(".tflite"):
-        from harness.export_tflite import export_tflite
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return _from_file(model_or_path, options)
+    if is_keras(model_or_path):
+        return _from_keras(model_or_path, options.num_streams, options.batch_size)
+    if isinstance(model_or_path, torch.nn.Module):
+        return _from_torch(model_or_path, options.num_streams, options.batch_size)
+    raise TypeError(f"expected a torch or Keras model, or a path; got {type(model_or_path).__name__}")
 
-        return export_tflite(
-            model_or_path,
-            dst,
-            num_streams=num_streams,
-            batch_size=batch_size,
-            nonlinearity=nonlinearity,
-            verify_steps=verify_steps,
-            seed=seed,
-        )
-    if not str(dst).endswith(".onnx"):
-        raise ExportError(f"cannot write {dst}: the destination must end in .onnx")
-    check_destination(dst)
+
+# ---- the job ------------------------------------------------------------------------------------
+
+
+def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job:
+    """The ONNX job for ``model_or_path``: its torch module (a Keras source through its torch twin), refused
+    (``ExportError``) if the file could not hold it, and the random input, in chunks, that proves the file."""
+    import torch
+
     try:
-        if isinstance(model_or_path, (str, os.PathLike)):
-            source = _from_file(model_or_path, num_streams, batch_size, nonlinearity)
-        elif _is_keras(model_or_path):
-            source = _from_keras(model_or_path, num_streams, batch_size)
-        elif isinstance(model_or_path, torch.nn.Module):
-            source = _from_torch(model_or_path, num_streams, batch_size)
-        else:
-            raise TypeError(f"expected a torch or Keras model, or a path; got {type(model_or_path).__name__}")
+        source = _source(model_or_path, options)
     except (ValueError, TypeError) as e:
         raise e if isinstance(e, ExportError) else ExportError(f"cannot export {model_or_path}: {e}") from e
-    module = source.module
+    module, exporter, frames = source.module, options.exporter, options.frames
     dtype = module.rnn.weight_ih_l0.dtype
     if dtype != torch.float32:
         raise ExportError(
             f"cannot export a {str(dtype).removeprefix('torch.')} model: onnxruntime's LSTM/GRU/RNN kernels take "
             "float32 only; convert the model with .float() first"
         )
-
     if frames is not None and frames < 1:
         raise ExportError(f"frames must be a positive number of steps per call, got {frames}")
-    plan: Any = "random" if frames is None else [frames] * -(-verify_steps // frames)
-    steps = verify_steps if frames is None else sum(plan)
-    rng = np.random.default_rng(seed)
+    plan: Any = "random" if frames is None else [frames] * -(-options.verify_steps // frames)
+    steps = options.verify_steps if frames is None else sum(plan)
+    rng = np.random.default_rng(options.seed)
     x = rng.standard_normal((source.batch_size, module.num_streams, steps, module.input_size)).astype("float32")
-    keep = _keras_states_kept(source.reference) if _is_keras(source.reference) else contextlib.nullcontext()
-    with landing(dst) as tmp:
+
+    def write(path: str) -> None:
         try:
-            _write_onnx(module, tmp, exporter, frames)
-            _stamp(tmp, module, exporter, frames)
+            _write_onnx(module, path, exporter, frames)
+            _stamp(path, module, exporter, frames)
         except Exception as e:
             raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e
-        runner = OnnxRunner(tmp)
+
+    def check(runner: Any) -> None:
         time_axis = runner.session.get_inputs()[0].shape[2]
         if frames is None and isinstance(time_axis, int):
             raise ExportError(
                 f"the {exporter} exporter fixed the time axis of {module.cell} at {time_axis} steps "
                 "(it unrolls the loop); use exporter='legacy'"
             )
-        with keep:
-            report = prove(source.reference, "onnx", runner, x, plan, seed)
-    return ExportResult(str(dst), exporter, module.cell, tuple(module.state_names), module.num_streams, report)
+
+    names = tuple(module.state_names)
+    return Job(write, source.reference, x, plan, exporter, module.cell, names, module.num_streams, check)

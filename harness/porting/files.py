@@ -148,7 +148,7 @@ def torch_module_from_state(
     """
     import torch
 
-    from harness.porting import torch_class
+    from harness.porting.layers import activation_is_chosen, torch_class
 
     state = without_weight_norm(state)
     keys = {m.groups(): k for k in state if (m := _TORCH_KEY.match(k))}
@@ -180,7 +180,7 @@ def torch_module_from_state(
         bias=any(name == "bias_ih" for name, _, _ in keys),
         batch_size=batch_size,
         dtype=torch.from_numpy(np.zeros(0, weight_ih.dtype)).dtype,
-        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the state_dict")} if cell == "rnn" else {}),
+        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the state_dict")} if activation_is_chosen(cell) else {}),
     )
     module.rnn.load_state_dict(
         {f"{n}_l{layer}": torch.from_numpy(np.array(state[k])) for (n, layer, _), k in keys.items()}
@@ -213,6 +213,35 @@ def read_keras_file(path: str | os.PathLike, like: Any = None) -> Any:
             raise TypeError("a .weights.h5 file holds no architecture: pass the model to load it into")
         like.load_weights(path)
         return like
+
+
+def keras_model_like(spec: dict, nonlinearity: str | None) -> Any:
+    """A Keras multi-state model of the architecture ``spec`` (``multistate_spec_from_keras_weights``; random
+    weights, to load a file into); a simple RNN's ``nonlinearity`` must be given (a ``.weights.h5`` file does not
+    record it)."""
+    import torch
+
+    from harness.porting.layers import activation_is_chosen, keras_twin, torch_class
+
+    chosen = activation_is_chosen(spec["cell"])
+    module = torch_class(spec["cell"])(
+        spec["input_size"],
+        spec["units"],
+        spec["num_streams"],
+        num_layers=spec["num_layers"],
+        bias=spec["use_bias"],
+        dtype=getattr(torch, spec["dtype"]),
+        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the .weights.h5 file")} if chosen else {}),
+    )
+    return keras_twin(module, batch_size=spec["batch_size"])
+
+
+def read_keras_model(path: str | os.PathLike, nonlinearity: str | None) -> Any:
+    """The Keras model of a ``.keras`` file, or of a multi-state layer's ``.weights.h5`` (its architecture read off
+    the arrays; a simple RNN's ``nonlinearity`` must be given)."""
+    if str(path).endswith(".keras"):
+        return read_keras_file(path)
+    return read_keras_file(path, like=keras_model_like(multistate_spec_from_keras_weights(path), nonlinearity))
 
 
 def keras_weights_file_groups(path: str | os.PathLike) -> dict[str, list[tuple[tuple[int, ...], str]]]:

@@ -1,6 +1,6 @@
 """Port every parameterised layer of a whole torch model into a Keras model, or back.
 
-``harness.porting.port_weights`` comes here when either side is a container (a torch module
+``port_weights`` (below) comes here when either side is a container (a torch module
 that is not one recurrent layer, a Keras ``Model``/``Sequential``, or any non-recurrent layer).
 
 How a port goes:
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import porting
+from harness.porting import layers as porting
 
 Problems = list[str]
 
@@ -159,7 +159,7 @@ def _eps_differs(torch_eps: float, keras_eps: float) -> Problems:
 
 
 def _recurrent_pair() -> Pair:
-    """The recurrent layers of ``harness.porting`` (multi-state, LSTM/GRU/RNN, bidirectional)."""
+    """The recurrent layers of ``harness.porting.layers`` (multi-state, LSTM/GRU/RNN, bidirectional)."""
     import torch
 
     import models_torch
@@ -187,7 +187,7 @@ def _recurrent_pair() -> Pair:
         read_torch,
         read_keras,
         check,
-        torch_slots=lambda t: dict(porting._torch_rnn(t).named_parameters()),
+        torch_slots=lambda t: dict(porting.torch_rnn(t).named_parameters()),
         keras_slots=lambda k: [w for part in porting._keras_parts(k)[0] for w in part.cell.weights],
     )
 
@@ -441,7 +441,7 @@ def _no_pair_message(torch_leaf: Leaf, keras_leaf: Leaf) -> str:
     if not partners:
         return (
             f"{torch_leaf.label} and {keras_leaf.label}: no pair is registered for a torch {kind} "
-            "(add one with harness.model_porting.register_pair)"
+            "(add one with harness.porting.models.register_pair)"
         )
     return f"{torch_leaf.label} cannot pair with {keras_leaf.label}: a {kind} pairs with {' or '.join(partners)}"
 
@@ -589,3 +589,34 @@ def port_model(src: Any, dst: Any, *, name_map: Mapping[str, str] | None = None,
         unported = report.unported_source + report.unported_destination
         warnings.warn("port_weights left unported (allow_unported=True): " + "; ".join(unported), stacklevel=3)
     return dst
+
+
+def _is_recurrent_layer(obj: Any) -> bool:
+    """One recurrent layer this module ports by itself (not a model around one)."""
+    if porting._side(obj) == "torch":
+        import torch
+
+        import models_torch
+
+        return isinstance(obj, (torch.nn.RNNBase, models_torch.MultiStateBase))
+    try:
+        porting._keras_parts(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def port_weights(src: Any, dst: Any, *, name_map: Mapping[str, str] | None = None, allow_unported: bool = False) -> Any:
+    """Copy the weights of ``src`` into ``dst`` (torch <-> Keras, either way) and return ``dst``.
+
+    Two recurrent layers (multi-state, ``nn.LSTM``/``GRU``/``RNN``, Keras ``LSTM``/``GRU``/``SimpleRNN``,
+    ``Bidirectional``) port directly. Anything else (whole models, any nesting, or other layers) ports
+    every parameterised layer in structural order (``harness.porting.models``): ``name_map`` pairs
+    source paths with destination paths where order cannot decide, and a parameter left without a
+    partner refuses the port unless ``allow_unported=True`` (then a warning lists it).
+    ``harness.porting.models.port_report`` shows what a port does without writing.
+    Everything is validated before anything is assigned: a refused port leaves ``dst`` untouched.
+    """
+    if _is_recurrent_layer(src) and _is_recurrent_layer(dst):
+        return porting.write_weights(porting.read_weights(src), dst)
+    return port_model(src, dst, name_map=name_map, allow_unported=allow_unported)

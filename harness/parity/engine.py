@@ -7,7 +7,7 @@ run of the prefix), (b) the same model's regrouped passes, which stop at every b
 but never after the same previous one as the chunked run ("same": chunked vs regrouped,
 states at every boundary) and (c) the reference model's chunked run at that boundary
 ("cross"). Tolerances follow the dtype the models compute in. The models given are
-left as they were found (``harness.untouched``).
+left as they were found (``harness.parity.untouched``).
 
 State matching is strict: both sides must expose the same state names with the
 same shapes (after ``state_map`` renames a model's states to the reference's);
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.precision import full_precision_matmul
-from harness.report import Comparison, Operands, ParityReport, compare_each, mismatch
-from harness.runners import as_runner
-from harness.tolerances import default_tolerance
-from harness.untouched import left_as_found
+from harness.parity.precision import full_precision_matmul
+from harness.parity.report import Comparison, Operands, ParityReport, compare_each, mismatch
+from harness.parity.runners import as_runner
+from harness.parity.tolerances import default_tolerance
+from harness.parity.untouched import left_as_found
 from multistate_core import contract
 
 PLANS = ("whole", "halves", "random", "ones")

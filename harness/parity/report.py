@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from harness.tolerances import Tolerance
+from harness.parity.tolerances import Tolerance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ def mismatch(
     """A failing ``Comparison`` for a tensor that cannot be compared element by element.
 
     Example:
-        >>> from harness.tolerances import Tolerance
+        >>> from harness.parity.tolerances import Tolerance
         >>> row = mismatch(pair="b vs a", kind="cross", chunk=0, tensor="missing:h",
         ...                tolerance=Tolerance(1e-5, 0.0), problem="a has state 'h', b has none", size=24)
         >>> row.ok, row.mismatched, row.max_abs
@@ -92,7 +92,7 @@ def compare(
     entries to ``where``. Arrays of different shapes give one failing ``mismatch`` row.
 
     Example:
-        >>> from harness.tolerances import Tolerance
+        >>> from harness.parity.tolerances import Tolerance
         >>> a = np.zeros((2, 1, 3, 4)); b = a.copy(); b[1, 0, 2, 3] = 1e-3
         >>> rows = compare(a, b, pair="x", kind="same", chunk=0, tensor="h", tolerance=Tolerance(1e-6, 0.0),
         ...                stream_axis=2, axis_names=("layer", "batch", "stream", "unit"), layer_axis=0)
@@ -147,7 +147,7 @@ def compare_each(
     together, so that thousands of small boundaries cost a few numpy calls, not thousands.
 
     Example:
-        >>> from harness.tolerances import Tolerance
+        >>> from harness.parity.tolerances import Tolerance
         >>> a = np.zeros((1, 2, 3)); b = a.copy(); b[0, 1, 2] = 1e-3
         >>> rows = compare_each([Operands(0, a, a), Operands(1, a, b), Operands(2, a, a[:, :1])], pair="x",
         ...                     kind="same", tensor="y", tolerance=Tolerance(1e-6, 0.0), stream_axis=1,

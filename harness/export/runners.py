@@ -1,13 +1,13 @@
 """Run an exported multi-state chunk model as a parity-engine ``Runner``: ``.onnx`` in onnxruntime
 (``OnnxRunner``), ``.tflite`` in the LiteRT interpreter (``TFLiteRunner``).
 
-The file must have the signature ``harness.export`` writes: inputs ``x`` ``(B, S, t, F)``
+The file must have the signature ``harness.export.to_onnx`` writes: inputs ``x`` ``(B, S, t, F)``
 then the carried states in ``get_states()`` order (``h``, ``c`` for LSTM; ``h`` otherwise),
 each ``(L, B, S, H)``; outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner
 keeps the states between calls, so a stream of chunks runs like the source model.
 
 Example:
-    >>> from harness.parity import check_parity
+    >>> from harness.parity.engine import check_parity
     >>> report = check_parity({"torch": module, "onnx": OnnxRunner("lstm.onnx")}, x, "random")  # doctest: +SKIP
     >>> report.ok                                                                                  # doctest: +SKIP
     True
@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from multistate_core.cells import CELLS
+
+_STATE_LAYOUTS = {tuple(cell.state_names) for cell in CELLS.values()}  # the carried states a chunk file may hold
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
@@ -154,7 +157,7 @@ class OnnxRunner(_ChunkRunner):
         ok = (
             len(inputs) >= 2
             and inputs[0].name == "x"
-            and names in (["h"], ["h", "c"])
+            and tuple(names) in _STATE_LAYOUTS
             and [o.name for o in outputs] == expected_outputs
             and all(len(v.shape) == 4 and v.type == inputs[0].type for v in inputs + outputs)
             and inputs[0].type in _ORT_DTYPES
@@ -194,7 +197,7 @@ def _interpreter_class() -> type:
 class TFLiteRunner(_ChunkRunner):
     """Drives an exported ``.tflite`` chunk model in the LiteRT interpreter and carries its states between calls.
 
-    The file's signature (``harness.export_tflite``) names the tensors; batch and time may be dynamic
+    The file's signature (``harness.export.to_tflite``) names the tensors; batch and time may be dynamic
     (``-1``): the runner resizes the inputs only when a chunk's shape changes, so a stream of
     one-frame chunks costs one ``invoke`` each.
 
@@ -236,7 +239,7 @@ class TFLiteRunner(_ChunkRunner):
             sorted(["x", *states]),
             sorted(["y", *(f"{n}_out" for n in states)]),
         )
-        ok = ok and states in (["h"], ["h", "c"])
+        ok = ok and tuple(states) in _STATE_LAYOUTS
         if ok:
             runner = self.interpreter.get_signature_runner("serving_default")
             inputs, outputs = runner.get_input_details(), runner.get_output_details()

@@ -1,0 +1,57 @@
+"""The one registry of export formats: each file suffix with the module that writes it and the runner that runs it.
+
+``export()`` picks the writer by the destination's suffix, ``as_runner`` the runner by a path's, the CLI lists the
+formats as backends of ``python -m harness parity``, and the main job (``harness.scenarios``) exports to each.
+
+Example:
+    >>> format_of("lstm.onnx").name
+    'onnx'
+    >>> [f.suffix for f in FORMATS.values()]
+    ['.onnx', '.tflite']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from harness.export import to_onnx, to_tflite
+from harness.export.job import Job, Options
+from harness.export.runners import OnnxRunner, TFLiteRunner
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One file format a multi-state chunk exports to.
+
+    ``prepare(model_or_path, dst, options)`` makes the ``Job`` (refusals first); ``runner(path)`` runs a written
+    file as a parity-engine runner. ``source``: the framework whose model the main job exports (a Keras source
+    of an ONNX file goes through its torch twin). ``keras_backend``: the Keras backend its writer needs, if any.
+    ``needs``: the modules that must be installed to write and run it. ``device``: where its runner computes.
+    """
+
+    name: str
+    suffix: str
+    prepare: Callable[[object, str | os.PathLike, Options], Job]
+    runner: Callable[[str | os.PathLike], object]
+    source: str
+    keras_backend: str | None
+    needs: tuple[str, ...]
+    device: str
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        Format("onnx", ".onnx", to_onnx.prepare, OnnxRunner, "torch", None, ("torch", "onnx", "onnxruntime"),
+               "onnxruntime-cpu"),
+        Format("tflite", ".tflite", to_tflite.prepare, TFLiteRunner, "keras", "tensorflow", ("keras", "tensorflow"),
+               "litert-cpu"),
+    )
+}  # fmt: skip
+
+
+def format_of(path: str | os.PathLike) -> Format | None:
+    """The format a path's suffix names, or None."""
+    return next((f for f in FORMATS.values() if str(path).endswith(f.suffix)), None)

@@ -1,0 +1,124 @@
+"""``export()``: a model or weight file to a verified streaming-chunk file, for every format of the registry.
+
+One path for all formats: the destination's suffix picks the ``Format``; its ``prepare`` resolves the source and
+refuses what the file cannot hold; the file is written beside the destination, run by the format's runner against
+the source at every chunk boundary (``check_parity``), and lands under its name only if they agree.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from harness.export.formats import FORMATS, Format, format_of
+from harness.export.job import ExportError, ExportResult, Options, check_destination, landing
+from harness.export.sources import states_kept
+from harness.export.to_onnx import EXPORTERS
+from harness.parity.report import ParityReport
+
+
+def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
+    """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
+    from harness.parity.engine import check_parity
+
+    report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
+    if not report.ok:
+        raise ExportError(f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}")
+    return report
+
+
+def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Options) -> ExportResult:
+    check_destination(dst)
+    job = fmt.prepare(model_or_path, dst, options)
+    keep = states_kept(job.reference)
+    with landing(dst) as tmp:
+        job.write(tmp)
+        runner = fmt.runner(tmp)
+        job.check(runner)
+        with keep:
+            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed)
+    return ExportResult(str(dst), job.exporter, job.cell, job.state_names, job.num_streams, report)
+
+
+def export(
+    model_or_path: Any,
+    dst: str | os.PathLike,
+    *,
+    num_streams: int | None = None,
+    batch_size: int | None = None,
+    nonlinearity: str | None = None,
+    exporter: str = "legacy",
+    frames: int | None = None,
+    verify_steps: int = 64,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``model_or_path`` to ``dst`` (one chunk, states explicit), verified before it lands.
+
+    Args:
+        model_or_path: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
+            layer or a Keras model holding only one, or a weight file (``.pt``, ``.pth``, ``.safetensors``,
+            ``.keras``, ``.weights.h5``).
+        dst: the file to write, its format named by its suffix (``FORMATS``: ``.onnx``; ``.tflite`` for Keras
+            sources only), atomically: it appears complete and verified, or not at all.
+        num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
+            has its own, it must agree if given.
+        batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
+            exported batch axis is dynamic either way.
+        nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a torch or
+            ``.weights.h5`` file (they do not record it).
+        exporter: ONNX: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
+        frames: ONNX: fix the time axis at this many steps per call (a streaming deployment sends the same
+            number every call): the graph then needs no shape arithmetic around the RNN node, and the
+            dynamo exporter may unroll a simple RNN. Default: a dynamic time axis.
+        verify_steps: time steps of the random verification input, run in random chunks (ones included;
+            chunks of ``frames`` steps when it is fixed, rounded up to a whole number of them).
+        seed: seed of the verification input and chunk plan.
+
+    Returns:
+        An ``ExportResult`` with the parity report of the written file against the source.
+
+    Raises:
+        ExportError: unsupported model or destination, or the exported file disagrees with the source.
+
+    Example:
+        >>> import torch
+        >>> result = export(torch.nn.LSTM(16, 32, num_layers=2), "lstm.onnx", num_streams=31)  # doctest: +SKIP
+        >>> result.state_names, result.report.ok                                                   # doctest: +SKIP
+        (('h', 'c'), True)
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}: expected one of {EXPORTERS}")
+    fmt = format_of(dst)
+    if fmt is None:
+        suffixes = " or ".join(f.suffix for f in FORMATS.values())
+        raise ExportError(f"cannot write {dst}: the destination must end in {suffixes}")
+    options = Options(num_streams, batch_size, nonlinearity, exporter, frames, verify_steps, seed)
+    return _export(fmt, model_or_path, dst, options)
+
+
+def export_tflite(
+    model_or_path: Any,
+    dst: str | os.PathLike,
+    *,
+    num_streams: int | None = None,
+    batch_size: int | None = None,
+    nonlinearity: str | None = None,
+    verify_steps: int = 64,
+    seed: int = 0,
+) -> ExportResult:
+    """Export a Keras multi-state model to the TFLite file ``dst`` whatever its suffix (``export`` with the
+    ``tflite`` format; ``harness.export.to_tflite`` says what the file holds and what is refused).
+
+    The file is written atomically; before it lands it runs in the LiteRT interpreter chunk by chunk
+    (random chunks, ones included) against the source (``check_parity``, float32 tolerances); any
+    disagreement discards it with ``ExportError``.
+
+    Example:
+        >>> result = export_tflite(keras_model, "lstm.tflite")                          # doctest: +SKIP
+        >>> result.exporter, result.state_names                                         # doctest: +SKIP
+        ('tflite', ('h', 'c'))
+    """
+    options = Options(num_streams, batch_size, nonlinearity, verify_steps=verify_steps, seed=seed)
+    return _export(FORMATS["tflite"], model_or_path, dst, options)
