@@ -191,8 +191,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         return CELLS[self.cell].state_names
 
     @property
-    def declared_batch_size(self) -> int | None:
-        """The batch size of the carried state (fixed once known)."""
+    def fixed_batch_size(self) -> int | None:
+        """The batch size the carried state is fixed to (None until known): ``batch_size``, under the name that
+        both frameworks' layers give it (``StateCheckpoints`` and the harness read it)."""
         return self.batch_size
 
     def build_weights(self, input_size: int) -> None:
