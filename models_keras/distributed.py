@@ -29,7 +29,11 @@ from typing import Any
 import keras
 import numpy as np
 
-STATE_PATTERN = r".*/state_(h|c)"  # the state variables' paths, as ``LayoutMap`` full-matches them
+from models_keras import backends
+from multistate_core.cells import CELLS
+
+# The state variables' paths (``state_h``, ``state_c``), as ``LayoutMap`` full-matches them.
+STATE_PATTERN = r".*/state_({})".format("|".join(sorted({n for c in CELLS.values() for n in c.state_names})))
 
 
 def local_batch(global_batch: int, replicas: int) -> int:
@@ -51,11 +55,7 @@ def local_batch(global_batch: int, replicas: int) -> int:
 
 def strategy_replicas() -> int:
     """Replicas of the ``tf.distribute`` strategy whose scope is active (1 without one, or off TensorFlow)."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+    return backends.active.strategy_replicas()
 
 
 def _components(variable: keras.Variable) -> list[Any] | None:
@@ -72,12 +72,7 @@ def state_replicas(variable: keras.Variable) -> int:
 
 def in_replica() -> bool:
     """True inside one replica of a multi-replica ``tf.distribute`` step (where a call sees only its rows)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    return context is not None and context.num_replicas_in_sync > 1
+    return backends.active.in_replica()
 
 
 def rows_here(global_batch: int | None, variable: keras.Variable | None) -> int | None:
@@ -97,9 +92,7 @@ def tracing_across_replicas(variable: keras.Variable | None) -> bool:
     """
     if variable is None or state_replicas(variable) == 1 or in_replica():
         return False
-    import tensorflow as tf
-
-    return not tf.executing_eagerly()
+    return backends.active.in_graph()
 
 
 def shape_only(inputs: Any, units: int, return_sequences: bool) -> Any:

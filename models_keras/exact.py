@@ -13,6 +13,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from models_keras import backends
+
 
 @keras.saving.register_keras_serializable(package="multistate_rnn")
 def tanh(x):
@@ -22,30 +24,13 @@ def tanh(x):
         >>> tuple(tanh(keras.ops.zeros((2,), dtype="float32")).shape)
         (2,)
     """
-    if keras.backend.backend() == "jax":
-        import jax.numpy as jnp
-
-        return jnp.tanh(x)
-    return ops.tanh(x)
+    return backends.active.exact_tanh(x)
 
 
 def safe_rnn_kwargs(rnn_class: type, use_bias: bool, rnn_kwargs: dict) -> dict:
-    """``rnn_kwargs`` for ``rnn_class`` adjusted around the JAX bugs.
-
-    The default ``activation="tanh"`` becomes the exact ``tanh``. Without a bias,
-    Keras's fused JAX LSTM/GRU make zero biases with ``jnp.zeros``, float64 in x64
-    mode, and ``lax.scan`` then refuses a float32 carry: use the generic loop there.
-    """
-    if keras.backend.backend() != "jax":
-        return rnn_kwargs
-    kwargs = dict(rnn_kwargs)
-    if kwargs.get("activation", "tanh") == "tanh":
-        kwargs["activation"] = tanh
-    import jax
-
-    if not use_bias and jax.config.jax_enable_x64 and issubclass(rnn_class, (keras.layers.LSTM, keras.layers.GRU)):
-        kwargs.setdefault("use_cudnn", False)
-    return kwargs
+    """``rnn_kwargs`` for ``rnn_class`` adjusted around the backend's float64 bugs (on JAX: the exact ``tanh``
+    for the default activation, and no fused LSTM/GRU without a bias in x64 mode)."""
+    return backends.active.rnn_kwargs(rnn_class, use_bias, rnn_kwargs, tanh)
 
 
 class SimpleRNNCell(keras.layers.SimpleRNNCell):

@@ -1,20 +1,24 @@
-"""Fast paths for the multi-state layers, kept apart from the layer as Keras keeps backend kernels.
+"""The one path chooser of the Keras layer: ``path_for(facts)`` names the path, ``RUNNERS`` maps it to its runner.
 
-- torch backend: Keras steps an LSTM through a Python loop on the CPU. Here the
-  whole stack runs as ONE ``nn.LSTM``/``nn.GRU``/``nn.RNN`` call (oneDNN on the CPU,
-  cuDNN on a GPU) through ``torch.func.functional_call``, with contiguous parameters
-  built from the Keras variables (``multistate_core.cells.to_torch``), so gradients reach them.
-- TensorFlow: Keras compiles with XLA only on a GPU by default; for inference the
-  stack's recurrence, and the step loop that takes resets and lengths, are wrapped in
-  ``tf.function(jit_compile=True)`` (``xla``; training stays generic: TensorFlow cannot
-  pass the loop's gradient lists across XLA).
-- JAX: Keras already runs LSTM/GRU as one ``lax.scan`` with the input projection
-  hoisted out, inside the jitted step; on an NVIDIA GPU a float32 LSTM stack runs
-  through cuDNN instead (``jax.experimental.rnn.lstm``, ``run_jax_cudnn``; never run
-  on a GPU here, its weight layout tested on the CPU against ``lstm_ref``).
+Paths of a chunk (``layer(x)``):
 
-Configurations a fast path cannot serve (dropout, activations the torch op lacks,
-``go_backwards``, ``unroll``) take the generic per-layer Keras path.
+- ``TORCH_FUSED`` (torch backend): the whole stack as ONE torch RNN call (``backends/torch.py``).
+- ``JAX_CUDNN`` (JAX on an NVIDIA GPU, float32 LSTM): the stack through cuDNN (``backends/jax.py``).
+- ``TF_XLA`` (TensorFlow, inference): the Keras layers in ``tf.function(jit_compile=True)``; training
+  stays generic, as TensorFlow cannot pass the loop's gradient lists across XLA's while loop.
+- ``GENERIC``: the Keras layers one after another (Keras's own kernels: one ``lax.scan`` on JAX).
+
+With resets inside the chunk or ragged lengths (``stepped``): ``TORCH_SEGMENTS`` (the fused call cut at
+resets and lengths), ``TF_XLA_SCAN`` (``SCAN`` compiled with XLA), or ``SCAN`` (one ``keras.ops.scan`` over
+the stack's cells, every backend). A streaming step (``layer.streaming_step()``, its runners in
+``streaming.STEPS``): ``BACKEND_STEP`` (the backend's own step, ``step_function`` of ``backends``; the
+layer itself on a backend without one) or ``LAYER_CALL`` (``layer`` itself).
+
+Configurations a fast path cannot serve (dropout, activations the torch op lacks, ``go_backwards``,
+``unroll``) and ``fused=False`` take the generic path; a traced call without values (Keras's
+symbolic build) takes the path that needs none. The layer never asks for a path by name, so none is
+replaced: ``streaming_step(compiled=True)`` where the torch backend has no step of its own warns
+that it runs ``layer(x)``.
 
 Example:
     >>> path_name(MultiStateLSTM(8, num_streams=3))   # on KERAS_BACKEND=torch  # doctest: +SKIP
@@ -23,97 +27,113 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import keras
+from keras import ops
 
-from multistate_core.cells import CELLS, to_torch
+from models_keras import backends, stepping
+from multistate_core.cells import CELLS
 
-if TYPE_CHECKING:  # the torch kernels load only under the torch backend
-    from models_torch.ops.kernels import Stack
+
+class Path(enum.Enum):
+    """A named way to run the stack; the value is the name reports and benchmarks record."""
+
+    GENERIC = "generic"
+    TORCH_FUSED = "torch-fused"
+    JAX_CUDNN = "jax-cudnn"
+    TF_XLA = "tf-xla"
+    SCAN = "scan"
+    TF_XLA_SCAN = "tf-xla-scan"
+    TORCH_SEGMENTS = "torch-segments"
+    BACKEND_STEP = "backend-step"
+    LAYER_CALL = "layer-call"
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What picks a path: the backend, the layer and the call.
+
+    ``fusable``: the layer allows a fused kernel (``fused=True``, no dropout, no ``go_backwards`` or
+    ``unroll``); ``torch_computes``: torch's op computes its cells (their activations, GRU
+    ``reset_after=True``); ``stepped``: resets inside the chunk or ragged lengths; ``concrete``: the
+    call holds values (eager), not a trace; ``symbolic``: Keras traces shapes only.
+    """
+
+    backend: str
+    cell: str
+    dtype: str
+    mixed: bool
+    on_gpu: bool
+    fusable: bool
+    torch_computes: bool
+    training: bool = False
+    stepped: bool = False
+    concrete: bool = True
+    symbolic: bool = False
+    streaming: bool = False
+
+
+def facts_for(
+    layer: Any,
+    *,
+    training: bool | None = False,
+    stepped: bool = False,
+    concrete: bool = True,
+    streaming: bool = False,
+) -> Facts:
+    """The facts of a call of ``layer`` on the active backend."""
+    return Facts(
+        backend=backends.NAME,
+        cell=layer.cell,
+        dtype=layer.compute_dtype,
+        mixed=layer.compute_dtype != layer.variable_dtype,
+        on_gpu=backends.active.on_gpu(),
+        fusable=layer.fused and all(_plain(rnn) for rnn in layer.rnn_layers),
+        torch_computes=all(_torch_computes(layer.cell, rnn.cell) for rnn in layer.rnn_layers),
+        training=bool(training),
+        stepped=stepped,
+        concrete=concrete,
+        symbolic=backends.symbolic(),
+        streaming=streaming,
+    )
+
+
+def path_for(facts: Facts) -> Path:
+    """The path a call with ``facts`` takes (the module docstring lists them)."""
+    kernel = _kernel(facts)
+    if facts.streaming:  # torch's step runs the fused kernel's stack, in one dtype
+        torch_step = kernel is Path.TORCH_FUSED and not facts.mixed
+        return Path.LAYER_CALL if facts.backend == "torch" and not torch_step else Path.BACKEND_STEP
+    if kernel is Path.TF_XLA and facts.symbolic:
+        kernel = Path.GENERIC  # no compiled function while Keras traces shapes
+    if not facts.stepped:
+        return kernel
+    if kernel is Path.TORCH_FUSED and facts.concrete:
+        return Path.TORCH_SEGMENTS
+    return Path.TF_XLA_SCAN if kernel is Path.TF_XLA else Path.SCAN
+
+
+def _kernel(facts: Facts) -> Path:
+    """The fused kernel of the backend for a plain chunk, or ``GENERIC``."""
+    if not facts.fusable:
+        return Path.GENERIC
+    if facts.backend == "torch" and facts.torch_computes:
+        return Path.TORCH_FUSED
+    cudnn_lstm = CELLS[facts.cell].state_names == ("h", "c")  # jax.experimental.rnn runs the (h, c) cell only
+    if facts.backend == "jax" and facts.torch_computes and cudnn_lstm and facts.dtype == "float32" and facts.on_gpu:
+        return Path.JAX_CUDNN
+    if facts.backend == "tensorflow" and not facts.training:
+        return Path.TF_XLA
+    return Path.GENERIC
 
 
 def path_name(layer: Any, training: bool | None = False) -> str:
-    """Which path ``layer`` runs on: "torch-fused", "jax-cudnn", "tf-xla" (inference only) or "generic"."""
-    backend = keras.backend.backend()
-    if not layer.fused or not all(_plain(rnn) for rnn in layer.rnn_layers):
-        return "generic"
-    torch_has = all(_torch_has(layer.cell, rnn.cell) for rnn in layer.rnn_layers)
-    if backend == "torch" and torch_has:
-        return "torch-fused"
-    if backend == "jax" and torch_has and layer.cell == "lstm" and layer.compute_dtype == "float32" and _jax_on_gpu():
-        return "jax-cudnn"
-    if backend == "tensorflow" and not training:  # gradients cannot cross XLA's while-loop boundary
-        return "tf-xla"
-    return "generic"
-
-
-def _jax_on_gpu() -> bool:
-    import jax
-
-    return jax.default_backend() == "gpu"
-
-
-def cudnn_lstm_weights(layer: Any) -> Any:
-    """The stack's LSTM weights as cuDNN's flat vector (``jax.experimental.rnn``'s layout).
-
-    Every layer's ``W_ih`` ``(4H, F)`` and ``W_hh`` ``(4H, H)`` in torch's gate order (which is
-    Keras's), then every layer's ``b_ih`` and ``b_hh`` (the Keras bias and zeros; zeros without bias).
-    """
-    import jax.numpy as jnp
-
-    matrices, biases = [], []
-    for rnn in layer.rnn_layers:
-        kernel, recurrent, *bias = (w.value for w in rnn.cell.weights)
-        weights = to_torch(layer.cell, [kernel, recurrent])
-        matrices += [weights["weight_ih"].ravel(), weights["weight_hh"].ravel()]
-        zeros = jnp.zeros(4 * layer.units, kernel.dtype)
-        biases += [bias[0] if bias else zeros, zeros]  # LSTM gates are in the same order: the bias as it is
-    return jnp.concatenate(matrices + biases)
-
-
-def run_jax_cudnn(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
-    """Run the whole LSTM stack on ``x`` ``(N, T, F)`` through cuDNN (``jax.experimental.rnn.lstm``).
-
-    Differentiable (the op has a cuDNN backward). Runs on NVIDIA GPUs only; its weight layout is
-    tested on the CPU against ``jax.experimental.rnn.lstm_ref``.
-    """
-    import jax.numpy as jnp
-    from jax.experimental import rnn
-
-    lengths = jnp.full((x.shape[0],), x.shape[1], jnp.int32)
-    y, h, c = rnn.lstm(
-        x,
-        initial[0],
-        initial[1],
-        cudnn_lstm_weights(layer),
-        lengths,
-        input_size=layer.input_size,
-        hidden_size=layer.units,
-        num_layers=layer.num_layers,
-        dropout=0.0,
-        bidirectional=False,
-    )
-    return y, [h, c]
-
-
-def xla(fn: Callable) -> Callable:
-    """``fn`` compiled with XLA by TensorFlow."""
-    import tensorflow as tf
-
-    return tf.function(fn, jit_compile=True)
-
-
-def symbolic() -> bool:
-    """Whether Keras is tracing shapes only (a subclassed model's first build): no compiled function then.
-
-    Keras 3 has no public spelling of this; ``tests/test_keras_models.py`` fails loudly if it moves.
-    """
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
-    return in_symbolic_scope()
+    """Which kernel ``layer`` runs a plain chunk on: "torch-fused", "jax-cudnn", "tf-xla" (inference) or "generic"."""
+    return path_for(facts_for(layer, training=training)).value
 
 
 def _plain(rnn: Any) -> bool:
@@ -121,76 +141,60 @@ def _plain(rnn: Any) -> bool:
     return not (getattr(c, "dropout", 0) or getattr(c, "recurrent_dropout", 0) or rnn.go_backwards or rnn.unroll)
 
 
-def _torch_has(cell: str, c: Any) -> bool:
-    """Whether torch's op computes what the Keras cell ``c`` does."""
-    if cell == "gru" and not c.reset_after:
+def _torch_computes(cell: str, c: Any) -> bool:
+    """Whether torch's op computes what the Keras cell ``c`` does (torch's GRU is ``reset_after=True``)."""
+    if not getattr(c, "reset_after", True):
         return False
     return all(getattr(c, attr).__name__ in allowed for attr, allowed in CELLS[cell].activations.items())
 
 
-@functools.lru_cache(maxsize=64)
-def _template(cell: str, input_size: int, units: int, layers: int, bias: bool, nonlinearity: str, dtype: Any) -> Any:
-    """A parameter-less (meta device) torch module of the stack's shape, to call with the Keras weights."""
-    import torch
-
-    extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-    return getattr(torch.nn, CELLS[cell].torch_class)(
-        input_size, units, num_layers=layers, bias=bias, batch_first=True, device="meta", dtype=dtype, **extra
-    )
+# ---- the runners: run(layer, x, initial, resets, lengths, training) -> (output (N, T, H), [state (L, N, H)])
 
 
-def parameters(layer: Any) -> dict[str, Any]:
-    """Torch-named, contiguous parameters built from the Keras variables, keeping the autograd link.
-
-    Contiguous: cuDNN flattens the weights into one buffer and refuses strided views.
-    """
-    params = {}
+def run_layers(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
+    """The generic path: the Keras layers one after another. Returns the output and each state ``(L, N, H)``."""
+    finals = []
     for i, rnn in enumerate(layer.rnn_layers):
-        weights = [w.value for w in rnn.cell.weights]
-        for name, value in to_torch(layer.cell, weights).items():
-            params[f"{name}_l{i}"] = value.contiguous()
-    return params
+        x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
+        finals.append(final)
+    return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
 
 
-def torch_fused(layer: Any, dtype: Any, params: dict[str, Any], stack: Stack) -> Callable:
-    """``fused(x, hx) -> (output, [final states])``: the whole stack as ONE torch RNN call with the Keras weights.
-
-    ``x`` is an ``(N, T, F)`` tensor (``models_torch.ops.kernels.run_plain`` on ``stack``: torch's op, or its
-    cell ops for a small one-step chunk) or a ``PackedSequence`` (an ``nn`` module of the stack's shape
-    through ``functional_call`` on ``params``, ``parameters(layer)``); ``hx`` a sequence of ``(L, N, H)``
-    states.
-    """
-    import torch
-    from torch.func import functional_call
-
-    from models_torch.ops.kernels import run_plain
-
-    def fused(x: Any, initial: Any) -> tuple[Any, list]:
-        if isinstance(x, torch.Tensor):
-            out, final = run_plain(stack, x, tuple(initial))
-            return out, list(final)
-        module = _template(
-            layer.cell, layer.input_size, layer.units, layer.num_layers, layer.use_bias, stack.nonlinearity, dtype
-        )
-        module.train(stack.training)
-        hx = tuple(s.contiguous() for s in initial)
-        out, final = functional_call(module, params, (x, hx if len(hx) > 1 else hx[0]))
-        return out, list(final) if isinstance(final, tuple) else [final]
-
-    return fused
+def run_scan(layer: Any, x: Any, initial: list, resets: Any, lengths: Any, training: bool | None) -> tuple[Any, list]:
+    """The portable path with resets and lengths: one ``keras.ops.scan`` over the stack's cells."""
+    return stepping.scan([rnn.cell for rnn in layer.rnn_layers], x, initial, resets, lengths, training)
 
 
-def torch_stack(layer: Any, params: dict[str, Any], training: bool | None) -> Stack:
-    """The stack as ``models_torch.ops.kernels`` runs it, on the torch-named ``params`` of ``parameters(layer)``."""
-    from models_torch.ops.kernels import Stack
+def _plain_chunk(run: Callable) -> Callable:
+    """A runner from ``run(layer, x, initial, training)``: lengths are full, resets (if any) on the first step."""
 
-    names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if layer.use_bias else ())
-    layers = [[params[f"{name}_l{k}"] for name in names] for k in range(layer.num_layers)]
-    nonlinearity = layer.rnn_layers[0].cell.activation.__name__
-    return Stack(layer.cell, layers, bool(training), nonlinearity=nonlinearity)
+    @functools.wraps(run)
+    def runner(layer: Any, x: Any, initial: list, resets: Any, lengths: Any, training: bool | None):
+        if resets is not None:
+            initial = [ops.where(resets[None, :, :1], ops.zeros_like(s), s) for s in initial]
+        return run(layer, x, initial, training)
+
+    return runner
 
 
-def run_torch(layer: Any, x: Any, initial: list, training: bool | None) -> tuple[Any, list]:
-    """Run the whole stack on ``x`` ``(N, T, F)`` from ``initial`` (each ``(L, N, H)``) in one fused call."""
-    params = parameters(layer)
-    return torch_fused(layer, x.dtype, params, torch_stack(layer, params, training))(x, initial)
+def _compiled(run: Callable) -> Callable:
+    """``run`` compiled with XLA by TensorFlow, once per layer (held by the layer, freed with it)."""
+
+    def runner(layer: Any, *args: Any) -> tuple[Any, list]:
+        name = run.__name__
+        if name not in layer._xla:
+            layer._xla[name] = backends.active.xla(functools.partial(run, layer))
+        return layer._xla[name](*args)
+
+    return runner
+
+
+RUNNERS: dict[Path, Callable[..., tuple[Any, list]]] = {
+    Path.GENERIC: _plain_chunk(run_layers),
+    Path.TORCH_FUSED: _plain_chunk(backends.active.run_fused),
+    Path.JAX_CUDNN: _plain_chunk(backends.active.run_fused),
+    Path.TF_XLA: _plain_chunk(_compiled(run_layers)),
+    Path.SCAN: run_scan,
+    Path.TF_XLA_SCAN: _compiled(run_scan),
+    Path.TORCH_SEGMENTS: backends.active.run_fused_stepped,
+}

@@ -11,7 +11,6 @@ gradients stopped) at the end of every call, so ``predict``, ``fit`` and
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from models_keras import checks, distributed, exact, fast_paths, stepping, streaming
+from models_keras import backends, distributed, exact, fast_paths, stepping, streaming
 from multistate_core import contract
 from multistate_core.cells import CELLS
 from multistate_core.checkpoint import StateCheckpoints
@@ -32,8 +31,8 @@ _STATE_LOCK = threading.Lock()
 class MultiStateBase(StateCheckpoints, keras.layers.Layer):
     """One stack of Keras recurrent layers used on ``num_streams`` streams, each with its own state.
 
-    Subclasses name their cell (``"lstm"``, ``"gru"``, ``"rnn"``; see ``multistate_core.cells``)
-    and the Keras layer in ``rnn_class``. Extra keyword arguments (``activation``, initializers, ...)
+    Subclasses name the Keras layer in ``rnn_class`` and their cell (a key of
+    ``multistate_core.cells.CELLS``, found from it). Extra keyword arguments (``activation``, initializers, ...)
     go to every inner recurrent layer.
 
     Args:
@@ -99,7 +98,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         super().__init__(name=name, dtype=dtype, trainable=trainable)
         if num_streams < 1 or num_layers < 1:
             raise ValueError(f"num_streams and num_layers must be >= 1, got {num_streams} and {num_layers}")
-        _check_backend_dtype(self.dtype_policy.variable_dtype)
+        backends.active.check_dtype(self.dtype_policy.variable_dtype)
         self.units = units
         self.num_streams = num_streams
         self.num_layers = num_layers
@@ -192,8 +191,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         return CELLS[self.cell].state_names
 
     @property
-    def declared_batch_size(self) -> int | None:
-        """The batch size of the carried state (fixed once known)."""
+    def fixed_batch_size(self) -> int | None:
+        """The batch size the carried state is fixed to (None until known): ``batch_size``, under the name that
+        both frameworks' layers give it (``StateCheckpoints`` and the harness read it)."""
         return self.batch_size
 
     def build_weights(self, input_size: int) -> None:
@@ -273,10 +273,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             mask=None if mask is None else spec(mask),
         )
 
-    def _step_args(self, inputs, resets, lengths, mask) -> tuple[object, object, bool]:
+    def _step_args(self, inputs, resets, lengths, mask, concrete: bool) -> tuple[object, object, bool]:
         """Checked ``resets``/``lengths`` tensors (a mask folded into lengths), and whether they change anything."""
         resets, lengths, mask = (None if a is None else ops.convert_to_tensor(a) for a in (resets, lengths, mask))
-        concrete = _is_concrete(inputs)
         self._check_step_args(inputs, resets, lengths, mask, concrete=concrete)
         if mask is not None:
             from_mask = stepping.mask_to_lengths(mask)
@@ -308,7 +307,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             )
         if distributed.tracing_across_replicas(self._first_state()):
             return distributed.shape_only(inputs, self.units, self.return_sequences)
-        resets, lengths, stepped = self._step_args(inputs, resets, lengths, mask)
+        concrete = backends.is_concrete(inputs)
+        resets, lengths, stepped = self._step_args(inputs, resets, lengths, mask, concrete)
         batch, streams, units = (
             distributed.rows_to_run(self.batch_size, self._first_state()),
             self.num_streams,
@@ -316,7 +316,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         )
         # A copy, so that assigning the variable below cannot alter a value the backward pass needs.
         carried = [ops.cast(ops.copy(v.value), self.compute_dtype) for v in self.state_variables]
-        inputs = checks.at_run_time(inputs, batch, self.check_finite)
+        inputs = backends.active.run_time_checks(inputs, batch, self.check_finite, concrete)
         finite = ops.all(ops.isfinite(inputs)) if self.check_finite else None
         if stream is None:
             x = ops.reshape(inputs, (batch * streams, ops.shape(inputs)[2], self.input_size))
@@ -328,12 +328,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         else:
             x, initial = inputs, [s[:, :, stream] for s in carried]
 
-        if stepped:
-            x, finals = self._stepped(training)(x, initial, resets, lengths, training)
-        else:
-            if resets is not None:  # resets on the first step only
-                initial = [ops.where(resets[None, :, :1], ops.zeros_like(s), s) for s in initial]
-            x, finals = self._recurrence(training)(x, initial, training)
+        path = fast_paths.path_for(fast_paths.facts_for(self, training=training, stepped=stepped, concrete=concrete))
+        x, finals = fast_paths.RUNNERS[path](self, x, initial, resets, lengths, training)
 
         for variable, final in zip(self.state_variables, finals):
             new = ops.cast(ops.stop_gradient(final), variable.dtype)
@@ -350,56 +346,9 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             x = ops.reshape(x, (batch, streams, -1, units) if self.return_sequences else (batch, streams, units))
         return x
 
-    def _stepped(self, training: bool | None) -> Callable:
-        """``run(x, initial, resets, lengths, training) -> (output, finals)`` with resets and lengths."""
-        path = fast_paths.path_name(self, training)
-        if path == "torch-fused":
-
-            def run_torch(x, initial, resets, lengths, training):
-                if not _is_concrete(x):  # shapes only (symbolic build): the step loop needs no values
-                    return self._scan(x, initial, resets, lengths, training)
-                params = fast_paths.parameters(self)
-                stack = fast_paths.torch_stack(self, params, training)
-                fused = fast_paths.torch_fused(self, x.dtype, params, stack)
-                return stepping.torch_segments(fused, x, initial, resets, lengths, stack)
-
-            return run_torch
-        if path == "tf-xla" and not fast_paths.symbolic():
-            return self._compiled(self._scan)
-        return self._scan
-
-    def _scan(self, x, initial: list, resets, lengths, training: bool | None) -> tuple[object, list]:
-        return stepping.scan([rnn.cell for rnn in self.rnn_layers], x, initial, resets, lengths, training)
-
     @staticmethod
     def _unless_non_finite(finite, new, variable):
         return new if finite is None else ops.where(finite, new, variable.value)
-
-    def _recurrence(self, training: bool | None) -> Callable:
-        """``run(x, initial, training) -> (output, [state (L, N, H), ...])`` on this call's path."""
-        path = fast_paths.path_name(self, training)
-        if path == "torch-fused":
-            return functools.partial(fast_paths.run_torch, self)
-        if path == "jax-cudnn":
-            return functools.partial(fast_paths.run_jax_cudnn, self)
-        if path == "tf-xla" and not fast_paths.symbolic():
-            return self._compiled(self._run_layers)
-        return self._run_layers
-
-    def _compiled(self, run: Callable) -> Callable:
-        """``run`` (a bound method of this layer) compiled with XLA by TensorFlow, once per layer."""
-        name = run.__name__
-        if name not in self._xla:
-            self._xla[name] = fast_paths.xla(run)
-        return self._xla[name]
-
-    def _run_layers(self, x, initial: list, training: bool | None) -> tuple[object, list]:
-        """The generic path: the Keras layers one after another. Returns the output and each state ``(L, N, H)``."""
-        finals = []
-        for i, rnn in enumerate(self.rnn_layers):
-            x, *final = rnn(x, initial_state=[s[i] for s in initial], training=training)
-            finals.append(final)
-        return x, [ops.stack(per_layer) for per_layer in zip(*finals)]
 
     def streaming_step(self, compiled: bool = False) -> Callable[[Any], Any]:
         """``step(x) -> y``: one chunk on the carried state without Keras's per-call cost, for inference loops.
@@ -515,6 +464,11 @@ _CARRIED_OPTIONS = (
 )
 
 
+def _cell_of(rnn_class: type) -> str:
+    """The cell (a key of ``CELLS``) whose Keras layer class has ``rnn_class``'s name."""
+    return next(k for k, c in CELLS.items() if c.keras_class == rnn_class.__name__)
+
+
 def _is_plain(layer: object, keras_class: str) -> bool:
     """Whether ``layer`` is a one-directional Keras recurrent layer (or ``RNN``) around a ``keras_class`` cell."""
     cell_class = getattr(keras.layers, keras_class + "Cell")
@@ -530,18 +484,6 @@ def _activation_argument(function: Callable) -> object:
     """An activation as a constructor argument: its name where Keras knows it ("tanh"), else the function."""
     name = keras.activations.serialize(function)
     return name if isinstance(name, str) else function
-
-
-def _is_concrete(x) -> bool:
-    """Whether ``x`` holds values (eager), not a traced or shape-only placeholder."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and not fast_paths.symbolic()
-    if backend == "torch":
-        return x.device.type != "meta" and not fast_paths.symbolic()
-    return checks._is_concrete(x) and not fast_paths.symbolic()
 
 
 def _last_outputs(x, top_h, lengths, stepped: bool):
@@ -563,28 +505,13 @@ def _checked_lengths(lengths, steps, concrete: bool):
 
     A compiled JAX step cannot raise: there lengths below 0 act as 0 and above ``steps`` as ``steps``.
     """
-    if concrete or keras.backend.backend() != "tensorflow":
+    if concrete:
         return lengths
-    import tensorflow as tf
 
-    message = "lengths must lie in [0, T] (the chunk's time steps)"
-    asserts = [
-        tf.debugging.assert_non_negative(lengths, message=message),
-        tf.debugging.assert_less_equal(lengths, tf.cast(steps, lengths.dtype), message=message),
-    ]
-    with tf.control_dependencies(asserts):
-        return tf.identity(lengths)
+    def within() -> Any:
+        return ops.all((lengths >= 0) & (lengths <= ops.cast(steps, lengths.dtype)))
 
-
-def _check_backend_dtype(dtype: str) -> None:
-    if dtype == "float64" and keras.backend.backend() == "jax":
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            raise ValueError(
-                "float64 on the JAX backend needs JAX's x64 mode, otherwise JAX computes in float32: "
-                "set JAX_ENABLE_X64=1 or call jax.config.update('jax_enable_x64', True) before building the layer"
-            )
+    return backends.active.guard(lengths, within, "lengths must lie in [0, T] (the chunk's time steps)", concrete)
 
 
 @keras.saving.register_keras_serializable(package="multistate_rnn")
@@ -598,7 +525,7 @@ class MultiStateLSTM(MultiStateBase):
     """
 
     rnn_class = keras.layers.LSTM
-    cell = "lstm"
+    cell = _cell_of(rnn_class)
 
 
 @keras.saving.register_keras_serializable(package="multistate_rnn")
@@ -606,7 +533,7 @@ class MultiStateGRU(MultiStateBase):
     """A shared Keras ``GRU`` (``reset_after=True``, as torch computes it) with an ``h`` state per stream."""
 
     rnn_class = keras.layers.GRU
-    cell = "gru"
+    cell = _cell_of(rnn_class)
 
     def __init__(self, units: int, num_streams: int, **kwargs: object) -> None:
         if not kwargs.get("reset_after", True):
@@ -621,7 +548,7 @@ class MultiStateSimpleRNN(MultiStateBase):
     """A shared Keras ``SimpleRNN`` (``activation="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
 
     rnn_class = exact.SimpleRNN
-    cell = "rnn"
+    cell = _cell_of(rnn_class)
 
 
 def multistate_layers(model: keras.layers.Layer) -> list[MultiStateBase]:
@@ -629,7 +556,7 @@ def multistate_layers(model: keras.layers.Layer) -> list[MultiStateBase]:
 
     Keras 3 has no public walk over nested layers (``Model.layers`` lists only the top
     level, and layers held by a subclassed layer are tracked privately), so this uses
-    ``Layer._flatten_layers``; ``tests/test_keras_models.py`` fails loudly if it moves.
+    ``Layer._flatten_layers``; ``tests/models_keras/test_layers.py`` fails loudly if it moves.
     """
     return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, MultiStateBase)]
 

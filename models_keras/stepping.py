@@ -11,13 +11,12 @@ Two implementations:
 - ``scan``: portable, every backend, eager and compiled: ONE ``keras.ops.scan`` over time
   for the whole stack, calling each inner Keras cell with ``where(reset_t, 0, state)``
   before the step and ``where(valid_t, new, state)`` after it.
-- ``torch_segments``: the torch backend's fused path (``fast_paths.run_torch``) extended
-  the way ``models_torch.segments`` does it: on a CPU an LSTM or GRU with saturated gates,
-  one plain call per layer (``models_torch.ops.saturate``); otherwise every row is cut into
-  segments at its resets and length, run as ONE packed call or between cuts of the time axis.
+- the torch backend's fused path extended the way ``models_torch.inner_rnn`` does it
+  (``run_fused_stepped`` in ``backends/torch.py``).
 
-The layer calls these only when resets, lengths or a mask are given; without them it keeps
-its usual fast path (``fast_paths.path_name``).
+The layer takes these only when resets inside the chunk or ragged lengths are given (path
+``SCAN``, ``TF_XLA_SCAN`` or ``TORCH_SEGMENTS`` of ``fast_paths.path_for``); without them it keeps
+its usual fast path.
 
 Example:
     >>> layer = MultiStateGRU(5, num_streams=2)                      # doctest: +SKIP
@@ -30,15 +29,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 from keras import ops
 
-from models_keras import checks
-
-if TYPE_CHECKING:  # the torch kernels load only under the torch backend
-    from models_torch.ops.kernels import Stack
+from models_keras import backends
 
 
 def valid_steps(lengths: Any, steps: Any) -> Any:
@@ -66,18 +62,11 @@ def mask_to_lengths(mask: Any) -> Any:
     mask = ops.cast(mask, "int32")
     leading = ops.sum(ops.cumprod(mask, axis=-1), axis=-1)
     message = "mask must be right-padded (True for the first steps, then False) along time, to be read as lengths"
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
 
-        if tf.executing_eagerly():
-            if not bool(ops.all(leading == ops.sum(mask, axis=-1))):
-                raise ValueError(message)
-            return leading
-        with tf.control_dependencies([tf.debugging.assert_equal(leading, ops.sum(mask, axis=-1), message=message)]):
-            return tf.identity(leading)
-    if checks._is_concrete(mask) and not bool(ops.all(leading == ops.sum(mask, axis=-1))):
-        raise ValueError(message)
-    return leading
+    def right_padded() -> Any:
+        return ops.all(leading == ops.sum(mask, axis=-1))
+
+    return backends.active.guard(leading, right_padded, message, backends.is_concrete(mask))
 
 
 def scan(
@@ -112,24 +101,9 @@ def scan(
         return new_carry, ops.where(valid_t, h, ops.zeros_like(h))
 
     time_major = (ops.transpose(x, (1, 0, 2)), ops.transpose(resets, (1, 0)), ops.transpose(valid, (1, 0)))
-    final, out = _loop(step, carry, time_major, ops.zeros_like(initial[0][-1]))
+    final, out = backends.active.scan(step, carry, time_major, ops.zeros_like(initial[0][-1]))
     _reset_dropout(cells)
     return ops.transpose(out, (1, 0, 2)), [ops.stack([f[k] for f in final]) for k in range(len(initial))]
-
-
-def _loop(step: Any, carry: list, xs: tuple, out_zeros: Any) -> tuple[list, Any]:
-    """``ops.scan(step, carry, xs)``; on TensorFlow ``tf.scan`` (Keras's TensorFlow ``scan`` needs outputs
-    shaped like the carry): the carry is stacked over time along with the output, its last step kept.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return ops.scan(step, carry, xs)
-    import tensorflow as tf
-
-    def accumulate(acc: tuple, inputs: tuple) -> tuple:
-        return tuple(step(acc[0], inputs))
-
-    carries, outs = tf.scan(accumulate, xs, initializer=(carry, out_zeros))
-    return [[s[-1] for s in layer] for layer in carries], outs
 
 
 def _config_dropout(cells: Sequence[Any], first: Any, carry: list, training: bool | None) -> None:
@@ -149,22 +123,3 @@ def _reset_dropout(cells: Sequence[Any]) -> None:
         if hasattr(cell, "reset_dropout_mask"):
             cell.reset_dropout_mask()
             cell.reset_recurrent_dropout_mask()
-
-
-def torch_segments(
-    fused: Any, x: Any, initial: list, resets: Any, lengths: Any, stack: Stack | None = None
-) -> tuple[Any, list]:
-    """The torch backend: ``x`` ``(N, T, F)`` with resets and lengths through the layer's fused torch call.
-
-    ``fused(x_or_packed, hx)`` runs the whole stack once from ``hx`` (a tuple of ``(L, n, H)``) and returns
-    ``(output, [final states])``; ``stack`` (``fast_paths.torch_stack``) lets an LSTM or GRU take saturated
-    gates. The path is chosen as in ``models_torch`` (``models_torch.ops.segments.run_segmented``). Returns what
-    ``scan`` returns.
-    """
-    import torch
-
-    from models_torch.ops.segments import run_segmented
-
-    resets = None if resets is None else resets.to(torch.bool)
-    out, finals = run_segmented(fused, x, tuple(initial), resets, lengths, stack=stack)
-    return out, list(finals)

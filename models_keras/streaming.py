@@ -1,9 +1,9 @@
 """A streaming step for the Keras multi-state layers: one chunk on the carried state, without Keras's per-call cost.
 
-An eager ``layer(x)`` spends 0.2-1.5 ms in Keras's own dispatch (input conversion, scopes,
-``keras.ops`` tree handling), 20-60x a one-frame step of a band-split model. For
-frame-by-frame inference loops, ``layer.streaming_step()`` returns ``step(x) -> y``: the same
-numbers and the same carried state as ``layer(x)``, on each backend its cheapest route:
+An eager ``layer(x)`` spends most of a one-frame step in Keras's own dispatch (input conversion,
+scopes, ``keras.ops`` tree handling; README, "Measured here"). For frame-by-frame inference loops,
+``layer.streaming_step()`` returns ``step(x) -> y``: the same numbers and the same carried state as
+``layer(x)``, on each backend its cheapest route (``step_function`` of ``models_keras.backends``):
 
 - JAX: the layer's own ``call``, compiled once by ``jax.jit`` through ``layer.stateless_call`` on
   the variables' stored arrays; the new states are assigned back to the layer's variables.
@@ -11,7 +11,7 @@ numbers and the same carried state as ``layer(x)``, on each backend its cheapest
   ``models_torch.streaming`` uses (``models_torch.ops.step_runs``: the cell op for a small frame), its
   weights converted once, and again only after a variable changed; ``compiled=True``: the step
   compiled ahead of time by AOTInductor (CPU). Where the layer has no torch fast path
-  (``fast_paths.path_name``), ``layer(x)``.
+  (``fast_paths.path_for``: ``LAYER_CALL``), ``layer(x)``; ``compiled=True`` then warns.
 - TensorFlow: the layer's ``call`` in one ``tf.function`` (``compiled`` changes nothing there, nor on JAX).
 
 Inference only: no ``training``, ``stream``, ``resets``, ``lengths`` or ``mask``. ``x`` is
@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,23 +35,30 @@ import keras
 import numpy as np
 from keras import ops
 
-from models_keras import fast_paths
+from models_keras import backends
+from models_keras.fast_paths import Path, facts_for, path_for
+
+
+def _layer_call(layer: Any, checked: Callable[[Any], Any], compiled: bool) -> Callable[[Any], Any]:
+    if compiled:
+        warnings.warn(
+            f"{layer.name}: streaming_step(compiled=True) has no compiled step for this layer on the "
+            f"{backends.NAME} backend (no fused kernel for its configuration): the step is layer(x)",
+            stacklevel=3,
+        )
+    return layer
+
+
+# The runners of the streaming paths: run(layer, checked, compiled) -> step.
+STEPS: dict[Path, Callable[[Any, Callable[[Any], Any], bool], Callable[[Any], Any]]] = {
+    Path.BACKEND_STEP: backends.active.step_function,
+    Path.LAYER_CALL: _layer_call,
+}
 
 
 def step_function(layer: Any, compiled: bool = False) -> Callable[[Any], Any]:
     """``step(x) -> y`` for ``layer`` on the active backend (see the module docstring)."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return _jax_step(layer)
-    if backend == "torch" and fast_paths.path_name(layer) == "torch-fused" and not _mixed(layer):
-        return _TorchStep(layer, compiled)
-    if backend == "tensorflow":
-        return _tf_step(layer)
-    return layer
-
-
-def _mixed(layer: Any) -> bool:
-    return layer.compute_dtype != layer.variable_dtype
+    return STEPS[path_for(facts_for(layer, streaming=True))](layer, _Checked(layer), compiled)
 
 
 class _Checked:
@@ -78,93 +86,3 @@ class _Checked:
         if layer.check_finite and not bool(np.isfinite(ops.convert_to_numpy(x)).all()):
             raise ValueError(f"{layer.name}: input holds NaN or Inf; state left as it was")
         return x
-
-
-def _jax_step(layer: Any) -> Callable[[Any], Any]:
-    import jax
-
-    run = jax.jit(lambda trainable, others, x: layer.stateless_call(trainable, others, x))
-    checked = _Checked(layer)
-    held: list = []  # the layer's variables, listed once it is built (Keras walks its tree on each listing)
-
-    def step(x: Any) -> Any:
-        x = checked(x)
-        if not held:
-            states = {id(v) for v in layer.state_variables}
-            others = layer.non_trainable_variables
-            held[:] = [layer.trainable_variables, others, [(k, v) for k, v in enumerate(others) if id(v) in states]]
-        trainable, others, states = held
-        # The stored arrays, as stateless_call takes them (``.value`` would also autocast, at ~4 µs each).
-        y, new = run([v._value for v in trainable], [v._value for v in others], x)
-        for k, variable in states:  # inference moves nothing else
-            variable.assign(new[k])
-        return y
-
-    return step
-
-
-class _TorchStep:
-    """The torch backend's step: the layer's stack in torch's layout through ``models_torch.ops.step_runs`` (as
-    ``models_torch.streaming``), planned once per input shape and again only after a weight or a state
-    variable changed (``_stamps``: Keras assigns a torch variable in place, ``param.data = ...`` and
-    ``vector_to_parameters`` swap its storage); the new states are copied into the state variables' own
-    tensors."""
-
-    def __init__(self, layer: Any, compiled: bool) -> None:
-        self.layer, self.checked = layer, _Checked(layer)
-        self.programs: dict | None = {} if compiled else None  # the compiled programs, by shape
-        self.plan: dict[str, Any] = {}
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-
-        x, plan = self.checked(x), self.plan
-        if not plan or x.shape != plan["shape"] or _stamps(plan["tensors"]) != plan["stamps"]:
-            plan = self._prepare(x)
-        on_cpu = isinstance(x, np.ndarray) and plan["device"].type == "cpu"
-        y, new = plan["run"](
-            torch.from_numpy(x) if on_cpu else torch.as_tensor(x, device=plan["device"]), plan["folded"]
-        )
-        for held, value in zip(plan["folded"], new):  # no graph: state variables are not trainable
-            held.copy_(value)
-        plan["stamps"] = _stamps(plan["tensors"])
-        return y if self.layer.return_sequences else y[:, :, -1]
-
-    def _prepare(self, x: Any) -> dict[str, Any]:
-        import torch
-
-        from models_torch.ops.step_runs import plan_run
-
-        layer = self.layer
-        states = [v.value for v in layer.state_variables]
-        weights = [w.value for rnn in layer.rnn_layers for w in rnn.cell.weights]
-        with torch.no_grad():  # torch-layout copies of the weights: the plan is rebuilt when a variable moves
-            stack = fast_paths.torch_stack(layer, fast_paths.parameters(layer), False)
-        device = states[0].device
-        run, fold = plan_run(stack, tuple(x.shape), tuple(states[0].shape), device.type, self.programs)
-        self.plan = {
-            "shape": x.shape,
-            "tensors": weights + states,
-            "stamps": _stamps(weights + states),
-            "run": run,
-            "folded": [s.view(fold) for s in states],  # views into the state variables
-            "device": device,
-        }
-        return self.plan
-
-
-def _stamps(tensors: list) -> list[tuple[int, int]]:
-    """What changes when a torch tensor is written in place (its version) or given new storage (its address)."""
-    return [(t._version, t.data_ptr()) for t in tensors]
-
-
-def _tf_step(layer: Any) -> Callable[[Any], Any]:
-    import tensorflow as tf
-
-    run = tf.function(layer.call)
-    checked = _Checked(layer)
-
-    def step(x: Any) -> Any:
-        return run(checked(x))
-
-    return step

@@ -62,7 +62,7 @@ class StateCheckpoints:
     """``save_states``/``load_states`` for a multi-state model of either framework.
 
     The model provides ``cell``, ``state_names``, ``num_layers``, ``num_streams``, ``units``,
-    ``declared_batch_size`` (None where the batch is not fixed), ``numpy_states()`` and
+    ``fixed_batch_size`` (None where the batch is not fixed), ``numpy_states()`` and
     ``set_states()``.
     """
 
@@ -81,5 +81,5 @@ class StateCheckpoints:
             "num_layers": self.num_layers,
             "num_streams": self.num_streams,
             "units": self.units,
-            "batch_size": self.declared_batch_size,
+            "batch_size": self.fixed_batch_size,
         }

@@ -139,8 +139,8 @@ def test_planted_import_cycles_are_caught(tmp_path):
     assert find_cycle(arrows) == ["planted.c", "planted.d", "planted.e", "planted.c"]
 
 
-def _loaded_by(statement: str) -> set[str]:
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+def _loaded_by(statement: str, backend: str = "jax") -> set[str]:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     code = f"import sys; {statement}; print(' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return set(out.stdout.split())
@@ -152,6 +152,66 @@ def test_importing_a_model_package_loads_no_other_framework_and_no_engine():
     keras_side = _loaded_by("import models_keras")
     engine = {"harness.parity.engine", "harness.porting.layers", "harness.training.twins"}
     assert not {"torch", "models_torch", *engine} & keras_side
+    on_tensorflow = _loaded_by("import models_keras", backend="tensorflow")
+    assert "models_keras.backends.tensorflow" in on_tensorflow
+    assert not {"torch", "models_torch", "models_keras.backends.jax", "models_keras.backends.torch"} & on_tensorflow
+
+
+KERAS_BACKENDS = ROOT / "models_keras" / "backends"
+
+
+def _backend_reads(source: str) -> int:
+    """How many times ``source`` calls ``keras.backend.backend()``."""
+    return sum(
+        isinstance(node, ast.Call) and ast.unparse(node.func) == "keras.backend.backend"
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def test_keras_backend_is_read_in_one_module():
+    reads = {str(p.relative_to(ROOT)): _backend_reads(p.read_text()) for p in _modules("models_keras")}
+    assert {p: n for p, n in reads.items() if n} == {"models_keras/backends/__init__.py": 1}, reads
+    assert _backend_reads("import keras\nif keras.backend.backend() == 'jax': pass") == 1  # planted read
+
+
+def _seam() -> tuple[str, ...]:
+    """``SEAM`` of ``models_keras/backends/__init__.py``, read without importing Keras."""
+    tree = ast.parse((KERAS_BACKENDS / "__init__.py").read_text())
+    (value,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "SEAM"]
+    return ast.literal_eval(value)
+
+
+def _missing_seam(source: str) -> set[str]:
+    """The seam's functions that a backend module's ``source`` neither defines nor imports, nor lists in ``__all__``."""
+    tree = ast.parse(source)
+    given = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    given |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    listed = [n.value for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "__all__"]
+    exported = set(ast.literal_eval(listed[0])) if listed else given
+    return set(_seam()) - (given & exported)
+
+
+@pytest.mark.parametrize("backend", ["portable", "tensorflow", "jax", "torch"])
+def test_each_keras_backend_module_gives_the_seam(backend):
+    source = (KERAS_BACKENDS / f"{backend}.py").read_text()
+    assert not _missing_seam(source), f"{backend}.py lacks {sorted(_missing_seam(source))}"
+    planted = source.replace("def holds_values(", "def holds_values_renamed(").replace('"holds_values"', '"x"')
+    planted = planted.replace("    holds_values,\n", "")
+    assert _missing_seam(planted) == {"holds_values"}, "a module without holds_values must be caught"
+
+
+def _cell_literals(source: str, cells: set[str]) -> list[str]:
+    """The string constants in ``source`` that spell a cell's name."""
+    return [n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in cells]
+
+
+def test_no_cell_is_spelled_out_in_models_keras():
+    """A cell is named only in ``multistate_core/cells.py``; ``models_keras`` looks it up there."""
+    from multistate_core.cells import CELLS
+
+    found = {str(p.relative_to(ROOT)): _cell_literals(p.read_text(), set(CELLS)) for p in _modules("models_keras")}
+    assert not {p: lits for p, lits in found.items() if lits}, found
+    assert _cell_literals('extra = {} if cell == "rnn" else None', set(CELLS)) == ["rnn"]  # planted literal
 
 
 def test_importing_harness_loads_no_framework():

@@ -133,13 +133,13 @@ def test_training_parity_with_the_module_on_cuda(rng):
 @pytest.mark.skipif(keras_backend() != "torch", reason="the Keras torch backend's fused cuDNN path")
 @pytest.mark.parametrize("cell", CELLS)
 def test_keras_torch_backend_on_cuda_matches_torch_on_cpu(cell, rng):
-    from models_keras import fast_paths
+    from models_keras import backends, fast_paths
 
     cpu, _ = cpu_and_cuda(cell, "float32")
     model = keras_twin(cpu, batch_size=B)
     layer = model.layers[-1]
     assert fast_paths.path_name(layer) == "torch-fused"
-    params = fast_paths.parameters(layer)
+    params = backends.active.parameters(layer)
     assert all(p.is_cuda and p.is_contiguous() for p in params.values())
     x = random_input(rng, (B, S, 60, F))
     with full_precision_matmul():
@@ -192,11 +192,11 @@ def test_scenario_rows_name_each_models_device():
 @pytest.mark.parametrize("cell", CELLS)
 def test_fused_parameters_are_contiguous(cell):
     """cuDNN flattens the weights into one buffer and refuses strided views: the fast path hands it copies."""
-    from models_keras import fast_paths
+    from models_keras import backends
 
     torch.manual_seed(0)
     layer = keras_twin(torch_class(cell)(F, H, S, num_layers=2))
-    params = fast_paths.parameters(layer)
+    params = backends.active.parameters(layer)
     assert len(params) == 2 * (4 if layer.use_bias else 2)
     assert all(p.is_contiguous() for p in params.values())
 
@@ -223,13 +223,13 @@ def test_jax_cudnn_weight_layout_matches_the_keras_lstm(bias, rng):
     import keras
     from jax.experimental import rnn
 
-    from models_keras import MultiStateLSTM, fast_paths
+    from models_keras import MultiStateLSTM, backends
 
     layer = MultiStateLSTM(H, S, num_layers=2, use_bias=bias, batch_size=B)
     x = random_input(rng, (B, S, T, F))
     expected = keras.ops.convert_to_numpy(layer(x))
     states = [jnp.asarray(s.reshape(2, B * S, H)) for s in layer.get_states()]
-    weights = rnn.unpack_lstm_weights(fast_paths.cudnn_lstm_weights(layer), F, H, 2, False)
+    weights = rnn.unpack_lstm_weights(backends.active.cudnn_lstm_weights(layer), F, H, 2, False)
     lengths = jnp.full((B * S,), T, jnp.int32)
     zeros = [jnp.zeros_like(s) for s in states]
     y, h, c = rnn.lstm_ref(jnp.asarray(x.reshape(B * S, T, F)), *zeros, *weights, lengths, F, H, 2, 0.0, False)

@@ -151,9 +151,9 @@ def test_private_keras_api_we_rely_on_is_still_there():
     """No public Keras API walks nested layers or tells a symbolic trace; these two private ones must not move."""
     import keras
 
-    from models_keras import MultiStateGRU, fast_paths, multistate_layers
+    from models_keras import MultiStateGRU, backends, multistate_layers
 
     inner = MultiStateGRU(H, S, batch_size=B)
     model = keras.Sequential([keras.Input(batch_shape=(B, S, None, F)), inner])
     assert multistate_layers(model) == [inner]
-    assert fast_paths.symbolic() is False
+    assert backends.symbolic() is False
