@@ -93,7 +93,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         if getattr(self.rnn, "proj_size", 0) or self.rnn.bidirectional:
             raise ValueError("multi-state layers support neither proj_size > 0 nor bidirectional=True")
         self.num_streams = num_streams
-        self.declared_batch_size = batch_size
+        self._fixed_batch_size = batch_size
         self.detach_states = detach_states
         self.check_finite = check_finite
         self._carried: State | None = None
@@ -207,7 +207,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
     @property
     def fixed_batch_size(self) -> int | None:
         """The ``batch_size=`` given at construction (None: taken from the first call)."""
-        return self.declared_batch_size
+        return self._fixed_batch_size
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MultiStateBase:
         super()._apply(fn, recurse)
@@ -247,7 +247,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             input_size=self.input_size,
             batch_size=batch_size,
             stream=stream,
-            fixed_batch=None if self.declared_batch_size is None else contract.TORCH_DECLARED_BATCH,
+            fixed_batch=None if self._fixed_batch_size is None else contract.TORCH_DECLARED_BATCH,
         )
         if x.dtype != expected:
             raise ValueError(
@@ -382,7 +382,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             batch_size=self.batch_size,
         )
         if streams is None and mask_t is None:
-            self._carried = None if self.declared_batch_size is None else self._zeros(self.declared_batch_size)
+            self._carried = None if self._fixed_batch_size is None else self._zeros(self._fixed_batch_size)
             return
         if self._carried is None:
             return
@@ -414,7 +414,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             num_layers=self.num_layers,
             num_streams=self.num_streams,
             units=self.hidden_size,
-            batch_size=self.declared_batch_size,
+            batch_size=self._fixed_batch_size,
         )
         self._store(tuple(t.to(device=weight.device, dtype=weight.dtype).clone() for t in tensors))
 

@@ -200,18 +200,48 @@ def test_each_keras_backend_module_gives_the_seam(backend):
     assert _missing_seam(planted) == {"holds_values"}, "a module without holds_values must be caught"
 
 
+# Where a cell's name may be spelled out: the cell table, and a format whose file needs each cell's maths.
+CELL_NAMES_ALLOWED = {"multistate_core/cells.py", "harness/export/to_tflite.py"}
+
+
+def _attribute_names(tree: ast.AST) -> set[ast.AST]:
+    """String constants naming an attribute (``getattr(m, "rnn")``, ``m._modules["rnn"]``): not cells."""
+    named = {n.args[1] for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "getattr"}
+    return named | {
+        n.slice for n in ast.walk(tree) if isinstance(n, ast.Subscript) and ast.unparse(n.value).endswith("_modules")
+    }
+
+
 def _cell_literals(source: str, cells: set[str]) -> list[str]:
     """The string constants in ``source`` that spell a cell's name."""
-    return [n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in cells]
+    tree = ast.parse(source)
+    names = _attribute_names(tree)
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in cells and n not in names]
 
 
-def test_no_cell_is_spelled_out_in_models_keras():
-    """A cell is named only in ``multistate_core/cells.py``; ``models_keras`` looks it up there."""
+def test_no_cell_is_spelled_out_in_the_library():
+    """A cell is named only in ``multistate_core/cells.py`` (and the TFLite step maths); the rest looks it up."""
     from multistate_core.cells import CELLS
 
-    found = {str(p.relative_to(ROOT)): _cell_literals(p.read_text(), set(CELLS)) for p in _modules("models_keras")}
-    assert not {p: lits for p, lits in found.items() if lits}, found
+    files = [p for package in LIBRARY for p in sorted((ROOT / package).rglob("*.py"))]
+    found = {str(p.relative_to(ROOT)): _cell_literals(p.read_text(), set(CELLS)) for p in files}
+    assert not {p: lits for p, lits in found.items() if lits and p not in CELL_NAMES_ALLOWED}, found
     assert _cell_literals('extra = {} if cell == "rnn" else None', set(CELLS)) == ["rnn"]  # planted literal
+    assert _cell_literals('inner = getattr(module, "rnn")', set(CELLS)) == []
+
+
+def _suffix_literals(source: str) -> list[str]:
+    """The string constants in ``source`` that spell an export format's file suffix."""
+    return [
+        n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in (".onnx", ".tflite")
+    ]
+
+
+def test_export_suffixes_are_listed_in_one_registry():
+    files = [p for package in LIBRARY for p in sorted((ROOT / package).rglob("*.py"))]
+    found = {str(p.relative_to(ROOT)) for p in files if _suffix_literals(p.read_text())}
+    assert found == {"harness/export/formats.py"}, found
+    assert _suffix_literals('if path.endswith(".tflite"): pass') == [".tflite"]  # planted literal
 
 
 def test_importing_harness_loads_no_framework():
