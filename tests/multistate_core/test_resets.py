@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import default_tolerance
 from harness.porting import keras_class, keras_twin, port_weights, read_weights, torch_class
 from models_keras import multistate_layers
 from multistate_core.cells import CELLS as CELL_SPECS
 from multistate_core.cells import to_keras
+from tests.conformance import assert_gradients_match, assert_twins_match
 from tests.helpers import CELLS, B, F, H, S, T
 from tests.reference import ReferenceRunner, reference_run
-
-TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
 def make_module(cell: str, dtype: str = "float64", **kwargs) -> torch.nn.Module:
@@ -58,12 +58,6 @@ def run_chunked(module, x, resets, lengths, cuts):
     return torch.cat(outs, 2), states
 
 
-def close(a, b, tol: float) -> None:
-    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    np.testing.assert_allclose(a, b, rtol=0, atol=tol)
-
-
 # ---- torch --------------------------------------------------------------------------------------------
 
 
@@ -78,13 +72,13 @@ def test_torch_chunked_equals_whole_equals_reference(cell, layers, dtype, rng):
     with torch.no_grad():
         module.set_states(start)
         whole = module(torch.from_numpy(x), resets=torch.from_numpy(resets), lengths=torch.from_numpy(lengths))
-        close(whole, ref_out, TOL[dtype])
+        assert_twins_match(whole, ref_out)
         for got, want in zip(module.get_states(), ref_states):
-            close(got, want, TOL[dtype])
+            assert_twins_match(got, want)
         for cut in range(1, T):  # every chunk boundary
             module.set_states(start)
             out, after = run_chunked(module, x, resets, lengths, [cut])
-            close(out, ref_out, TOL[dtype])
+            assert_twins_match(out, ref_out)
             _, mid_states = reference_run(
                 module,
                 torch.from_numpy(x[:, :, :cut]),
@@ -93,9 +87,9 @@ def test_torch_chunked_equals_whole_equals_reference(cell, layers, dtype, rng):
                 lengths=np.minimum(lengths, cut),
             )
             for got, want in zip(after[0], mid_states):
-                close(got, want, TOL[dtype])
+                assert_twins_match(got, want)
             for got, want in zip(after[1], ref_states):
-                close(got, want, TOL[dtype])
+                assert_twins_match(got, want)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -114,9 +108,9 @@ def test_torch_per_stream_matches_reference(cell, rng):
                 resets=torch.from_numpy(resets[:, k]),
                 lengths=torch.from_numpy(lengths[:, k]),
             )
-            close(out, ref_out[:, k], TOL["float64"])
+            assert_twins_match(out, ref_out[:, k])
     for got, want in zip(module.get_states(), ref_states):
-        close(got, want, TOL["float64"])
+        assert_twins_match(got, want)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -170,9 +164,9 @@ def test_torch_random_plans_match_reference(cell, steps, seed, rate, data):
     with torch.no_grad():
         module.set_states(start)
         out, after = run_chunked(module, x, resets, lengths, cuts)
-    close(out, ref_out, TOL["float64"])
+    assert_twins_match(out, ref_out)
     for got, want in zip(after[-1], ref_states):
-        close(got, want, TOL["float64"])
+        assert_twins_match(got, want)
 
 
 def test_torch_common_path_is_unchanged(rng):
@@ -231,9 +225,9 @@ def test_keras_matches_torch_chunked(cell, rng):
             xs, rs, ns = x[:, :, a:b], resets[:, :, a:b], chunk_lengths(lengths, a, b - a)
             want = module(torch.from_numpy(xs), resets=rs, lengths=ns)
             got = layer(xs, resets=rs, lengths=ns)
-            close(keras.ops.convert_to_numpy(got), want, 1e-12)
+            assert_twins_match(keras.ops.convert_to_numpy(got), want)
             for k, t in zip(layer.get_states(), module.get_states()):
-                close(k, t, 1e-12)
+                assert_twins_match(k, t)
 
 
 @pytest.mark.keras
@@ -247,12 +241,12 @@ def test_keras_per_stream_and_first_step_resets(rng):
         for k in range(S):
             want = module(torch.from_numpy(x[:, k]), k, resets=resets[:, k], lengths=lengths[:, k])
             got = layer(x[:, k], stream=k, resets=resets[:, k], lengths=lengths[:, k])
-            close(keras.ops.convert_to_numpy(got), want, 1e-12)
+            assert_twins_match(keras.ops.convert_to_numpy(got), want)
         want = module(torch.from_numpy(x), resets=resets)
         got = layer(x, resets=resets)
-    close(keras.ops.convert_to_numpy(got), want, 1e-12)
+    assert_twins_match(keras.ops.convert_to_numpy(got), want)
     for k, t in zip(layer.get_states(), module.get_states()):
-        close(k, t, 1e-12)
+        assert_twins_match(k, t)
 
 
 def stepped_model(module, *, with_mask: bool = False) -> keras.Model:
@@ -277,10 +271,10 @@ def test_keras_functional_model_with_reset_inputs(cell, rng):
         for a, b in ((0, 7), (7, T)):
             xs, rs, ns = x[:, :, a:b], resets[:, :, a:b], chunk_lengths(lengths, a, b - a).astype("int32")
             want = module(torch.from_numpy(xs), resets=rs, lengths=ns)
-            close(model.predict_on_batch([xs, rs, ns]), want, 1e-12)
+            assert_twins_match(model.predict_on_batch([xs, rs, ns]), want)
     (layer,) = multistate_layers(model)
     for k, t in zip(layer.get_states(), module.get_states()):
-        close(k, t, 1e-12)
+        assert_twins_match(k, t)
 
 
 @pytest.mark.keras
@@ -293,11 +287,11 @@ def test_keras_mask_equals_lengths(rng):
     with torch.no_grad():
         want = module(torch.from_numpy(x), lengths=lengths)
     model = stepped_model(module, with_mask=True)
-    close(model.predict_on_batch(x), want, 1e-12)
+    assert_twins_match(model.predict_on_batch(x), want)
     layer = keras_layer(module)
-    close(keras.ops.convert_to_numpy(layer(x, mask=valid)), want, 1e-12)
+    assert_twins_match(keras.ops.convert_to_numpy(layer(x, mask=valid)), want)
     for k, t in zip(layer.get_states(), module.get_states()):
-        close(k, t, 1e-12)
+        assert_twins_match(k, t)
 
 
 def torch_last_outputs(y: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
@@ -332,7 +326,7 @@ def test_keras_last_output_follows_the_torch_rule(how, cell, rng):
     error = float(np.abs(keras.ops.convert_to_numpy(got) - want).max())
     assert error <= 1e-12, f"{how}: max error {error:.3g} against torch's y[..., length - 1, :] / zeros"
     for k, t in zip(layer.get_states(), module.get_states()):
-        close(k, t, 1e-12)
+        assert_twins_match(k, t)
 
 
 @pytest.mark.keras
@@ -368,9 +362,9 @@ def test_keras_training_step_with_resets_matches_torch(cell, rng):
     (layer,) = multistate_layers(model)
     for tl, kl in zip(read_weights(module).layers, read_weights(layer).layers):
         for t, k in zip(to_keras(cell, tl), to_keras(cell, kl)):
-            close(k, t, 1e-10)
+            assert_gradients_match(k, t)
     for k, t in zip(layer.get_states(), module.get_states()):
-        close(k, t, 1e-10)
+        assert_gradients_match(k, t)
 
 
 KERAS_BAD = [
@@ -487,7 +481,9 @@ def test_engine_proves_keras_resets_and_lengths_against_torch(cell, rng):
     module = make_module(cell)
     x, resets, lengths = _episodes(rng)
     models = {"torch": module, "keras layer": keras_twin(module), "keras model": stepped_model(module)}
-    report = check_parity(models, x, "random", resets=resets, lengths=lengths.astype("int32"))
+    # Equal chunks: one traced shape per model (a random plan retraces each chunk length on JAX, ~3x the time);
+    # the resets and lengths still fall on both sides of each boundary.
+    report = check_parity(models, x, [T // 3] * 3, resets=resets, lengths=lengths.astype("int32"))
     assert report.ok, report.failure_message()
 
 
@@ -556,9 +552,9 @@ def test_every_segment_path_equals_the_reference(cell, path, rng):
     want, want_states = reference_run(module, torch.from_numpy(x), states, resets=resets, lengths=lengths)
     with torch.no_grad():
         out, new, _ = _folded_run(module, torch.from_numpy(x), states, resets, lengths, path)
-    close(out, want, 1e-12)
+    assert_twins_match(out, want)
     for got, expected in zip(new, want_states, strict=True):
-        close(got, expected, 1e-12)
+        assert_twins_match(got, expected)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -575,7 +571,7 @@ def test_saturated_gates_pass_the_same_gradients_as_packed_segments(cell, rng):
         loss = ((out - target) ** 2).sum() + sum((s**2).sum() for s in new)
         grads[path] = torch.autograd.grad(loss, inputs + list(module.parameters()))
     for got, want in zip(grads["saturated"], grads["packed"], strict=True):
-        close(got, want, 1e-12)
+        assert_twins_match(got, want)
 
 
 def test_saturation_too_weak_to_shut_the_gates_is_caught(rng, monkeypatch):
@@ -611,9 +607,9 @@ def test_a_reset_inside_the_chunk_clears_a_non_finite_state(cell, path, value, r
         zeros = tuple(torch.zeros_like(s) for s in states)
         want, want_states = reference_run(module, torch.from_numpy(x[:, :, 4:]), zeros)
     assert chosen.value != "saturated", f"a non-finite state took the saturated path ({value})"
-    close(out[:, :, 4:], want, 1e-12)
+    assert_twins_match(out[:, :, 4:], want)
     for got, expected in zip(new, want_states, strict=True):
-        close(got, expected, 1e-12)
+        assert_twins_match(got, expected)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -694,8 +690,8 @@ def absurd_error(cell: str, dtype: str, case: str, rng) -> float:
 def test_absurd_weights_take_an_exact_path(cell, dtype, case, rng):
     """A bias of 1e38 (float32) or Inf, an infinite or huge weight: the flag drive cannot shut the gates, so the chunk
     must leave the saturated path; output and states equal the per-step reference (float64 1e-12, float32 1e-5)."""
-    error = absurd_error(cell, dtype, case, rng)
-    assert error <= TOL[dtype], f"{cell} {dtype} {case}: max error {error:.3g} against the per-step reference"
+    error, allowed = absurd_error(cell, dtype, case, rng), default_tolerance("cross", dtype).atol
+    assert error <= allowed, f"{cell} {dtype} {case}: max error {error:.3g} against the per-step reference"
 
 
 @pytest.mark.parametrize(
@@ -744,4 +740,4 @@ def test_keras_absurd_weights_equal_the_per_step_reference(cell, case, rng):
     layer.set_states([s.numpy() for s in states])
     got = keras.ops.convert_to_numpy(layer(x, resets=resets, lengths=lengths))
     for a, b in zip((got, *layer.get_states()), (want, *want_states)):
-        close(a, b, 1e-12)
+        assert_twins_match(a, b)
