@@ -160,10 +160,17 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _port(args: argparse.Namespace) -> int:
     from harness.porting.convert import ParityFailed, convert_file
+    from harness.porting.files import KERAS_SUFFIXES
+    from harness.porting.layers import only_multistate_layer
 
     try:
         result = convert_file(
-            args.src, args.dst, num_streams=args.streams, batch_size=args.batch, nonlinearity=args.nonlinearity
+            args.src,
+            args.dst,
+            num_streams=args.streams,
+            batch_size=args.batch,
+            nonlinearity=args.nonlinearity,
+            layer=args.layer,
         )
     except ParityFailed as e:
         print(e.result.report.table())
@@ -173,7 +180,13 @@ def _port(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(result.report.table())
-    print(f"\nported {args.src} -> {args.dst}; max abs error {result.report.max_abs_error:.3g}. PASS")
+    layer = only_multistate_layer(result.keras_model)
+    chosen = "" if args.src.endswith(KERAS_SUFFIXES) else " (--streams and --batch; default 1)"
+    print(
+        f"\nported {args.src} -> {args.dst}: {layer.cell}, {layer.num_layers} layer(s), {layer.units} units, "
+        f"S={layer.num_streams} streams, B={layer.batch_size} batch{chosen}; "
+        f"max abs error {result.report.max_abs_error:.3g}. PASS"
+    )
     return 0
 
 
@@ -288,9 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     port = sub.add_parser("port", help="port a weight file between torch and Keras, then check parity")
     port.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     port.add_argument("dst", help="destination file in the other framework's format")
-    port.add_argument("--streams", type=_positive, default=1, help="streams of the Keras model made from a torch file")
-    port.add_argument("--batch", type=_positive, default=1, help="batch size of the Keras model made from a torch file")
+    port.add_argument(
+        "--streams",
+        type=_positive,
+        help="streams S of the Keras model made from a torch file (default 1); a Keras "
+        "file holds its own, which this must equal if given",
+    )
+    port.add_argument(
+        "--batch",
+        type=_positive,
+        help="batch size B of the Keras model made from a torch file (default 1); a Keras "
+        "file holds its own, which this must equal if given",
+    )
     port.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
+    port.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the recurrent layer to port from a torch file holding more, by its path "
+        "(enc for enc.weight_ih_l0); a whole model ports in Python with harness.porting.port_weights",
+    )
     exp = sub.add_parser("export", help="export a model to ONNX as one streaming chunk, verified in onnxruntime")
     exp.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     exp.add_argument("dst", help="destination .onnx file (written only once verified)")
