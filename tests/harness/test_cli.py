@@ -110,18 +110,35 @@ def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, cap
     assert _files(tmp_path / "locked") == set()
 
 
+@pytest.mark.parametrize("option", ["--json", "--report"])
 @pytest.mark.parametrize(("dst", "message"), [("no/such/x.json", "no such folder"), ("x.json/", "it is a folder")])
-def test_parity_json_destination_is_checked_before_the_job(dst, message, tmp_path, capsys, monkeypatch):
-    """``parity --json`` to a path it cannot write: exit status 1 at once, the job never starts."""
+def test_parity_destinations_are_checked_before_the_job(option, dst, message, tmp_path, capsys, monkeypatch):
+    """``parity --json``/``--report`` to a path it cannot write: exit status 1 at once, the job never starts."""
     from harness import cli
 
     started = []
     monkeypatch.setattr(cli, "_run_backend", lambda backend, args: started.append(backend) or [])
     (tmp_path / "x.json").mkdir()
-    status = main(["parity", "--backend", "torch", "--cell", "gru", "--json", str(tmp_path / dst)])
+    status = main(["parity", "--backend", "torch", "--cell", "gru", option, str(tmp_path / dst)])
     err = capsys.readouterr().err
     assert (status, started) == (1, []), f"status {status}, backends run {started}; stderr: {err}"
-    assert f"error: --json: cannot write {tmp_path / dst}" in err and message in err, err
+    assert f"error: {option}: cannot write {tmp_path / dst}" in err and message in err, err
+
+
+@pytest.mark.parametrize(("dst", "runtime"), [("m.onnx", "verified in onnxruntime"), ("m.tflite", "LiteRT")])
+def test_export_says_where_the_file_was_verified(dst, runtime, tmp_path, capsys, monkeypatch):
+    """A TFLite export used to say "verified in onnxruntime"; the export itself is faked here (the real ones
+    run in tests/harness/test_export_*.py), the message is the CLI's."""
+    from types import SimpleNamespace
+
+    from harness.export import pipeline
+
+    report = SimpleNamespace(plan=[3, 5], max_abs_error=1e-7)
+    done = SimpleNamespace(report=report, state_names=("h",), cell="gru", num_streams=1, exporter="x")
+    monkeypatch.setattr(pipeline, "export", lambda *args, **kwargs: done)
+    assert main(["export", "m.keras", str(tmp_path / dst)]) == 0
+    out = capsys.readouterr().out
+    assert runtime in out and ("onnxruntime" in out) == dst.endswith(".onnx"), out
 
 
 def test_parity_refuses_a_backend_that_is_not_installed(capsys, monkeypatch):
@@ -211,7 +228,14 @@ def test_a_checkpoint_of_more_than_one_layer_is_refused_with_what_it_holds(two_l
     """It used to port ``dec`` (the last LSTM read), drop ``enc`` and the head without a word, and print PASS."""
     status, err = _port(capsys, two_lstms_pt, tmp_path / "out.keras")
     assert status == 1, err
-    for named in ("more than one recurrent layer", "'enc'", "'dec'", f"head.weight (2, {H})", "--layer", "port_weights"):
+    for named in (
+        "more than one recurrent layer",
+        "'enc'",
+        "'dec'",
+        f"head.weight (2, {H})",
+        "--layer",
+        "port_weights",
+    ):
         assert named in err, (named, err)
     status, err = _port(capsys, two_lstms_pt, tmp_path / "out.keras", "--layer", "mid")
     assert status == 1 and "no recurrent layer at 'mid'" in err and "'enc', 'dec'" in err, err
