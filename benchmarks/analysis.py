@@ -145,23 +145,57 @@ class Results:
         return sorted(found, key=lambda c: (order[c[0]], c[3], c[1], found[c].flops))
 
 
+NEEDED = ("impl", "cell", "job", "shape", "device", "B", "S", "T", "flops")  # each benchmark's extra_info
+
+
+class ResultsError(ValueError):
+    """A results file the report cannot use: not pytest-benchmark JSON, or no benchmark in it says what it measured."""
+
+
+def _benchmarks(path: pathlib.Path) -> list[dict]:
+    """The benchmarks of a pytest-benchmark JSON file that carry the ``extra_info`` the report reads (``NEEDED``);
+    ``ResultsError`` naming what is missing when none does, or one names an implementation not in ``IMPLS``."""
+    try:
+        data = json.loads(path.read_text())
+        benches = data["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResultsError(f"{path}: not a pytest-benchmark JSON file ({type(e).__name__}: {e})") from e
+    # a benchmark without "impl" is not a case of the plan (e.g. test_export_stream.py, reported in docs/export.md)
+    ours = [b for b in benches if "impl" in b.get("extra_info", {})]
+    if not ours:
+        raise ResultsError(
+            f"{path}: none of its {len(benches)} benchmarks records the extra_info this report reads "
+            f"({', '.join(NEEDED)}; see benchmarks/conftest.py): nothing to report"
+        )
+    for bench in ours:
+        info = bench["extra_info"]
+        if missing := [n for n in NEEDED if n not in info]:
+            raise ResultsError(f"{path}: benchmark {bench.get('name')!r} has no extra_info {', '.join(missing)}")
+        if info["impl"] not in cases.IMPLS:
+            raise ResultsError(
+                f"{path}: benchmark {bench.get('name')!r} names implementation {info['impl']!r}; "
+                f"expected one of {sorted(cases.IMPLS)}"
+            )
+    return ours
+
+
 def load(paths: Sequence[pathlib.Path]) -> Results:
-    """Merge pytest-benchmark JSON files; a later file's result replaces an earlier one of the same key."""
+    """Merge pytest-benchmark JSON files; a later file's result replaces an earlier one of the same key.
+    ``ResultsError`` where a file holds nothing the report can read (``_benchmarks``)."""
     by_key, machines = {}, []
     names = [f.name for f in dataclasses.fields(Result) if f.name not in ("impl", "median")]
     for path in paths:
+        ours = _benchmarks(path)
         data = json.loads(path.read_text())
         disturbed = 0
-        for bench in data["benchmarks"]:
+        for bench in ours:
             info = bench["extra_info"]
-            if "impl" not in info:  # not a case of the plan (e.g. test_export_stream.py, reported in docs/export.md)
-                continue
             impl = cases.IMPLS[info["impl"]].on(info.get("keras_backend"))
             result = Result(impl=impl, median=bench["stats"]["median"], **{n: info.get(n) for n in names})
             by_key[(impl, result.case)] = result
             disturbed += result.disturbed
         extra = {"datetime": data.get("datetime"), "disturbed": f"{disturbed} of {len(data['benchmarks'])}"}
-        machines.append((path.name, data["machine_info"] | extra))
+        machines.append((path.name, data.get("machine_info", {}) | extra))
     return Results(by_key, machines)
 
 

@@ -59,6 +59,7 @@ def _bars(ax: plt.Axes, kind: str, found: list[Ratio], colors: dict[str, str]) -
             ax.annotate(text, (0, target.bound), xytext=(2, 3), textcoords="offset points", fontsize=7)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], [_case_label(c) for c in cases], rotation=90)
     ax.tick_params(axis="x", labelsize=6)
+    ax.set(xlabel="case: job, cell, device, shape", ylabel="ratio (log scale)")
     direction = "lower is better" if KINDS[kind].lower_is_better else "higher is better"
     ax.set_title(f"{KINDS[kind].title} ({direction})", fontsize=9)
     if series:
@@ -66,7 +67,14 @@ def _bars(ax: plt.Axes, kind: str, found: list[Ratio], colors: dict[str, str]) -
 
 
 def save(scaling: dict[str, dict[int, float]], found: list[Ratio], path: pathlib.Path) -> None:
-    """Write the figure to ``path`` as PNG: the scaling sweep, then one panel per kind of ratio (``KINDS``).
+    """Write ``figure(scaling, found)`` to ``path`` as PNG."""
+    fig = figure(scaling, found)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure(scaling: dict[str, dict[int, float]], found: list[Ratio]) -> plt.Figure:
+    """The scaling sweep, then one panel per kind of ratio (``KINDS``), every panel's axes labelled.
 
     ``scaling``: µs per stream-step by implementation label and stream count; ``found``: the measured ratios.
     """
@@ -81,5 +89,4 @@ def save(scaling: dict[str, dict[int, float]], found: list[Ratio], path: pathlib
     for ax in axes.flat[panels:]:
         ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

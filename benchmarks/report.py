@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 from collections.abc import Iterable, Sequence
 
 from benchmarks import cases
@@ -26,6 +27,7 @@ from benchmarks.analysis import (
     Ratio,
     Result,
     Results,
+    ResultsError,
     episode_times,
     header,
     implementations,
@@ -243,7 +245,7 @@ def render(results: Results, plot_name: str | None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=pathlib.Path, help="pytest-benchmark JSON files")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the report and the plot")
@@ -252,14 +254,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from benchmarks import plot  # here, so that rendering the tables needs no matplotlib
 
-    results = load(args.results)
+    try:
+        results = load(args.results)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / f"{args.name}.png"
     plot.save(scaling_series(results), ratios(results), png)
     markdown = args.out / f"{args.name}.md"
     markdown.write_text(render(results, png.name))
     print(f"wrote {markdown} and {png}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

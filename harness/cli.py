@@ -18,7 +18,7 @@ import sys
 import time
 
 from harness import scenarios
-from harness.export.formats import FORMATS
+from harness.export.formats import FORMATS, format_of
 from multistate_core.cells import CELLS
 
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -108,9 +108,10 @@ def _parity(args: argparse.Namespace) -> int:
     if args.device == "cuda" and (problem := cuda_problem()):
         print(f"error: --device cuda: {problem}", file=sys.stderr)
         return 1
-    if args.json and (problem := _unwritable(args.json)):
-        print(f"error: --json: {problem}", file=sys.stderr)
-        return 1
+    for option, path in (("--json", args.json), ("--report", args.report)):
+        if path and (problem := _unwritable(path)):
+            print(f"error: {option}: {problem}", file=sys.stderr)
+            return 1
     installed = installed_backends()
     if missing := [b for b in args.backend or () if b not in installed]:
         print(
@@ -134,7 +135,7 @@ def _parity(args: argparse.Namespace) -> int:
         new = _run_backend(backend, args)
         rows += new
         print(f"{sum(r['ok'] for r in new)}/{len(new)} ok ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
-    print(scenarios.format_rows(rows))
+    print(scenarios.format_summary(rows))
     failed = [r for r in rows if not r["ok"]]
     for r in failed:
         if r.get("error"):
@@ -146,6 +147,13 @@ def _parity(args: argparse.Namespace) -> int:
     )
     if args.json:
         scenarios.write_json(args.json, rows)
+    if args.report:
+        command = (
+            f"python -m harness parity --backend {' '.join(backends)} --cell {' '.join(args.cell)} "
+            f"--dtype {' '.join(args.dtype)} --streams {args.streams} --device {args.device} --episodes {args.episodes}"
+        )
+        scenarios.write_text(args.report, scenarios.markdown_report(rows, command))
+        print(f"every check written to {args.report}")
     return 0 if rows and not failed else 1
 
 
@@ -160,10 +168,17 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _port(args: argparse.Namespace) -> int:
     from harness.porting.convert import ParityFailed, convert_file
+    from harness.porting.files import KERAS_SUFFIXES
+    from harness.porting.layers import only_multistate_layer
 
     try:
         result = convert_file(
-            args.src, args.dst, num_streams=args.streams, batch_size=args.batch, nonlinearity=args.nonlinearity
+            args.src,
+            args.dst,
+            num_streams=args.streams,
+            batch_size=args.batch,
+            nonlinearity=args.nonlinearity,
+            layer=args.layer,
         )
     except ParityFailed as e:
         print(e.result.report.table())
@@ -173,7 +188,13 @@ def _port(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(result.report.table())
-    print(f"\nported {args.src} -> {args.dst}; max abs error {result.report.max_abs_error:.3g}. PASS")
+    layer = only_multistate_layer(result.keras_model)
+    chosen = "" if args.src.endswith(KERAS_SUFFIXES) else " (--streams and --batch; default 1)"
+    print(
+        f"\nported {args.src} -> {args.dst}: {layer.cell}, {layer.num_layers} layer(s), {layer.units} units, "
+        f"S={layer.num_streams} streams, B={layer.batch_size} batch{chosen}; "
+        f"max abs error {result.report.max_abs_error:.3g}. PASS"
+    )
     return 0
 
 
@@ -216,7 +237,8 @@ def _export(args: argparse.Namespace) -> int:
         f"exported {args.src} -> {args.dst} ({result.cell}, {result.num_streams} streams, {result.exporter} exporter)\n"
         f"  inputs:  x (B, S, {args.frames or 't'}, F), {states} (L, B, S, H)\n"
         f"  outputs: y (B, S, {args.frames or 't'}, H), {outs} (L, B, S, H)\n"
-        f"verified in onnxruntime against the source over {sum(report.plan)} steps in {len(report.plan)} chunks "
+        f"verified in {format_of(args.dst).runtime} against the source over {sum(report.plan)} steps in "
+        f"{len(report.plan)} chunks "
         f"(outputs and states at every boundary): max abs error {report.max_abs_error:.3g}. PASS"
     )
     return 0
@@ -274,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             backends = ["torch", *[f"keras-{b}" for b in KERAS_BACKENDS], *FORMATS]
             p.add_argument("--backend", nargs="+", choices=backends)
             p.add_argument("--json", metavar="PATH", help="also write every result as JSON")
+            p.add_argument(
+                "--report", metavar="PATH", help="also write every result as a Markdown table, with the environment"
+            )
         p.add_argument("--cell", nargs="+", default=list(CELLS), choices=list(CELLS))
         p.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
         p.add_argument("--streams", type=_positive, default=3)
@@ -288,12 +313,30 @@ def main(argv: list[str] | None = None) -> int:
     port = sub.add_parser("port", help="port a weight file between torch and Keras, then check parity")
     port.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
     port.add_argument("dst", help="destination file in the other framework's format")
-    port.add_argument("--streams", type=_positive, default=1, help="streams of the Keras model made from a torch file")
-    port.add_argument("--batch", type=_positive, default=1, help="batch size of the Keras model made from a torch file")
+    port.add_argument(
+        "--streams",
+        type=_positive,
+        help="streams S of the Keras model made from a torch file (default 1); a Keras "
+        "file holds its own, which this must equal if given",
+    )
+    port.add_argument(
+        "--batch",
+        type=_positive,
+        help="batch size B of the Keras model made from a torch file (default 1); a Keras "
+        "file holds its own, which this must equal if given",
+    )
     port.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
-    exp = sub.add_parser("export", help="export a model to ONNX as one streaming chunk, verified in onnxruntime")
+    port.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the recurrent layer to port from a torch file holding more, by its path "
+        "(enc for enc.weight_ih_l0); a whole model ports in Python with harness.porting.port_weights",
+    )
+    exp = sub.add_parser(
+        "export", help="export a model to ONNX or TFLite as one streaming chunk, verified in onnxruntime or LiteRT"
+    )
     exp.add_argument("src", help="source file: .pt, .pth, .safetensors, .keras or .weights.h5")
-    exp.add_argument("dst", help="destination .onnx file (written only once verified)")
+    exp.add_argument("dst", help="destination .onnx or .tflite file (written only once verified)")
     exp.add_argument("--streams", type=_positive, default=None, help="streams S of a torch file's model (default 1)")
     exp.add_argument(
         "--batch", type=_positive, default=None, help="batch of the verification input (the axis is dynamic)"

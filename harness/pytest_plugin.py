@@ -105,39 +105,10 @@ def write_reports(stem: Path, test_id: str, reports: list[ParityReport]) -> None
 
 
 def markdown(test_id: str, reports: list[ParityReport]) -> str:
-    """The reports of one test as Markdown: a heading, then per check a table of ``summary()`` rows and,
-    where it failed, its ``failure_message()``."""
+    """The reports of one test as Markdown: a heading, then each check's ``ParityReport.markdown()``."""
     verdict = "ok" if all(r.ok for r in reports) else "FAIL"
-    lines = [f"# Parity of `{test_id}`: {verdict}", ""]
-    for number, report in enumerate(reports, 1):
-        models = ", ".join(f"{name} {dtype}" for name, dtype in report.dtypes.items())
-        lines += [
-            f"## Check {number}: {'ok' if report.ok else 'FAIL'}",
-            "",
-            f"Plan {report.plan}, reference `{report.reference}`, tolerances for {report.dtype} ({models}).",
-            "",
-            "| pair | tensor | max abs | max rel | atol | rtol | bad / total | boundaries | result |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for r in report.summary():
-            result = ("ok (bit-identical)" if r["bit_identical"] else "ok") if r["ok"] else "**FAIL**"
-            result += f": {r['problem']}" if r["problem"] else ""
-            cells = [
-                r["pair"],
-                r["tensor"],
-                f"{r['max_abs']:.3g}",
-                f"{r['max_rel']:.3g}",
-                f"{r['atol']:g}",
-                f"{r['rtol']:g}",
-                f"{r['mismatched']} / {r['total']}",
-                f"{r['boundaries']} / {r['boundaries_total']}",
-                result,
-            ]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        if not report.ok:
-            lines += ["", "```text", report.failure_message(), "```"]
-        lines.append("")
-    return "\n".join(lines)
+    checks = [report.markdown(title=f"Check {number}") for number, report in enumerate(reports, 1)]
+    return "\n".join([f"## Parity of `{test_id}`: {verdict}", "", *checks])
 
 
 def _stem(config: pytest.Config, test_id: str) -> str:

@@ -9,6 +9,7 @@ force (``check_parity`` runs with full float32 matmuls: no TF32 on a GPU).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ import numpy as np
 
 from harness.export.formats import FORMATS, format_of
 from harness.parity.engine import PLANS, check_parity
+from harness.parity.environment import package_versions
+from harness.parity.precision import reduced_precision
+from harness.parity.tables import COLUMNS, markdown_table, summary_cells, text_table
 from multistate_core.atomic import atomic_path
 
 BATCH, STEPS, FEATURES, UNITS, LAYERS = 2, 64, 4, 8, 2
@@ -111,26 +115,94 @@ def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray, step
         for row in report.summary():
             if backend != "torch" and row["pair"].startswith("torch "):
                 continue
-            kept = ("pair", "tensor", "max_abs", "max_rel", "atol", "bit_identical", "ok")
+            kept = (
+                *("pair", "tensor", "max_abs", "max_rel", "atol", "rtol", "mismatched", "total"),
+                *("boundaries", "boundaries_total", "bit_identical", "ok", "problem"),
+            )
             head = {"backend": backend, "cell": cell, "dtype": dtype, "plan": plan, "chunks": len(report.plan)}
             yield head | {"device": devices, "matmul": report.matmul} | {k: row[k] for k in kept}
 
 
-def format_rows(rows: list[dict]) -> str:
-    """One console line per row, grouped by backend."""
-    head = (
-        f"{'backend':<16} {'cell':<5} {'dtype':<8} {'plan':<7} {'pair':<36} {'tensor':<7} {'max abs':>9}  "
-        f"{'result':<17}  devices"
-    )
-    lines = [head, "-" * len(head)]
+LEAD = ("backend", "cell", "dtype", "plan")  # the columns the main job puts before ``tables.COLUMNS``
+SUMMARY_COLUMNS = ("backend", "cell", "dtype", "checks", "worst max abs", "atol", "at", "result")
+
+
+def _worst(rows: list[dict]) -> dict:
+    """The row of the largest error (a crashed worker's NaN counts as the largest)."""
+    return max(rows, key=lambda r: math.inf if math.isnan(r["max_abs"]) else r["max_abs"])
+
+
+def summary_rows(rows: list[dict]) -> list[list[str]]:
+    """The ``SUMMARY_COLUMNS`` of each (backend, cell, dtype): checks passed, the worst error and where it is."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
-        verdict = ("ok, bit-identical" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
-        devices = ", ".join(f"{name}={device}" for name, device in r.get("device", {}).items()) or "-"
-        lines.append(
-            f"{r['backend']:<16} {r['cell']:<5} {r['dtype']:<8} {r['plan']:<7} {r['pair']:<36} "
-            f"{r.get('tensor', '-'):<7} {r['max_abs']:>9.3g}  {verdict:<17}  {devices}"
-        )
+        groups.setdefault((r["backend"], r["cell"], r["dtype"]), []).append(r)
+    found = []
+    for key, members in groups.items():
+        worst, failed = _worst(members), sum(not r["ok"] for r in members)
+        at = " ".join(str(worst.get(k, "")) for k in ("plan", "pair", "tensor")).strip()
+        atol = f"{worst['atol']:.3g}" if "atol" in worst else "-"
+        result = "ok" if not failed else f"FAIL ({failed} of {len(members)})"
+        checks = f"{len(members) - failed}/{len(members)}"
+        found.append([*key, checks, f"{worst['max_abs']:.3g}", atol, at, result])
+    return found
+
+
+def full_rows(rows: list[dict]) -> list[list[str]]:
+    """Each row as ``LEAD`` + ``tables.COLUMNS`` cells: the columns of ``ParityReport.table()``."""
+    return [[str(r.get(k, "-")) for k in LEAD] + summary_cells(r) for r in rows]
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The console summary: one line per (backend, cell, dtype), then every failing row in full."""
+    lines = text_table(SUMMARY_COLUMNS, summary_rows(rows))
+    if failed := [r for r in rows if not r["ok"]]:
+        lines += ["", "Failing checks:", *text_table(LEAD + COLUMNS, full_rows(failed))]
     return "\n".join(lines)
+
+
+def markdown_report(rows: list[dict], command: str) -> str:
+    """The main job's full report as Markdown: verdict, summary, every row, and the environment of the run."""
+    failed = sum(not r["ok"] for r in rows)
+    devices = {r["backend"]: r["device"] for r in rows if r.get("device")}
+    matmul = {r["backend"]: reduced_precision(r["matmul"]) for r in rows if "matmul" in r}
+    tolerances = sorted({(r["dtype"], r["atol"], r["rtol"]) for r in rows if "rtol" in r})
+    environment = {
+        "command": f"`{command}`",
+        "packages": ", ".join(f"{k} {v}" for k, v in package_versions().items()),
+        "devices": "; ".join(f"{b}: " + ", ".join(f"{n}={d}" for n, d in ds.items()) for b, ds in devices.items()),
+        "matmul": "; ".join(f"{b}: {m}" for b, m in matmul.items() if m) or "full float32 (no TF32, no bfloat16)",
+        "seeds": "weights torch.manual_seed(0), input numpy default_rng(0), random plan seed 1",
+        "input shape": f"(batch {BATCH}, streams S, steps {STEPS}, features {FEATURES}); {LAYERS} layers of {UNITS}",
+        "chunk plans": ", ".join(PLANS) + " (chunk lengths in the JSON: chunks per row)",
+        "tolerances": "; ".join(f"{d}: atol {a:g}, rtol {r:g}" for d, a, r in tolerances),
+    }
+    return "\n".join(
+        [
+            f"# python -m harness parity: {'PASS' if rows and not failed else 'FAIL'}",
+            "",
+            f"{len(rows) - failed}/{len(rows)} checks passed.",
+            "",
+            "## Summary (worst error per backend, cell and dtype)",
+            "",
+            markdown_table(SUMMARY_COLUMNS, summary_rows(rows)),
+            "",
+            "## Every check",
+            "",
+            markdown_table(LEAD + COLUMNS, full_rows(rows)),
+            "",
+            "## Environment",
+            "",
+            *(f"- {k}: {v}" for k, v in environment.items()),
+            "",
+        ]
+    )
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str, rows: list[dict]) -> None:

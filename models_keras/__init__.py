@@ -8,6 +8,7 @@ Example:
     (2, 3, 10, 8)
 """
 
+from models_keras.callbacks import ResetStates
 from models_keras.multistate import (
     MultiStateBase,
     MultiStateGRU,
@@ -22,6 +23,7 @@ __all__ = [
     "MultiStateGRU",
     "MultiStateLSTM",
     "MultiStateSimpleRNN",
+    "ResetStates",
     "multistate_layers",
     "reset_all_states",
 ]

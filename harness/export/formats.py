@@ -28,7 +28,8 @@ class Format:
     ``prepare(model_or_path, dst, options)`` makes the ``Job`` (refusals first); ``runner(path)`` runs a written
     file as a parity-engine runner. ``source``: the framework whose model the main job exports (a Keras source
     of an ONNX file goes through its torch twin). ``keras_backend``: the Keras backend its writer needs, if any.
-    ``needs``: the modules that must be installed to write and run it. ``device``: where its runner computes.
+    ``needs``: the modules that must be installed to write and run it. ``device``: where its runner computes;
+    ``runtime``: what runs the written file when it is verified (for messages).
     """
 
     name: str
@@ -39,15 +40,16 @@ class Format:
     keras_backend: str | None
     needs: tuple[str, ...]
     device: str
+    runtime: str
 
 
 FORMATS = {
     f.name: f
     for f in (
         Format("onnx", ".onnx", to_onnx.prepare, OnnxRunner, "torch", None, ("torch", "onnx", "onnxruntime"),
-               "onnxruntime-cpu"),
+               "onnxruntime-cpu", "onnxruntime"),
         Format("tflite", ".tflite", to_tflite.prepare, TFLiteRunner, "keras", "tensorflow", ("keras", "tensorflow"),
-               "litert-cpu"),
+               "litert-cpu", "the LiteRT interpreter"),
     )
 }  # fmt: skip
 

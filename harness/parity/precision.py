@@ -180,6 +180,35 @@ def _tf_restore(tf: Any, saved: Any) -> None:
     tf.config.experimental.enable_tensor_float_32_execution(saved)
 
 
+# What ``full_precision_matmul()`` sets, per framework and setting (the read-back names of ``matmul_settings``).
+FULL_PRECISION = {
+    "torch": {
+        "float32_matmul_precision": "highest",
+        "cuda.matmul.allow_tf32": False,
+        "cudnn.allow_tf32": False,
+        **{f"{path}.fp32_precision": full for path, (full, _reduced) in _TORCH_SET.items()},
+    },
+    "jax": {"jax_default_matmul_precision": "highest"},
+    "tensorflow": {"tensor_float_32_execution": False},
+}
+
+
+def reduced_precision(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``settings`` (``matmul_settings()``'s form) that differ from full float32 matmuls
+    (``FULL_PRECISION``), per framework; empty when every framework ran at full precision.
+
+    Example:
+        >>> reduced_precision({"jax": {"jax_default_matmul_precision": "tensorfloat32"},
+        ...                    "tensorflow": {"tensor_float_32_execution": False}})
+        {'jax': {'jax_default_matmul_precision': 'tensorfloat32'}}
+    """
+    found = {
+        name: {k: v for k, v in values.items() if k in FULL_PRECISION.get(name, {}) and v != FULL_PRECISION[name][k]}
+        for name, values in settings.items()
+    }
+    return {name: values for name, values in found.items() if values}
+
+
 # name -> (read, save, set, restore)
 _SWITCHES = {
     "torch": (_torch_read, _torch_save, _torch_set, _torch_restore),

@@ -15,6 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from harness.parity import environment
+from harness.parity.precision import reduced_precision
+from harness.parity.tables import COLUMNS, markdown_table, summary_cells, text_table
 from harness.parity.tolerances import Tolerance
 
 
@@ -278,6 +281,9 @@ class ParityReport:
     matmul: dict = dataclasses.field(default_factory=dict)  # the matmul precision settings in force
     input_dtype: str = ""  # the dtype of the input x (the models cast it to theirs); "" where not recorded
     dtypes: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> the dtype it computes in
+    seed: int | None = None  # the seed of the run (its "random" plan), where the caller gave it
+    input_shape: tuple[int, ...] | None = None  # the shape of x, where recorded
+    devices: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> where it ran, where recorded
 
     @property
     def ok(self) -> bool:
@@ -349,24 +355,44 @@ class ParityReport:
         return rows
 
     def table(self) -> str:
-        """A console table: one line per (pair, tensor)."""
-        rows = self.summary()
-        width = max([9] + [len(r["tensor"]) for r in rows])
-        head = (
-            f"{'pair':<34} {'tensor':<{width}} {'max abs':>10} {'max rel':>10} {'atol':>8} {'bad/total':>13} "
-            f"{'boundaries':>11}  result"
-        )
-        lines = [self._dtype_line(), head, "-" * len(head)]
-        for r in rows:
-            verdict = ("ok (bit-identical)" if r["bit_identical"] else "ok") if r["ok"] else "FAIL"
-            verdict += f": {r['problem']}" if r["problem"] else ""
-            lines.append(
-                f"{r['pair']:<34} {r['tensor']:<{width}} {r['max_abs']:>10.3g} {r['max_rel']:>10.3g} "
-                f"{r['atol']:>8.0e} {r['mismatched']:>6}/{r['total']:<6} "
-                f"{r['boundaries']:>5}/{r['boundaries_total']:<5}  {verdict}"
-            )
-        if self.matmul:
-            lines.append("matmul settings in force: " + ", ".join(f"{k}={v}" for k, v in self.matmul.items()))
+        """A console table: one line per (pair, tensor), the columns of ``harness.parity.tables.COLUMNS``; the
+        matmul settings below it only where they were not full float32 (``allow_tf32=True``)."""
+        lines = [self._dtype_line(), *text_table(COLUMNS, [summary_cells(r) for r in self.summary()])]
+        if reduced := reduced_precision(self.matmul):
+            lines.append(f"matmul settings in force, not full float32: {reduced}")
+        return "\n".join(lines)
+
+    def environment(self) -> dict[str, object]:
+        """Where and how the check ran, for a reader of the report: package versions, Keras backend, devices,
+        matmul settings, seed, input shape, chunk plan and tolerances (``None`` where not recorded)."""
+        tolerances = sorted({(c.tolerance.atol, c.tolerance.rtol) for c in self.comparisons})
+        full = "full float32 (no TF32, no bfloat16)" if self.matmul else None
+        return {
+            "packages": environment.package_versions(),
+            "keras backend": environment.keras_backend() or "Keras not imported",
+            "devices": self.devices or None,
+            "matmul": reduced_precision(self.matmul) or full,
+            "seed": self.seed,
+            "input shape": self.input_shape,
+            "chunk plan": f"{len(self.plan)} chunks: {self.plan}",
+            "tolerances": f"{self.dtype}: " + ", ".join(f"atol {a:g}, rtol {r:g}" for a, r in tolerances),
+        }
+
+    def markdown(self, title: str = "Parity") -> str:
+        """The report as Markdown to paste into a pull request: a heading with the verdict, the summary table
+        (the columns of ``table()``), the failure message where it failed, and the ``environment()``."""
+        lines = [
+            f"### {title}: {'ok' if self.ok else 'FAIL'}",
+            "",
+            self._dtype_line(),
+            "",
+            markdown_table(COLUMNS, [summary_cells(r) for r in self.summary()]),
+        ]
+        if not self.ok:
+            lines += ["", "```text", self.failure_message(), "```"]
+        lines += ["", "<details><summary>Environment</summary>", ""]
+        lines += [f"- {name}: {_plain(value)}" for name, value in self.environment().items()]
+        lines += ["", "</details>", ""]
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -429,6 +455,15 @@ class ParityReport:
     def _coverage(self) -> str:
         """How many of the plan's boundaries each (pair, tensor) covered, e.g. ``m chunked vs whole h 8/40``."""
         return "; ".join(f"{r['pair']} {r['tensor']} {r['boundaries']}/{r['boundaries_total']}" for r in self.summary())
+
+
+def _plain(value: object) -> str:
+    """A value of ``environment()`` as Markdown text: a dict as ``key value`` pairs, None as "not recorded"."""
+    if value is None:
+        return "not recorded"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v) if isinstance(v, dict) else v}" for k, v in value.items())
+    return str(value)
 
 
 def _locate(c: Comparison) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from multistate_core.atomic import atomic_path
-from multistate_core.cells import cell_of_gates
+from multistate_core.cells import CELLS, cell_of_gates
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 KERAS_SUFFIXES = (".keras", ".weights.h5")
@@ -97,7 +97,7 @@ def rnn_nonlinearity(nonlinearity: str | None, source: str) -> str:
 
 
 _TORCH_PARAM = r"(?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?"
-_TORCH_KEY = re.compile(r"^(?:.*\.)?(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_TORCH_KEY = re.compile(r"^(?:(.*)\.)?(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 # weight norm: ``weight_hh_l0_g``/``_v`` (torch.nn.utils.weight_norm) or
 # ``parametrizations.weight_hh_l0.original0``/``1`` (torch.nn.utils.parametrizations.weight_norm)
 _WEIGHT_NORM_KEY = re.compile(rf"^(.*?)(?:parametrizations\.({_TORCH_PARAM})\.original([01])|({_TORCH_PARAM})_([gv]))$")
@@ -138,22 +138,100 @@ def without_weight_norm(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return plain
 
 
+ParamKey = tuple[str, str, str | None]  # (parameter name, layer index, "_reverse" or None): "weight_ih", "0", None
+
+
+def recurrent_layers(state: dict[str, np.ndarray]) -> dict[str, dict[ParamKey, str]]:
+    """The recurrent layers (``nn.LSTM``/``GRU``/``RNN``) of a state_dict by their path, "" for a bare one:
+    each maps its parameters' ``ParamKey`` to their key in ``state``.
+
+    Example:
+        >>> w = np.zeros((4, 2))
+        >>> recurrent_layers({"enc.weight_ih_l0": w, "weight_hh_l0": w, "head.weight": w})
+        {'enc': {('weight_ih', '0', None): 'enc.weight_ih_l0'}, '': {('weight_hh', '0', None): 'weight_hh_l0'}}
+    """
+    found: dict[str, dict[ParamKey, str]] = {}
+    for key in state:
+        if m := _TORCH_KEY.match(key):
+            path, name, layer, reverse = m.groups()
+            found.setdefault(path or "", {})[name, layer, reverse] = key
+    return found
+
+
+_LISTED = 10  # the most parameters besides the recurrent layers that a refusal lists
+
+
+def _holdings(state: dict[str, np.ndarray], layers: dict[str, dict[ParamKey, str]]) -> str:
+    """What a state_dict holds, for a refusal: its recurrent layers by path, then its other parameters."""
+    named = [f"{path!r}" if path else "'' (unprefixed)" for path in layers]
+    taken = {key for keys in layers.values() for key in keys.values()}
+    others = [f"{k} {tuple(np.shape(v))}" for k, v in state.items() if k not in taken]
+    text = f"recurrent layers {', '.join(named) or 'none'}"
+    if others:
+        more = f" and {len(others) - _LISTED} more" if len(others) > _LISTED else ""
+        text += f"; other parameters {', '.join(others[:_LISTED])}{more}"
+    return text
+
+
+WHOLE_MODEL_HINT = (
+    "port one recurrent layer by its path with --layer NAME (layer= in Python), or the whole model in Python "
+    "with harness.porting.port_weights(torch_model, keras_model)"
+)
+
+
+def one_recurrent_layer(state: dict[str, np.ndarray], layer: str | None, source: str) -> dict[ParamKey, str]:
+    """The parameters of the recurrent layer to port from ``state`` (``recurrent_layers``' entry): the one at
+    path ``layer``, or, with ``layer`` None, the only thing ``state`` holds.
+
+    ``ValueError`` listing what ``state`` holds when ``layer`` names none of its recurrent layers, or when
+    ``layer`` is None and ``state`` holds more than one recurrent layer or parameters besides one: a port
+    never drops a parameter without being told.
+    """
+    layers = recurrent_layers(state)
+    if layer is not None:
+        if layer not in layers:
+            raise ValueError(f"{source} has no recurrent layer at {layer!r}: it holds {_holdings(state, layers)}")
+        return layers[layer]
+    if len(layers) > 1:
+        raise ValueError(
+            f"{source} holds more than one recurrent layer ({_holdings(state, layers)}): {WHOLE_MODEL_HINT}"
+        )
+    return next(iter(layers.values()), {})
+
+
+def _refuse_extra_parameters(state: dict[str, np.ndarray], keys: dict[ParamKey, str], source: str) -> None:
+    """``ValueError`` when ``state`` holds parameters besides ``keys``, the one recurrent layer it was read as."""
+    if any(k not in keys.values() for k in state):
+        layers = recurrent_layers(state)
+        raise ValueError(
+            f"{source} holds parameters besides one recurrent layer ({_holdings(state, layers)}): {WHOLE_MODEL_HINT}"
+        )
+
+
 def torch_module_from_state(
-    state: dict[str, np.ndarray], num_streams: int, *, nonlinearity: str | None = None, batch_size: int | None = None
+    state: dict[str, np.ndarray],
+    num_streams: int,
+    *,
+    nonlinearity: str | None = None,
+    batch_size: int | None = None,
+    layer: str | None = None,
 ) -> Any:
     """A ``models_torch`` multi-state module whose cell and sizes are read off ``state``'s names and shapes.
 
     Gate count gives the cell (4 LSTM, 3 GRU, 1 RNN); a simple RNN's nonlinearity
-    cannot be read off the weights and must come from ``nonlinearity`` (``ValueError`` without it).
+    cannot be read off the weights and must come from ``nonlinearity`` (``ValueError`` without it, and for
+    an LSTM or GRU with it). ``layer`` picks the recurrent layer at that path (``"enc"`` for the keys
+    ``enc.weight_ih_l0``, ...) of a state_dict that holds more; without it, a state_dict holding more than
+    one recurrent layer, or parameters besides it, is refused (``one_recurrent_layer``).
     """
     import torch
 
     from harness.porting.layers import activation_is_chosen, torch_class
 
     state = without_weight_norm(state)
-    keys = {m.groups(): k for k in state if (m := _TORCH_KEY.match(k))}
-    layers = sorted({layer for _, layer, _ in keys} or {"0"})
-    missing = [f"{n}_l{layer}" for layer in layers for n in ("weight_ih", "weight_hh") if (n, layer, None) not in keys]
+    keys = one_recurrent_layer(state, layer, "the state_dict")
+    indices = sorted({index for _, index, _ in keys} or {"0"})
+    missing = [f"{n}_l{i}" for i in indices for n in ("weight_ih", "weight_hh") if (n, i, None) not in keys]
     if missing:
         raise ValueError(
             f"no {', '.join(missing)} among the keys {sorted(state)[:12]}: expected the parameters of an "
@@ -172,18 +250,26 @@ def torch_module_from_state(
     cell = cell_of_gates(gates)
     if cell is None:
         raise ValueError(f"weight_ih_l0 has {weight_ih.shape[0]} rows for hidden size {hidden}: not 4, 3 or 1 gates")
+    if layer is None:
+        _refuse_extra_parameters(state, keys, "the state_dict")
+    chosen = activation_is_chosen(cell)
+    if nonlinearity is not None and not chosen:
+        raise ValueError(
+            f"nonlinearity={nonlinearity!r} applies to a simple RNN only; the state_dict holds "
+            f"{CELLS[cell].torch_class} weights"
+        )
     module = torch_class(cell)(
         weight_ih.shape[1],
         hidden,
         num_streams,
-        num_layers=1 + max(int(layer) for _, layer, _ in keys),
+        num_layers=1 + max(int(index) for _, index, _ in keys),
         bias=any(name == "bias_ih" for name, _, _ in keys),
         batch_size=batch_size,
         dtype=torch.from_numpy(np.zeros(0, weight_ih.dtype)).dtype,
-        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the state_dict")} if activation_is_chosen(cell) else {}),
+        **({"nonlinearity": rnn_nonlinearity(nonlinearity, "the state_dict")} if chosen else {}),
     )
     module.rnn.load_state_dict(
-        {f"{n}_l{layer}": torch.from_numpy(np.array(state[k])) for (n, layer, _), k in keys.items()}
+        {f"{n}_l{index}": torch.from_numpy(np.array(state[k])) for (n, index, _), k in keys.items()}
     )
     return module
 

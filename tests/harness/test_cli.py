@@ -110,18 +110,35 @@ def test_read_only_destinations_are_refused(dst, message, lstm_pt, tmp_path, cap
     assert _files(tmp_path / "locked") == set()
 
 
+@pytest.mark.parametrize("option", ["--json", "--report"])
 @pytest.mark.parametrize(("dst", "message"), [("no/such/x.json", "no such folder"), ("x.json/", "it is a folder")])
-def test_parity_json_destination_is_checked_before_the_job(dst, message, tmp_path, capsys, monkeypatch):
-    """``parity --json`` to a path it cannot write: exit status 1 at once, the job never starts."""
+def test_parity_destinations_are_checked_before_the_job(option, dst, message, tmp_path, capsys, monkeypatch):
+    """``parity --json``/``--report`` to a path it cannot write: exit status 1 at once, the job never starts."""
     from harness import cli
 
     started = []
     monkeypatch.setattr(cli, "_run_backend", lambda backend, args: started.append(backend) or [])
     (tmp_path / "x.json").mkdir()
-    status = main(["parity", "--backend", "torch", "--cell", "gru", "--json", str(tmp_path / dst)])
+    status = main(["parity", "--backend", "torch", "--cell", "gru", option, str(tmp_path / dst)])
     err = capsys.readouterr().err
     assert (status, started) == (1, []), f"status {status}, backends run {started}; stderr: {err}"
-    assert f"error: --json: cannot write {tmp_path / dst}" in err and message in err, err
+    assert f"error: {option}: cannot write {tmp_path / dst}" in err and message in err, err
+
+
+@pytest.mark.parametrize(("dst", "runtime"), [("m.onnx", "verified in onnxruntime"), ("m.tflite", "LiteRT")])
+def test_export_says_where_the_file_was_verified(dst, runtime, tmp_path, capsys, monkeypatch):
+    """A TFLite export used to say "verified in onnxruntime"; the export itself is faked here (the real ones
+    run in tests/harness/test_export_*.py), the message is the CLI's."""
+    from types import SimpleNamespace
+
+    from harness.export import pipeline
+
+    report = SimpleNamespace(plan=[3, 5], max_abs_error=1e-7)
+    done = SimpleNamespace(report=report, state_names=("h",), cell="gru", num_streams=1, exporter="x")
+    monkeypatch.setattr(pipeline, "export", lambda *args, **kwargs: done)
+    assert main(["export", "m.keras", str(tmp_path / dst)]) == 0
+    out = capsys.readouterr().out
+    assert runtime in out and ("onnxruntime" in out) == dst.endswith(".onnx"), out
 
 
 def test_parity_refuses_a_backend_that_is_not_installed(capsys, monkeypatch):
@@ -187,3 +204,83 @@ def test_a_port_that_fails_parity_leaves_nothing(lstm_pt, tmp_path, capsys, monk
     status, err = _port(capsys, lstm_pt, tmp_path / "out.keras")
     assert status == 1 and "was not written" in err, err
     assert _files(tmp_path) == {"lstm.pt"}
+
+
+class _EncoderDecoder(torch.nn.Module):
+    """A user's checkpoint: two LSTMs and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.LSTM(F, H, batch_first=True)
+        self.dec = torch.nn.LSTM(H, H, batch_first=True)
+        self.head = torch.nn.Linear(H, 2)
+
+
+@pytest.fixture
+def two_lstms_pt(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    write_torch_file(_EncoderDecoder().state_dict(), path)
+    return path
+
+
+def test_a_checkpoint_of_more_than_one_layer_is_refused_with_what_it_holds(two_lstms_pt, tmp_path, capsys):
+    """It used to port ``dec`` (the last LSTM read), drop ``enc`` and the head without a word, and print PASS."""
+    status, err = _port(capsys, two_lstms_pt, tmp_path / "out.keras")
+    assert status == 1, err
+    for named in (
+        "more than one recurrent layer",
+        "'enc'",
+        "'dec'",
+        f"head.weight (2, {H})",
+        "--layer",
+        "port_weights",
+    ):
+        assert named in err, (named, err)
+    status, err = _port(capsys, two_lstms_pt, tmp_path / "out.keras", "--layer", "mid")
+    assert status == 1 and "no recurrent layer at 'mid'" in err and "'enc', 'dec'" in err, err
+    assert _files(tmp_path) == {"model.pt"}
+
+
+def test_extra_parameters_beside_one_lstm_are_refused(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.rnn, model.head = torch.nn.LSTM(F, H, batch_first=True), torch.nn.Linear(H, 2)
+    write_torch_file(model.state_dict(), tmp_path / "policy.pt")
+    status, err = _port(capsys, tmp_path / "policy.pt", tmp_path / "out.keras")
+    assert status == 1 and "parameters besides one recurrent layer" in err and "head.bias (2,)" in err, err
+    assert _files(tmp_path) == {"policy.pt"}
+
+
+def test_layer_picks_one_lstm_and_options_that_do_not_fit_are_refused(two_lstms_pt, lstm_pt, tmp_path, capsys):
+    """``--layer enc`` ports ``enc`` (the Keras file computes ``enc``, not ``dec``) and the port says S and B.
+    ``--nonlinearity`` on an LSTM, and ``--streams``/``--batch`` against a Keras file holding others, used to be
+    ignored silently; now they are refused before anything is written."""
+    import keras
+
+    from harness.porting.files import read_keras_file
+
+    status = main(["port", str(two_lstms_pt), str(tmp_path / "enc.keras"), "--layer", "enc", "--streams", "3"])
+    out = capsys.readouterr().out
+    assert status == 0 and "S=3 streams, B=1 batch (--streams and --batch; default 1)" in out, out
+    torch.manual_seed(0)
+    enc = _EncoderDecoder().enc
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, F)).astype("float32")
+    with torch.no_grad():
+        expected = enc(torch.from_numpy(x[0]))[0].numpy()
+    got = keras.ops.convert_to_numpy(read_keras_file(tmp_path / "enc.keras")(x))[0]
+    error = float(np.abs(got - expected).max())
+    assert error <= 1e-6, f"the ported file is off enc by {error:.3g}"
+
+    status, err = _port(capsys, lstm_pt, tmp_path / "out.keras", "--nonlinearity", "relu")
+    assert status == 1 and "applies to a simple RNN only" in err and "LSTM weights" in err, err
+    before = _files(tmp_path)
+    for option, message in (
+        (["--streams", "5"], "num_streams=5 but"),
+        (["--batch", "2"], "batch_size=2 but"),
+        (["--nonlinearity", "tanh"], "applies to a simple RNN only"),
+        (["--layer", "enc"], "picks a layer of a torch state_dict"),
+    ):
+        status, err = _port(capsys, tmp_path / "enc.keras", tmp_path / "back.pt", *option)
+        assert status == 1 and message in err, (option, err)
+    assert _files(tmp_path) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -56,6 +57,33 @@ def test_engine_catches_a_planted_weight_error_and_names_the_stream(rng):
         AssertionError, match=r"(?s)Mismatched elements: \d+ / \d+.*Greatest absolute difference: .* stream 2"
     ):
         assert_parity({"ours": model, "copies": copies}, x, "random")
+
+
+def test_report_markdown_has_the_table_columns_and_the_environment(rng):
+    """``markdown()`` holds the columns of ``table()`` (an rtol beside max rel), the failure of a planted fault,
+    and the environment; the matmul settings show in ``table()`` only when they were not full float32."""
+    torch.manual_seed(0)
+    model, other = torch_class("gru")(F, H, S), torch_class("gru")(F, H, S)
+    x = random_input(rng, (B, S, T, F))
+    report = check_parity({"a": model, "b": other}, x, "halves")
+    markdown, table = report.markdown(), report.table()
+    columns = ["pair", "tensor", "max abs", "max rel", "atol", "rtol", "bad/total", "boundaries", "result"]
+    markdown_header = next(line for line in markdown.splitlines() if line.startswith("| pair"))
+    assert [c.strip() for c in markdown_header.strip("|").split("|")] == columns, markdown
+    assert re.split(r"\s{2,}", table.splitlines()[1].strip()) == columns, table
+    for expected in (
+        "### Parity: FAIL",
+        "| max rel | atol | rtol |",
+        "Greatest absolute difference",
+        "- chunk plan: 2 chunks",
+        "- tolerances: float32: atol",
+        f"- packages: numpy {np.__version__}",
+    ):
+        assert expected in markdown, (expected, markdown)
+    rtol = report.summary()[0]["rtol"]
+    assert f"| {rtol:.3g} |" in markdown, markdown
+    assert "matmul" not in table, table
+    assert "not full float32" in check_parity({"a": model}, x, "halves", allow_tf32=True).table()
 
 
 def test_report_table_and_json(rng):
@@ -146,14 +174,26 @@ class StreamLoop:
         return {n: s.numpy() for n, s in zip(self.model.state_names, self.model.get_states())}
 
 
-def test_cli_parity_torch_writes_json(tmp_path, capsys):
-    out = tmp_path / "parity.json"
-    code = main(["parity", "--backend", "torch", "--cell", "gru", "--dtype", "float64", "--json", str(out)])
+def test_cli_parity_prints_a_summary_and_writes_every_row(tmp_path, capsys):
+    """One console line per backend, cell and dtype (with its worst error); every row in --json and --report."""
+    out, md = tmp_path / "parity.json", tmp_path / "parity.md"
+    args = ["parity", "--backend", "torch", "--cell", "gru", "--dtype", "float64", "--json", str(out)]
+    code = main([*args, "--report", str(md)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     data = json.loads(out.read_text())
     assert data["ok"] and {r["plan"] for r in data["rows"]} == {"whole", "halves", "random", "ones"}
-    assert "PASS" in printed and "torch chunked vs whole" in printed
+    worst = max(r["max_abs"] for r in data["rows"])
+    lines = [line.split() for line in printed.splitlines() if line.startswith("torch ")]
+    assert [line[:5] for line in lines] == [
+        ["torch", "gru", "float64", f"{len(data['rows'])}/{len(data['rows'])}", f"{worst:.3g}"]
+    ], printed
+    assert "PASS" in printed
+    report = md.read_text()
+    table = [line for line in report.splitlines() if line.startswith("| torch | gru | float64 | ")]
+    assert len(table) == 1 + len(data["rows"]), report  # the summary line, then every row
+    for expected in ("| max abs | max rel | atol | rtol |", "- packages: numpy", "- seeds:", "- input shape:"):
+        assert expected in report, (expected, report)
 
 
 def test_cli_parity_with_episodes(capsys):

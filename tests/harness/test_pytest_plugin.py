@@ -105,6 +105,7 @@ def test_fixture_fails_on_a_planted_fault_with_its_error_and_no_input_array(pyte
     assert same["reports"][0]["max_abs_error"] == 0.0, f"a model against its copy: {same['reports'][0]}"
     markdown = (tmp_path / files[1]).read_text()
     assert "# Parity of `test_suite.py::test_nudged`: FAIL" in markdown and f"{worst:.3g}" in markdown, markdown
+    assert "| max rel | atol | rtol |" in markdown and "- chunk plan: 2 chunks" in markdown, markdown
 
 
 @pytest.mark.parametrize("problem", ["missing", "file", "read-only"])
