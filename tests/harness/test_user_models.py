@@ -9,7 +9,6 @@ every output and every carried state at every chunk boundary.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ import models_keras
 import models_torch
 from harness import check_parity
 from harness.porting import port_weights
+from harness.training import check_training_parity
 from tests.helpers import random_input
 
 pytestmark = pytest.mark.keras
@@ -155,3 +155,24 @@ def test_a_model_without_carried_state_is_refused_naming_the_runner_protocol(rng
     for model in (torch.nn.Sequential(torch.nn.Linear(F, F)), plain):
         with pytest.raises(ValueError, match="holds no multi-state layer.*harness.parity.Runner"):
             check_parity({"model": model}, x, "halves")
+
+
+def test_the_policy_trains_alike_in_torch_and_keras(rng, ported):
+    torch_model, keras_model = ported["policy"]
+    x = random_input(rng, (B, S, T, F))
+    targets = [random_input(rng, (B, S, T, A)), random_input(rng, (B, S, T, 1))]
+    report = check_training_parity(torch_model, x, targets, "halves", keras_model=keras_model, steps=4)
+    assert report.ok, report.table()
+    # planted fault: a torch policy whose critic gradient never reaches the core trains apart from its Keras twin
+    detached = DetachedCritic()
+    detached.load_state_dict(torch_model.state_dict())
+    bad = check_training_parity(detached, x, targets, "halves", keras_model=keras_model, steps=2)
+    assert not bad.ok and bad.max_rel_weight_error > 100 * bad.rtol, bad.table()
+
+
+class DetachedCritic(Policy):
+    """A planted fault: the critic learns from a detached core output, so training updates differ from Keras's."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.core(self.mlp(x))
+        return self.actor(h), self.critic(h.detach())
