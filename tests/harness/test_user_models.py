@@ -161,13 +161,13 @@ def test_the_policy_trains_alike_in_torch_and_keras(rng, ported):
     torch_model, keras_model = ported["policy"]
     x = random_input(rng, (B, S, T, F))
     targets = [random_input(rng, (B, S, T, A)), random_input(rng, (B, S, T, 1))]
-    report = check_training_parity(torch_model, x, targets, "halves", keras_model=keras_model, steps=4)
+    report = check_training_parity(torch_model, x, targets, "halves", keras_model=keras_model, steps=2)
     assert report.ok, report.table()
     # planted fault: a torch policy whose critic gradient never reaches the core trains apart from its Keras twin
     detached = DetachedCritic()
     detached.load_state_dict(torch_model.state_dict())
     bad = check_training_parity(detached, x, targets, "halves", keras_model=keras_model, steps=2)
-    assert not bad.ok and bad.max_rel_weight_error > 100 * bad.rtol, bad.table()
+    assert not bad.ok and bad.max_rel_weight_error > 10 * bad.rtol, bad.table()
 
 
 class DetachedCritic(Policy):
