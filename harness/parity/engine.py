@@ -85,6 +85,31 @@ def _renamed(states: dict[str, np.ndarray], names: Mapping[str, str], model: str
     return out
 
 
+def by_position(names: Sequence[str], reference: Sequence[str]) -> dict[str, str]:
+    """Renames of ``names`` that match each state to the reference's state of the layer at the same position.
+
+    A state name is ``layer.state`` (a bare ``state`` for a model with one layer); layers are taken in the
+    order their states come (the order of the model's tree), and the i-th layer's states take the reference's
+    i-th layer name. Where both sides name the same layers, the names match as they are (no renames); a layer
+    beyond the other side's count keeps its name (and fails as unmatched); the state names within a layer are
+    never changed.
+
+    Example:
+        >>> by_position(["encoder.rnn.h", "encoder.rnn.c"], ["core.h", "core.c"])
+        {'encoder.rnn.h': 'core.h', 'encoder.rnn.c': 'core.c'}
+    """
+    layers, ref_layers = (list(dict.fromkeys(name.rpartition(".")[0] for name in n)) for n in (names, reference))
+    if set(layers) == set(ref_layers):
+        return {}
+    to_ref = dict(zip(layers, ref_layers))
+    renames = {}
+    for name in names:
+        layer, dot, state = name.rpartition(".")
+        if layer in to_ref:
+            renames[name] = f"{to_ref[layer]}.{state}" if to_ref[layer] else state
+    return renames
+
+
 @dataclasses.dataclass(frozen=True)
 class StepArgs:
     """Per-step ``resets`` ``(B, S, T)`` and per-stream ``lengths`` ``(B, S)`` of the whole sequence.
@@ -136,7 +161,7 @@ def _run_chunked(
     runner.reset()
     outputs, states, start = [], [], 0
     for n in plan:
-        outputs.append(_run(runner, model, x[:, :, start : start + n], steps.window(start, start + n)))
+        outputs.append(named_outputs(_run(runner, model, x[:, :, start : start + n], steps.window(start, start + n))))
         states.append(_renamed(runner.states(), names, model))
         start += n
     return outputs, states
@@ -144,12 +169,12 @@ def _run_chunked(
 
 def _run_whole_prefixes(
     runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
-) -> tuple[np.ndarray, dict[int, dict]]:
-    """The whole-sequence output, and the states after running whole each prefix ``x[:, :, :end]``."""
+) -> tuple[dict[str, np.ndarray], dict[int, dict]]:
+    """The whole-sequence outputs, and the states after running whole each prefix ``x[:, :, :end]``."""
     states, out = {}, None
     for end in ends:
         runner.reset()
-        out = _run(runner, model, x[:, :, :end], steps.window(0, end))
+        out = named_outputs(_run(runner, model, x[:, :, :end], steps.window(0, end)))
         states[end] = _renamed(runner.states(), names, model)
     return out, states
 
@@ -192,10 +217,17 @@ class _Boundary:
     chunk: int
     start: int
     end: int
-    out: np.ndarray
-    out_expected: np.ndarray
+    out: dict[str, np.ndarray]
+    out_expected: dict[str, np.ndarray]
     states: dict[str, np.ndarray]
     states_expected: dict[str, np.ndarray] | None
+
+
+def _lacking(what: str, name: str, value: np.ndarray, sides: tuple[str, str], its: Iterable[str], hint: str) -> str:
+    """The problem of a ``what`` (state or output) ``name`` that ``sides[0]`` has and ``sides[1]`` lacks."""
+    return (
+        f"{sides[0]} has {what} {name!r} {tuple(value.shape)}, {sides[1]} has none (its {what}s: {sorted(its)}{hint})"
+    )
 
 
 def _compare_states(
@@ -208,10 +240,7 @@ def _compare_states(
     def one_sided(
         b: _Boundary, tensor: str, name: str, value: np.ndarray, has: str, lacks: str, its: dict
     ) -> Comparison:
-        problem = (
-            f"{has} has state {name!r} {tuple(value.shape)}, {lacks} has none "
-            f"(its states: {sorted(its)}; pass state_map= if it names them differently)"
-        )
+        problem = _lacking("state", name, value, (has, lacks), its, "; pass state_map= if it names them differently")
         return mismatch(
             pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
         )
@@ -254,25 +283,82 @@ def _compare_states(
     return rows
 
 
+def _compare_outputs(
+    pair: str, kind: str, tolerance: Any, boundaries: Sequence[_Boundary], sides: tuple[str, str]
+) -> list[list[Comparison]]:
+    """Every output (by name) at each boundary, stream by stream; an output on one side only fails. The rows of
+    each boundary in a list of their own."""
+    actual, expected = boundaries[0].out, boundaries[0].out_expected  # every boundary has the same outputs
+    rows: list[list[Comparison]] = [[] for _ in boundaries]
+    for name in dict.fromkeys([*expected, *actual]):
+        if name in actual and name in expected:
+            each = compare_each(
+                [Operands(b.chunk, b.out[name], b.out_expected[name], offsets={"step": b.start}) for b in boundaries],
+                pair=pair,
+                kind=kind,
+                tensor=name,
+                tolerance=tolerance,
+                stream_axis=1,
+                axis_names=_output_axes(expected[name].ndim),
+            )
+        else:  # one side only: a failing row at every boundary
+            tensor, has = (f"missing:{name}", sides[::-1]) if name in expected else (f"unexpected:{name}", sides)
+            its = actual if name in expected else expected
+            each = [[_output_lacking(pair, kind, tolerance, b, name, tensor, has, its)] for b in boundaries]
+        for here, more in zip(rows, each):
+            here += more
+    return rows
+
+
+def _output_lacking(
+    pair: str, kind: str, tolerance: Any, b: _Boundary, name: str, tensor: str, sides: tuple[str, str], its: dict
+) -> Comparison:
+    value = (b.out if name in b.out else b.out_expected)[name]
+    problem = _lacking("output", name, value, sides, its, "")
+    return mismatch(
+        pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
+    )
+
+
 def _compare_boundaries(
     pair: str, kind: str, tolerance: Any, boundaries: Sequence[_Boundary], sides: tuple[str, str]
 ) -> list[Comparison]:
-    """Output and (where ``states_expected`` is given) every carried state at each boundary, boundary by boundary."""
-    outputs = compare_each(
-        [
-            Operands(b.chunk, np.asarray(b.out), np.asarray(b.out_expected), offsets={"step": b.start})
-            for b in boundaries
-        ],
-        pair=pair,
-        kind=kind,
-        tensor="output",
-        tolerance=tolerance,
-        stream_axis=1,
-        axis_names=("batch", "stream", "step", "unit"),
-    )
+    """Every output and (where ``states_expected`` is given) every carried state at each boundary, boundary by
+    boundary."""
+    outputs = _compare_outputs(pair, kind, tolerance, boundaries, sides)
     with_states = [b for b in boundaries if b.states_expected is not None]
     states = dict(zip((b.chunk for b in with_states), _compare_states(pair, kind, tolerance, with_states, sides)))
     return [row for b, out in zip(boundaries, outputs) for row in out + states.get(b.chunk, [])]
+
+
+def _output_axes(ndim: int) -> tuple[str, ...]:
+    """The axis names of an output ``(B, S, t, ...)`` in the report's locations."""
+    return ("batch", "stream", "step", "unit", *(f"axis{i}" for i in range(4, ndim)))
+
+
+def named_outputs(out: Any) -> dict[str, np.ndarray]:
+    """A model's outputs by name, each ``(B, S, t, ...)``: one array is ``output``, a list or tuple's are
+    ``output.0``, ``output.1``, ..., a dict's ``output.<key>``; an output ``(B, t, ...)`` (no stream axis, as a
+    model that concatenates its streams gives) is compared as one stream.
+
+    Example:
+        >>> outputs = named_outputs({"actor": np.zeros((2, 3, 4, 5)), "critic": np.zeros((2, 4, 1))})
+        >>> {name: value.shape for name, value in outputs.items()}
+        {'output.actor': (2, 3, 4, 5), 'output.critic': (2, 1, 4, 1)}
+    """
+    if isinstance(out, Mapping):
+        named = {f"output.{key}": value for key, value in out.items()}
+    elif isinstance(out, (list, tuple)) and len(out) != 1:
+        named = {f"output.{i}": value for i, value in enumerate(out)}
+    else:
+        named = {"output": out[0] if isinstance(out, (list, tuple)) else out}
+    arrays = {name: np.asarray(value) for name, value in named.items()}
+    for name, value in arrays.items():
+        if value.ndim < 3:
+            raise ValueError(
+                f"output {name!r} has shape {value.shape}: expected (batch, streams, time, ...) or (batch, time, ...)"
+            )
+    return {name: value[:, None] if value.ndim == 3 else value for name, value in arrays.items()}
 
 
 def check_parity(
@@ -359,7 +445,7 @@ def check_parity(
         }
     dtypes = {name: run.dtype for name, run in runs.items()}
     tolerance = functools.partial(_tolerance, atol=atol, rtol=rtol)
-    comparisons = _compare_all(runs, plan, reference, tolerance)
+    comparisons = _compare_all(runs, plan, reference, tolerance, mapped=set(state_map))
     return ParityReport(
         comparisons, plan, _coarsest(dtypes.values()), reference, matmul=matmul, input_dtype=str(x.dtype), dtypes=dtypes
     )
@@ -371,9 +457,9 @@ class _Runs:
     whole prefix runs (by end step, at the boundaries checked), the regrouped passes' states per boundary, and
     the dtype it computes in (its outputs')."""
 
-    outputs: list[np.ndarray]
+    outputs: list[dict[str, np.ndarray]]
     states: list[dict]
-    whole: np.ndarray
+    whole: dict[str, np.ndarray]
     prefix_states: dict[int, dict]
     regrouped: list[dict]
     dtype: str
@@ -393,7 +479,7 @@ def _run_model(
     outputs, states = _run_chunked(runner, x, plan, names, model, steps)
     whole, prefix_states = _run_whole_prefixes(runner, x, _spread(ends, whole_state_checks), names, model, steps)
     regrouped = _run_regrouped(runner, x, ends, names, model, steps)
-    return _Runs(outputs, states, np.asarray(whole), prefix_states, regrouped, str(np.asarray(whole).dtype))
+    return _Runs(outputs, states, whole, prefix_states, regrouped, str(next(iter(whole.values())).dtype))
 
 
 def _coarsest(dtypes: Iterable[str]) -> str:
@@ -406,8 +492,11 @@ def _tolerance(kind: str, *dtypes: str, atol: float | None, rtol: float | None) 
     return default_tolerance(kind, _coarsest(dtypes), atol, rtol)
 
 
-def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tolerance: Any) -> list[Comparison]:
-    """Every model's chunked run against its whole and regrouped runs, then against the reference's."""
+def _compare_all(
+    runs: Mapping[str, _Runs], plan: list[int], reference: str, tolerance: Any, mapped: set[str]
+) -> list[Comparison]:
+    """Every model's chunked run against its whole and regrouped runs, then against the reference's (states of
+    models not in ``mapped``, those without a ``state_map``, matched to the reference's by ``by_position``)."""
     starts = [int(s) for s in np.cumsum([0] + plan[:-1])]
     ends = [int(e) for e in np.cumsum(plan)]
     bounds = list(enumerate(zip(starts, ends)))
@@ -415,7 +504,15 @@ def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tol
     for name, run in runs.items():
         same = tolerance("same", run.dtype)
         whole = [
-            _Boundary(i, s, e, run.outputs[i], run.whole[:, :, s:e], run.states[i], run.prefix_states.get(e))
+            _Boundary(
+                i,
+                s,
+                e,
+                run.outputs[i],
+                {k: v[:, :, s:e] for k, v in run.whole.items()},
+                run.states[i],
+                run.prefix_states.get(e),
+            )
             for i, (s, e) in bounds
         ]
         comparisons += _compare_boundaries(
@@ -432,9 +529,9 @@ def _compare_all(runs: Mapping[str, _Runs], plan: list[int], reference: str, tol
         if name == reference:
             continue
         cross = tolerance("cross", run.dtype, ref.dtype)
-        against = [
-            _Boundary(i, s, e, run.outputs[i], ref.outputs[i], run.states[i], ref.states[i]) for i, (s, e) in bounds
-        ]
+        names = {} if name in mapped else by_position(list(run.states[0]), list(ref.states[0]))
+        states = [_renamed(state, names, name) for state in run.states]
+        against = [_Boundary(i, s, e, run.outputs[i], ref.outputs[i], states[i], ref.states[i]) for i, (s, e) in bounds]
         comparisons += _compare_boundaries(
             f"{name} vs {reference}", "cross", cross, against, (repr(name), repr(reference))
         )

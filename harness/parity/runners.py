@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -18,7 +19,8 @@ import numpy as np
 class Runner(Protocol):
     """What the parity engine needs from a model.
 
-    ``run`` takes a numpy chunk ``(B, S, t, F)``, returns ``(B, S, t, H)`` and
+    ``run`` takes a numpy chunk ``(B, S, t, F)``, returns ``(B, S, t, H)`` (or any outputs
+    ``(B, S, t, ...)`` or ``(B, t, ...)``, several as a list, tuple or dict) and
     carries state to the next call (runners that support per-step resets and lengths take
     them as keyword arguments ``resets`` ``(B, S, t)`` and ``lengths`` ``(B, S)``); ``states``
     returns each carried state tensor as ``(L, B, S, H)`` by name; ``reset`` zeroes them.
@@ -31,35 +33,75 @@ class Runner(Protocol):
     def states(self) -> dict[str, np.ndarray]: ...
 
 
-class TorchRunner:
-    """Drives a ``models_torch`` multi-state module without gradients, on its device.
+NO_CARRIED_STATE = (
+    "holds no multi-state layer, so it carries no state for check_parity to prove; a model that carries state "
+    "some other way can be wrapped in a harness.parity.Runner (reset(), run(x), states())"
+)
 
-    TF32 is switched off by ``check_parity`` (``harness.parity.precision.full_precision_matmul``).
+
+def each_output(out: Any, convert: Callable[[Any], np.ndarray]) -> Any:
+    """``out`` (one tensor, or a list/tuple/dict of them, nested) with ``convert`` applied to each tensor."""
+    if isinstance(out, Mapping):
+        return {key: each_output(value, convert) for key, value in out.items()}
+    if isinstance(out, (list, tuple)):
+        return [each_output(value, convert) for value in out]
+    return convert(out)
+
+
+def _state_names(layers: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """``{state name: (the layer's own state name, layer)}``: bare names (``h``) for one layer, else ``path.h``."""
+    single = len(layers) == 1
+    return {
+        name if single else f"{path}.{name}": (name, layer)
+        for path, layer in layers.items()
+        for name in layer.state_names
+    }
+
+
+class TorchRunner:
+    """Drives a ``models_torch`` multi-state module, or a user's whole ``nn.Module`` holding them, without
+    gradients, on its device.
+
+    The module tree is walked (``named_modules``) for every multi-state module; their states are named by
+    path (``encoder.rnn.h``; bare ``h`` where there is one), all are reset together, and the model runs
+    through its own ``forward``, which may return one tensor, a tuple or a dict of them. The input is cast
+    to the dtype and device of the first multi-state module's weights. TF32 is switched off by
+    ``check_parity`` (``harness.parity.precision.full_precision_matmul``).
     """
 
     def __init__(self, model: Any) -> None:
+        from models_torch import MultiStateBase
+
         self.model = model
+        layers = {path: m for path, m in model.named_modules() if isinstance(m, MultiStateBase)}
+        if not layers:
+            raise ValueError(f"{type(model).__name__} {NO_CARRIED_STATE}")
+        self.layers = list(layers.values())
+        self.names = _state_names(layers)
 
     def reset(self) -> None:
-        self.model.reset_states()
+        for layer in self.layers:
+            layer.reset_states()
 
-    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
         import torch
 
-        weight = self.model.rnn.weight_ih_l0
+        weight = self.layers[0].rnn.weight_ih_l0
         args = {k: torch.as_tensor(v) for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
         with torch.no_grad():
-            return self.model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device), **args).cpu().numpy()
+            out = self.model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device), **args)
+        return each_output(out, lambda t: t.cpu().numpy())
 
     def states(self) -> dict[str, np.ndarray]:
-        return {n: s.detach().cpu().numpy() for n, s in zip(self.model.state_names, self.model.get_states())}
+        carried = {id(layer): dict(zip(layer.state_names, layer.get_states())) for layer in self.layers}
+        return {n: carried[id(layer)][own].detach().cpu().numpy() for n, (own, layer) in self.names.items()}
 
 
 class KerasRunner:
     """Drives a ``models_keras`` multi-state layer, or a Keras model holding them.
 
     Models run through ``predict_on_batch`` (the serving path); a bare layer is
-    called directly. States of several multi-state layers are named ``layer.h``.
+    called directly. States of several multi-state layers are named ``layer.h`` (by layer name).
     With resets/lengths, a model gets them as its 2nd and 3rd inputs (in that order, those
     given), as a functional model built with ``layer(x, resets=..., lengths=...)`` takes them.
     """
@@ -70,27 +112,24 @@ class KerasRunner:
         self.model = model
         self.layers = multistate_layers(model)
         if not self.layers:
-            raise ValueError(f"{type(model).__name__} holds no multi-state layer")
+            raise ValueError(f"{type(model).__name__} {NO_CARRIED_STATE}")
+        self.names = _state_names({layer.name: layer for layer in self.layers})
 
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset_states()
 
-    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
         import keras
 
         args = {k: v for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
         if isinstance(self.model, keras.Model):
-            return np.asarray(self.model.predict_on_batch([x, *args.values()] if args else x))
-        return keras.ops.convert_to_numpy(self.model(x, **args))
+            return each_output(self.model.predict_on_batch([x, *args.values()] if args else x), np.asarray)
+        return each_output(self.model(x, **args), keras.ops.convert_to_numpy)
 
     def states(self) -> dict[str, np.ndarray]:
-        single = len(self.layers) == 1
-        return {
-            name if single else f"{layer.name}.{name}": s
-            for layer in self.layers
-            for name, s in zip(layer.state_names, layer.get_states())
-        }
+        carried = {id(layer): dict(zip(layer.state_names, layer.get_states())) for layer in self.layers}
+        return {n: carried[id(layer)][own] for n, (own, layer) in self.names.items()}
 
 
 def as_runner(model: Any) -> Runner:

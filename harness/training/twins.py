@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,14 +114,20 @@ def check_training_parity(
     rtol: float | None = None,
     resets: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
+    keras_model: Any = None,
 ) -> TrainingParityReport:
     """Train ``torch_model`` and its Keras twin for ``steps`` SGD updates (one per chunk) and compare.
 
     Args:
-        torch_model: a ``models_torch`` multi-state module, on any device; its Keras twin is made here.
-            It is trained, then put back as it was found (weights, gradients, mode, carried states).
+        torch_model: a ``models_torch`` multi-state module, or a user's whole ``nn.Module`` holding them (then
+            ``keras_model`` is its Keras twin), on any device. It is trained, then put back as it was found
+            (weights, gradients, mode, carried states).
         x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy), cast to the model's dtype,
-            which sets the precision and the default ``rtol``.
+            which sets the precision and the default ``rtol``; a model with several outputs (a list or tuple)
+            takes a list of targets, one per output, and minimises the sum of their MSEs.
+        keras_model: the Keras twin of a whole ``torch_model`` (left untouched: a clone of it is trained, with
+            the torch weights ported by ``port_weights``); None for a multi-state module, whose twin is made
+            here.
         chunks: chunk plan over ``T``; passes repeat it (state reset at each pass) until ``steps`` updates.
         lr: SGD learning rate on both sides.
         rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
@@ -130,8 +137,18 @@ def check_training_parity(
     import keras  # noqa: F401  (loads the Keras backend's framework first, so that the switch covers it)
     import torch  # noqa: F401
 
+    from models_torch import MultiStateBase
+
+    if keras_model is None and not isinstance(torch_model, MultiStateBase):
+        raise ValueError(
+            f"{type(torch_model).__name__} is not a multi-state module: a whole model needs its Keras twin, "
+            "keras_model= (the Keras model its weights port into)"
+        )
+    if keras_model is not None and (resets is not None or lengths is not None):
+        raise ValueError("resets and lengths are handed to a bare multi-state module only, not to a whole model")
     with full_precision_matmul() as matmul, left_as_found([torch_model]):
-        report = _train_and_compare(
+        train = _train_and_compare if keras_model is None else functools.partial(_train_whole, keras_model=keras_model)
+        report = train(
             torch_model,
             x,
             target,
@@ -218,6 +235,102 @@ def _train_and_compare(
     )
     loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
     # Keras's torch backend hands back the (float64) loss rounded to float32.
+    loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
+    return TrainingParityReport(
+        torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=str(device)
+    )
+
+
+def _train_whole(
+    torch_model: Any,
+    x: np.ndarray,
+    target: np.ndarray | Sequence[np.ndarray],
+    chunks: Sequence[int] | str,
+    *,
+    lr: float,
+    steps: int,
+    rtol: float | None,
+    step_args: StepArgs,
+    keras_model: Any,
+) -> TrainingParityReport:
+    """``_train_and_compare`` for a whole torch model and (a clone of) its Keras twin ``keras_model``.
+
+    Several outputs: torch minimises the sum of the outputs' MSEs; Keras the sum of squares of each output
+    weighted by one over its elements per step, with the learning rate divided by the chunk's steps (the
+    same SGD step). Final weights are compared in Keras's layout (the trained torch model ported into a
+    second clone); final states by position in the tree (``harness.parity.engine.by_position``).
+    """
+    import keras
+    import torch
+
+    from harness.parity.engine import by_position
+    from harness.parity.runners import KerasRunner, TorchRunner
+    from harness.porting import port_weights
+    from models_torch import MultiStateBase
+
+    device = next(torch_model.parameters()).device
+    dtype = str(next(torch_model.parameters()).dtype).removeprefix("torch.")
+    targets = [np.asarray(t, dtype) for t in (target if isinstance(target, (list, tuple)) else [target])]
+    x = np.asarray(x, dtype)
+    rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
+    model = port_weights(torch_model, keras.models.clone_model(keras_model))
+    torch_runner, keras_runner = TorchRunner(torch_model), KerasRunner(model)
+    floatx = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    frozen = [
+        p
+        for m in torch_model.modules()
+        if isinstance(m, MultiStateBase) and not CELLS[m.cell].split_bias
+        for n, p in m.rnn.named_parameters()
+        if "bias_hh" in n
+    ]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=lr)
+    plan = chunk_plan(chunks, x.shape[2])
+    bounds = [(int(s), int(s + n)) for s, n in zip(np.cumsum([0] + plan[:-1]), plan)]
+    per_step = [t[:, :, :1].size for t in targets]  # each output's elements per time step
+    torch_losses, keras_losses = [], []
+    torch_model.train()
+    try:
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=lr),
+            loss=[_sum_of_squares_loss() for _ in targets],
+            loss_weights=[1 / n for n in per_step],
+        )
+        for step in range(steps):
+            start, end = bounds[step % len(bounds)]
+            if start == 0:
+                torch_runner.reset()
+                keras_runner.reset()
+            outs = torch_model(torch.from_numpy(x[:, :, start:end]).to(device))
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            chunk_targets = [t[:, :, start:end] for t in targets]
+            loss = sum(
+                torch.nn.functional.mse_loss(o, torch.from_numpy(t).to(device)) for o, t in zip(outs, chunk_targets)
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            torch_losses.append(loss.item())
+            model.optimizer.learning_rate.assign(lr / (end - start))
+            logs = model.train_on_batch(x[:, :, start:end], chunk_targets, return_dict=True)
+            keras_losses.append(float(np.asarray(logs["loss"])) / (end - start))
+    finally:
+        keras.config.set_floatx(floatx)
+        for p in frozen:
+            p.requires_grad_(True)
+
+    trained = port_weights(torch_model, keras.models.clone_model(keras_model))
+    weight_error = max(
+        _rel(keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(t))
+        for k, t in zip(model.trainable_weights, trained.trainable_weights)
+    )
+    torch_states = torch_runner.states()
+    keras_states = keras_runner.states()
+    names = by_position(list(keras_states), list(torch_states))
+    state_error = max(float(np.max(np.abs(v - torch_states[names.get(n, n)]))) for n, v in keras_states.items())
+    loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
     loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
     return TrainingParityReport(
         torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=str(device)

@@ -304,13 +304,23 @@ def test_a_state_of_another_shape_fails_without_crashing(rng):
         assert_parity({"ref": model, "trimmed": RenamedStates(model, {}, trim=True)}, x, "halves")
 
 
-def test_states_of_two_multistate_layers_are_matched_per_layer(rng):
-    """Runners with several multi-state layers name states ``layer.h``; each name must match on both sides."""
-    model, x = _strict_case(rng, "gru")
-    two = RenamedStates(model, {"h": "first.h"})
-    report = check_parity({"two": two, "one": RenamedStates(model, {"h": "second.h"})}, x, "halves")
-    assert {c.tensor for c in report.failures()} == {"missing:first.h", "unexpected:second.h"}
-    assert check_parity({"two": two, "one": RenamedStates(model, {"h": "first.h"})}, x, "halves").ok
+def test_states_of_multistate_layers_are_matched_by_position(rng):
+    """Runners name states ``layer.h``; layers are matched by position in the tree (their names may differ, as a
+    torch path and a Keras layer name do), the state names within a layer must match, a layer too many fails."""
+    model, x = _strict_case(rng)
+
+    def named(**names: str) -> RenamedStates:
+        return RenamedStates(model, names)
+
+    first = named(h="first.h", c="first.c")
+    assert check_parity({"first": first, "second": named(h="second.h", c="second.c")}, x, "halves").ok
+    report = check_parity({"first": first, "hidden": named(h="second.hidden", c="second.c")}, x, "halves")
+    assert {c.tensor for c in report.failures()} == {"missing:first.h", "unexpected:first.hidden"}
+    report = check_parity({"first": first, "two": named(h="a.h", c="b.c")}, x, "halves")
+    assert {c.tensor for c in report.failures()} == {"missing:first.c", "unexpected:b.c"}
+    # state_map overrides the positions
+    state_map = {"two": {"a.h": "first.h", "b.c": "first.c"}}
+    assert check_parity({"first": first, "two": named(h="a.h", c="b.c")}, x, "halves", state_map=state_map).ok
 
 
 def test_bad_state_map_and_whole_state_checks_are_refused(rng):
