@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.export.formats import FORMATS, format_of
+from harness.export.formats import FORMATS
 from harness.parity.engine import PLANS, check_parity
 from harness.parity.environment import package_versions
 from harness.parity.precision import reduced_precision
+from harness.parity.runners import model_device
 from harness.parity.tables import COLUMNS, markdown_table, summary_cells, text_table
 from multistate_core.atomic import atomic_path
 
@@ -43,25 +44,6 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str 
 
     torch.manual_seed(seed)
     return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
-
-
-def model_device(model: Any) -> str:
-    """Where ``model``'s weights live: a torch device ("cuda:0"), or the Keras backend's name for it.
-
-    Example:
-        >>> model_device(torch_model("rnn", 2, "float32"))
-        'cpu'
-    """
-    import sys
-
-    if isinstance(model, (str, os.PathLike)):
-        return format_of(model).device
-    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
-        value = model.weights[0].value
-        if hasattr(value, "devices"):  # a JAX array
-            return ",".join(str(d) for d in value.devices())
-        return str(value.device).rsplit("device:", 1)[-1]  # torch: "cuda:0"; TensorFlow: ".../device:GPU:0"
-    return str(next(model.parameters()).device)
 
 
 def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:

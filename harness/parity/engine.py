@@ -35,7 +35,7 @@ import numpy as np
 
 from harness.parity.precision import full_precision_matmul
 from harness.parity.report import Comparison, Operands, ParityReport, compare_each, mismatch
-from harness.parity.runners import as_runner
+from harness.parity.runners import as_runner, model_device
 from harness.parity.tolerances import default_tolerance
 from harness.parity.untouched import left_as_found
 from multistate_core import contract
@@ -446,8 +446,18 @@ def check_parity(
     dtypes = {name: run.dtype for name, run in runs.items()}
     tolerance = functools.partial(_tolerance, atol=atol, rtol=rtol)
     comparisons = _compare_all(runs, plan, reference, tolerance, mapped=set(state_map))
+    devices = {name: device for name, model in models.items() if (device := model_device(model))}
     return ParityReport(
-        comparisons, plan, _coarsest(dtypes.values()), reference, matmul=matmul, input_dtype=str(x.dtype), dtypes=dtypes
+        comparisons,
+        plan,
+        _coarsest(dtypes.values()),
+        reference,
+        matmul=matmul,
+        input_dtype=str(x.dtype),
+        dtypes=dtypes,
+        seed=seed,
+        input_shape=tuple(x.shape),
+        devices=devices,
     )
 
 

@@ -147,3 +147,27 @@ def as_runner(model: Any) -> Runner:
     if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):
         return TorchRunner(model)
     raise TypeError(f"cannot run {type(model).__name__}: expected a torch or Keras multi-state model, or a Runner")
+
+
+def model_device(model: Any) -> str | None:
+    """Where ``model``'s weights live: a torch device ("cuda:0"), or the Keras backend's name for it; None for a
+    model without weights of its own (a user's ``Runner``).
+
+    Example:
+        >>> import torch
+        >>> model_device(torch.nn.Linear(2, 3)), model_device(object())
+        ('cpu', None)
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from harness.export.formats import format_of
+
+        fmt = format_of(model)
+        return fmt.device if fmt else None
+    if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
+        value = model.weights[0].value
+        if hasattr(value, "devices"):  # a JAX array
+            return ",".join(str(d) for d in value.devices())
+        return str(value.device).rsplit("device:", 1)[-1]  # torch: "cuda:0"; TensorFlow: ".../device:GPU:0"
+    parameters = getattr(model, "parameters", None)
+    weight = next(iter(parameters()), None) if callable(parameters) else None
+    return None if weight is None else str(weight.device)

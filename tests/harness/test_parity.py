@@ -76,6 +76,8 @@ def test_report_markdown_has_the_table_columns_and_the_environment(rng):
         "| max rel | atol | rtol |",
         "Greatest absolute difference",
         "- chunk plan: 2 chunks",
+        f"- input shape: {x.shape}",
+        "- seed: 0",
         "- tolerances: float32: atol",
         f"- packages: numpy {np.__version__}",
     ):
