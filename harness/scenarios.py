@@ -47,11 +47,18 @@ def model_device(model: Any) -> str:
     Example:
         >>> model_device(torch_model("rnn", 2, "float32"))
         'cpu'
+        >>> model_device("lstm.bin")
+        Traceback (most recent call last):
+        ...
+        ValueError: lstm.bin is not an exported model: expected a file of onnx, tflite
     """
     import sys
 
     if isinstance(model, (str, os.PathLike)):
-        return format_of(model).device
+        fmt = format_of(model)
+        if fmt is None:
+            raise ValueError(f"{model} is not an exported model: expected a file of {', '.join(FORMATS)}")
+        return fmt.device
     if "keras" in sys.modules and isinstance(model, sys.modules["keras"].layers.Layer):
         value = model.weights[0].value
         if hasattr(value, "devices"):  # a JAX array
