@@ -151,6 +151,7 @@ def _run_whole_prefixes(
         runner.reset()
         out = _run(runner, model, x[:, :, :end], steps.window(0, end))
         states[end] = _renamed(runner.states(), names, model)
+    assert out is not None  # ends holds the last boundary at least (_spread)
     return out, states
 
 
@@ -192,8 +193,8 @@ class _Boundary:
     chunk: int
     start: int
     end: int
-    out: np.ndarray
-    out_expected: np.ndarray
+    out: np.ndarray | None
+    out_expected: np.ndarray | None
     states: dict[str, np.ndarray]
     states_expected: dict[str, np.ndarray] | None
 
@@ -216,15 +217,17 @@ def _compare_states(
             pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
         )
 
-    both: dict[str, list[_Boundary]] = {}  # state name -> the boundaries where both sides have it
+    # state name -> the boundaries where both sides have it, with their expected states
+    both: dict[str, list[tuple[_Boundary, dict[str, np.ndarray]]]] = {}
     for b in boundaries:
+        assert b.states_expected is not None  # callers pass only boundaries whose states are compared
         for name in b.states_expected:
             if name in b.states:
-                both.setdefault(name, []).append(b)
+                both.setdefault(name, []).append((b, b.states_expected))
     compared = {
         name: iter(
             compare_each(
-                [Operands(b.chunk, b.states[name], b.states_expected[name], at={"step": b.end - 1}) for b in shared],
+                [Operands(b.chunk, b.states[name], expected[name], at={"step": b.end - 1}) for b, expected in shared],
                 pair=pair,
                 kind=kind,
                 tensor=name,
@@ -239,6 +242,7 @@ def _compare_states(
     rows = []
     for b in boundaries:
         expected = b.states_expected
+        assert expected is not None  # as above
         here = [
             one_sided(b, f"missing:{name}", name, value, expected_side, actual_side, b.states)
             for name, value in expected.items()
