@@ -41,8 +41,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if backend.startswith("keras-"):
         env["KERAS_BACKEND"] = backend.removeprefix("keras-")
-    if backend in FORMATS and FORMATS[backend].keras_backend:
-        env["KERAS_BACKEND"] = FORMATS[backend].keras_backend  # e.g. the TFLite converter takes TensorFlow graphs
+    if backend in FORMATS and (keras_backend := FORMATS[backend].keras_backend):
+        env["KERAS_BACKEND"] = keras_backend  # e.g. the TFLite converter takes TensorFlow graphs
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
     cmd = [
