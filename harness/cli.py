@@ -41,8 +41,8 @@ def _run_backend(backend: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if backend.startswith("keras-"):
         env["KERAS_BACKEND"] = backend.removeprefix("keras-")
-    if backend in FORMATS and FORMATS[backend].keras_backend:
-        env["KERAS_BACKEND"] = FORMATS[backend].keras_backend  # e.g. the TFLite converter takes TensorFlow graphs
+    if backend in FORMATS and (keras_backend := FORMATS[backend].keras_backend):
+        env["KERAS_BACKEND"] = keras_backend  # e.g. the TFLite converter takes TensorFlow graphs
     if backend == "keras-jax":
         env["JAX_ENABLE_X64"] = "1"
     cmd = [
@@ -233,11 +233,13 @@ def _export(args: argparse.Namespace) -> int:
     report = result.report
     states = ", ".join(result.state_names)
     outs = ", ".join(f"{n}_out" for n in result.state_names)
+    fmt = format_of(args.dst)
+    assert fmt is not None, "export() wrote a file of a known format"
     print(
         f"exported {args.src} -> {args.dst} ({result.cell}, {result.num_streams} streams, {result.exporter} exporter)\n"
         f"  inputs:  x (B, S, {args.frames or 't'}, F), {states} (L, B, S, H)\n"
         f"  outputs: y (B, S, {args.frames or 't'}, H), {outs} (L, B, S, H)\n"
-        f"verified in {format_of(args.dst).runtime} against the source over {sum(report.plan)} steps in "
+        f"verified in {fmt.runtime} against the source over {sum(report.plan)} steps in "
         f"{len(report.plan)} chunks "
         f"(outputs and states at every boundary): max abs error {report.max_abs_error:.3g}. PASS"
     )

@@ -210,6 +210,8 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                 rnn.build((None, None, input_size if i == 0 else self.units))
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if input_shape[-1] is None:
+            raise ValueError(f"{self.name} needs a known number of input features, got input shape {input_shape}")
         self.build_weights(input_shape[-1])
         self.batch_size = self.batch_size or input_shape[0]
         if self.batch_size is not None:
@@ -225,6 +227,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
             ]
 
     def _check(self, shape: Sequence[int | None], dtype: str, stream: int | None) -> None:
+        assert self.input_size is not None  # Keras (and streaming.step) build the layer before any call
         contract.check_input(
             shape,
             keras.backend.standardize_dtype(dtype),
@@ -262,7 +265,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         def spec(t):
             return (tuple(t.shape), keras.backend.standardize_dtype(t.dtype))
 
-        bounds = (None, None)
+        bounds: tuple[int, int] | tuple[None, None] = (None, None)
         if lengths is not None and concrete and int(np.prod(lengths.shape)):
             values = keras.ops.convert_to_numpy(lengths)
             bounds = (int(values.min()), int(values.max())) if values.dtype.kind in "iu" else bounds
@@ -305,6 +308,7 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
                 f"{self.name} needs a fixed batch size to carry state: pass batch_size= "
                 "or use keras.Input(batch_shape=(batch, ...))"
             )
+        assert self.batch_size is not None  # the state variables are made only for a known batch size
         if distributed.tracing_across_replicas(self._first_state()):
             return distributed.shape_only(inputs, self.units, self.return_sequences)
         concrete = backends.is_concrete(inputs)
@@ -381,9 +385,11 @@ class MultiStateBase(StateCheckpoints, keras.layers.Layer):
         )
         if not self.state_variables:
             return
+        assert self.batch_size is not None  # the state variables are made only for a known batch size
         if streams is None and mask_np is None:
             mask_np = np.ones((self.batch_size, self.num_streams), dtype=bool)
         elif mask_np is None:
+            assert streams is not None  # the branch above took "neither"
             mask_np = np.zeros((self.batch_size, self.num_streams), dtype=bool)
             mask_np[:, list(streams)] = True
         if distributed.state_replicas(self.state_variables[0]) > 1:  # each replica holds its rows: go global
@@ -535,7 +541,7 @@ class MultiStateGRU(MultiStateBase):
     rnn_class = keras.layers.GRU
     cell = _cell_of(rnn_class)
 
-    def __init__(self, units: int, num_streams: int, **kwargs: object) -> None:
+    def __init__(self, units: int, num_streams: int, **kwargs: Any) -> None:
         if not kwargs.get("reset_after", True):
             raise ValueError(
                 "MultiStateGRU supports only reset_after=True (the form torch's GRU computes), got reset_after=False"

@@ -65,6 +65,8 @@ class _Checked:
     """``x`` as the layer takes it: a tensor of its compute dtype, checked as ``layer(x)`` checks it (the
     layer built first). A shape and dtype that passed once pass again without the checks' cost."""
 
+    passed: set[tuple[tuple[int | None, ...], Any]]
+
     def __init__(self, layer: Any) -> None:
         self.layer, self.passed = layer, set()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +53,8 @@ def plain_weights(rnn: nn.RNNBase) -> list[torch.Tensor] | None:
         return None
     flat, params = rnn._flat_weights, rnn._parameters
     # Registered in the list's order (RNNBase.__init__); another order only costs the slow path.
-    return flat if len(params) == len(flat) and all(map(operator.is_, params.values(), flat)) else None
+    same = len(params) == len(flat) and all(map(operator.is_, params.values(), flat))
+    return cast("list[torch.Tensor]", flat) if same else None  # the Parameters themselves: no None among them
 
 
 def weights_of(rnn: nn.RNNBase, x: torch.Tensor, states: State) -> list[torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             self._store(self._zeros(batch_size))
 
     @classmethod
-    def from_module(cls, module: nn.RNNBase, num_streams: int, **kwargs: object) -> MultiStateBase:
+    def from_module(cls, module: nn.RNNBase, num_streams: int, **kwargs: Any) -> MultiStateBase:
         """A multi-state layer with the weights of a plain ``nn.LSTM``/``nn.GRU``/``nn.RNN`` on ``num_streams`` streams.
 
         The result computes, per stream, what ``module`` computes. It is a new module: the weights
@@ -126,7 +127,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
             )
         if getattr(module, "proj_size", 0):
             raise ValueError(f"{maker} expects proj_size=0 (no projection), got proj_size={module.proj_size}")
-        taken = {
+        taken: dict[str, Any] = {
             "input_size": module.input_size,
             "hidden_size": module.hidden_size,
             "num_layers": module.num_layers,
@@ -135,7 +136,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         }
         contract.check_taken_from_source(maker, taken, kwargs)
         weight = module.weight_ih_l0
-        defaults = {"dropout": module.dropout, "dtype": weight.dtype, "device": weight.device}
+        defaults: dict[str, Any] = {"dropout": module.dropout, "dtype": weight.dtype, "device": weight.device}
         made = cls(num_streams=num_streams, **{**defaults, **taken, **kwargs})
         with torch.no_grad():
             for name, param in made.rnn.named_parameters():
@@ -320,7 +321,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         stateless = initial_state is not None
         self._check_x(x, stream, None if stateless else self.batch_size)
         folded_resets, folded_lengths = self._step_args(x, resets, lengths)
-        if stateless:
+        if initial_state is not None:  # stateless
             states = self._check_initial_state(initial_state, x.shape[0], stream)
         else:
             states = self._carried or self._zeros(x.shape[0])
@@ -387,6 +388,7 @@ class MultiStateBase(StateCheckpoints, nn.Module):
         if self._carried is None:
             return
         if mask_t is None:
+            assert streams is not None and self.batch_size is not None  # neither: returned above; state: carried
             mask_t = torch.zeros(self.batch_size, self.num_streams, dtype=torch.bool)
             mask_t[:, list(streams)] = True
         cleared = mask_t.to(self._carried[0].device)[None, :, :, None]
@@ -457,7 +459,7 @@ class MultiStateRNN(MultiStateBase):
     """A shared ``nn.RNN`` (``nonlinearity="tanh"`` or ``"relu"``) with an ``h`` state per stream."""
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: object
+        self, input_size: int, hidden_size: int, num_streams: int, *, nonlinearity: str = "tanh", **kwargs: Any
     ) -> None:
         super().__init__(input_size, hidden_size, num_streams, nonlinearity=nonlinearity, **kwargs)
 

@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -44,6 +44,8 @@ from models_torch.inner_rnn import plain_weights, stack_of
 from models_torch.ops.step_runs import Run, plan_run
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from models_torch.multistate import MultiStateBase
 
 State = tuple[torch.Tensor, ...]
@@ -71,7 +73,7 @@ class _Plan:
             x.shape == self.shape
             and x.dtype is self.dtype
             and not (rnn._forward_pre_hooks or rnn._forward_hooks or rnn._backward_hooks or rnn._backward_pre_hooks)
-            and list(map(_DATA_PTR, rnn._parameters.values())) == self.pointers
+            and list(map(_DATA_PTR, cast("Iterable[torch.Tensor]", rnn._parameters.values()))) == self.pointers
             and rnn.training is self.training
             and carried is self.carried
         )
@@ -90,7 +92,7 @@ class StreamingStep:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         module, plan = self.module, self.plan
-        rnn = module._modules["rnn"]  # without nn.Module.__getattr__'s cost per call
+        rnn = cast("torch.nn.RNNBase", module._modules["rnn"])  # without nn.Module.__getattr__'s cost per call
         if plan is None or not plan.fits(x, rnn, module._carried):
             plan = self.plan = self._prepare(x)
         elif module.check_finite:

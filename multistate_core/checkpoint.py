@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -29,7 +31,7 @@ def save_state_file(path: str | os.PathLike, states: dict[str, np.ndarray], meta
     first = next(iter(states.values()))
     meta = {**meta, "format": FORMAT, "batch_size": int(first.shape[1]), "dtype": str(first.dtype)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **states)
+        np.savez(f, meta=np.array(json.dumps(meta)), **states)  # type: ignore[arg-type]  # mypy fits **states to allow_pickle: bool
 
 
 def load_state_file(path: str | os.PathLike, expected: dict, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -58,6 +60,26 @@ def load_state_file(path: str | os.PathLike, expected: dict, names: tuple[str, .
     return states
 
 
+class CheckpointHost(Protocol):
+    """What ``StateCheckpoints`` reads from the model it is mixed into (attributes or properties alike)."""
+
+    @property
+    def cell(self) -> str: ...
+    @property
+    def state_names(self) -> tuple[str, ...]: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def num_streams(self) -> int: ...
+    @property
+    def units(self) -> int: ...
+    @property
+    def fixed_batch_size(self) -> int | None: ...
+    def numpy_states(self) -> tuple[np.ndarray, ...]: ...
+    def set_states(self, states: Sequence[np.ndarray]) -> None: ...
+    def _checkpoint_meta(self) -> dict: ...
+
+
 class StateCheckpoints:
     """``save_states``/``load_states`` for a multi-state model of either framework.
 
@@ -66,16 +88,16 @@ class StateCheckpoints:
     ``set_states()``.
     """
 
-    def save_states(self, path: str | os.PathLike) -> None:
+    def save_states(self: CheckpointHost, path: str | os.PathLike) -> None:
         """Write the carried states to a framework-neutral ``.npz`` checkpoint, atomically."""
         save_state_file(path, dict(zip(self.state_names, self.numpy_states())), self._checkpoint_meta())
 
-    def load_states(self, path: str | os.PathLike) -> None:
+    def load_states(self: CheckpointHost, path: str | os.PathLike) -> None:
         """Resume the streams saved by ``save_states`` (in either framework); a misfit is refused untouched."""
         states = load_state_file(path, self._checkpoint_meta(), self.state_names)
         self.set_states([states[n] for n in self.state_names])
 
-    def _checkpoint_meta(self) -> dict:
+    def _checkpoint_meta(self: CheckpointHost) -> dict:
         return {
             "cell": self.cell,
             "num_layers": self.num_layers,

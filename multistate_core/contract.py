@@ -158,6 +158,7 @@ def check_states(
     for shape in shapes:
         if tuple(shape) != expected:
             raise ValueError(f"state must have shape (layers, batch, streams, units) = {expected}, got {tuple(shape)}")
+    assert batch is not None  # a None batch matches no shape of ints, so the loop raised
     return batch
 
 
@@ -202,7 +203,7 @@ def check_step_args(
         if not dtype.startswith(("int", "uint")):
             raise ValueError(f"lengths must be integers, got dtype {dtype}")
         steps = x_shape[-2]
-        if low is not None and (low < 0 or (steps is not None and high > steps)):
+        if low is not None and high is not None and (low < 0 or (steps is not None and high > steps)):
             raise ValueError(
                 f"lengths must lie in [0, {steps}] (the chunk's time steps), got values in [{low}, {high}]"
             )

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The whole suite: every test with Keras on TensorFlow (its Keras tests in two halves, SUITE_SHARD), the
 # Keras tests again on JAX and on torch (each backend in its own process: Keras fixes it at import), the
-# benchmark code once without timing (a smoke check; timing is benchmarks/run_cpu.sh), then ruff. The jobs
-# share the machine's cores: each takes the next free slot, longest first, with one thread per framework
-# (small tests on two threads only spin against each other); their logs are printed in the order below,
-# each with its wall time, a failure in any one named.
+# benchmark code once without timing (a smoke check; timing is benchmarks/run_cpu.sh) and the type checker
+# (mypy), then ruff. The jobs share the machine's cores: each takes the next free slot, longest first, with
+# one thread per framework (small tests on two threads only spin against each other); their logs are
+# printed in the order below, each with its wall time, a failure in any one named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slots=${SUITE_SLOTS:-$(nproc)}  # before OMP_NUM_THREADS is set: nproc reads it
 export TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
 names=("Keras on JAX" "Keras on TensorFlow, 1/2" "Keras on TensorFlow, 2/2" "torch-only tests" "benchmark smoke"
-  "Keras on torch")
+  "Keras on torch" "type check")
 jobs=(
   "KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -m keras $*"
   "SUITE_SHARD=1/2 python -m pytest -m keras $*"
@@ -18,6 +18,7 @@ jobs=(
   "python -m pytest -m 'not keras' $*"
   "python -m pytest benchmarks --benchmark-disable -q -x -k 'not (compiled and lstm) and not B8-S16-T256'"  # one compile, small shapes
   "KERAS_BACKEND=torch python -m pytest -m keras $*"
+  "python -m mypy"  # the library's packages, as pyproject.toml's [tool.mypy] lists them
 )
 logs=$(mktemp -d)
 running=0

@@ -15,10 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from harness.export import to_onnx, to_tflite
 from harness.export.job import Job, Options
 from harness.export.runners import OnnxRunner, TFLiteRunner
+
+if TYPE_CHECKING:
+    from harness.parity.runners import Runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Format:
     name: str
     suffix: str
     prepare: Callable[[object, str | os.PathLike, Options], Job]
-    runner: Callable[[str | os.PathLike], object]
+    runner: Callable[[str | os.PathLike], Runner]
     source: str
     keras_backend: str | None
     needs: tuple[str, ...]

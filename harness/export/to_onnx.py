@@ -154,6 +154,7 @@ def _write_onnx(module: Any, path: str, exporter: str, frames: int | None) -> No
             program = torch.onnx.export(
                 chunk, (x, *states), dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes
             )
+            assert program is not None  # dynamo=True returns the program
             program.save(path)
 
 

@@ -236,9 +236,7 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     if options.num_streams is not None and options.num_streams != layer.num_streams:
         raise ExportError(f"num_streams={options.num_streams} but the Keras layer has {layer.num_streams} streams")
     if options.batch_size is not None and options.batch_size != layer.batch_size:
-        raise ExportError(
-            f"batch_size={options.batch_size} but the Keras layer carries a batch of {layer.batch_size}"
-        )
+        raise ExportError(f"batch_size={options.batch_size} but the Keras layer carries a batch of {layer.batch_size}")
     shape = (layer.batch_size, layer.num_streams, options.verify_steps, layer.input_size)
     x = np.random.default_rng(options.seed).standard_normal(shape).astype("float32")
 

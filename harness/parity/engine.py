@@ -176,6 +176,7 @@ def _run_whole_prefixes(
         runner.reset()
         out = named_outputs(_run(runner, model, x[:, :, :end], steps.window(0, end)))
         states[end] = _renamed(runner.states(), names, model)
+    assert out is not None  # ends holds the last boundary at least (_spread)
     return out, states
 
 
@@ -217,8 +218,8 @@ class _Boundary:
     chunk: int
     start: int
     end: int
-    out: dict[str, np.ndarray]
-    out_expected: dict[str, np.ndarray]
+    out: dict[str, np.ndarray] | None
+    out_expected: dict[str, np.ndarray] | None
     states: dict[str, np.ndarray]
     states_expected: dict[str, np.ndarray] | None
 
@@ -245,15 +246,17 @@ def _compare_states(
             pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size
         )
 
-    both: dict[str, list[_Boundary]] = {}  # state name -> the boundaries where both sides have it
+    # state name -> the boundaries where both sides have it, with their expected states
+    both: dict[str, list[tuple[_Boundary, dict[str, np.ndarray]]]] = {}
     for b in boundaries:
+        assert b.states_expected is not None  # callers pass only boundaries whose states are compared
         for name in b.states_expected:
             if name in b.states:
-                both.setdefault(name, []).append(b)
+                both.setdefault(name, []).append((b, b.states_expected))
     compared = {
         name: iter(
             compare_each(
-                [Operands(b.chunk, b.states[name], b.states_expected[name], at={"step": b.end - 1}) for b in shared],
+                [Operands(b.chunk, b.states[name], expected[name], at={"step": b.end - 1}) for b, expected in shared],
                 pair=pair,
                 kind=kind,
                 tensor=name,
@@ -268,6 +271,7 @@ def _compare_states(
     rows = []
     for b in boundaries:
         expected = b.states_expected
+        assert expected is not None  # as above
         here = [
             one_sided(b, f"missing:{name}", name, value, expected_side, actual_side, b.states)
             for name, value in expected.items()
@@ -288,12 +292,16 @@ def _compare_outputs(
 ) -> list[list[Comparison]]:
     """Every output (by name) at each boundary, stream by stream; an output on one side only fails. The rows of
     each boundary in a list of their own."""
-    actual, expected = boundaries[0].out, boundaries[0].out_expected  # every boundary has the same outputs
+    outputs = [_outputs(b) for b in boundaries]
+    actual, expected = outputs[0]  # every boundary has the same outputs
     rows: list[list[Comparison]] = [[] for _ in boundaries]
     for name in dict.fromkeys([*expected, *actual]):
         if name in actual and name in expected:
             each = compare_each(
-                [Operands(b.chunk, b.out[name], b.out_expected[name], offsets={"step": b.start}) for b in boundaries],
+                [
+                    Operands(b.chunk, out[name], want[name], offsets={"step": b.start})
+                    for b, (out, want) in zip(boundaries, outputs)
+                ],
                 pair=pair,
                 kind=kind,
                 tensor=name,
@@ -310,10 +318,17 @@ def _compare_outputs(
     return rows
 
 
+def _outputs(b: _Boundary) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A chunk boundary's outputs, both sides (the regrouped passes, which have none, never come here)."""
+    assert b.out is not None and b.out_expected is not None, f"boundary {b.chunk} has no outputs"
+    return b.out, b.out_expected
+
+
 def _output_lacking(
     pair: str, kind: str, tolerance: Any, b: _Boundary, name: str, tensor: str, sides: tuple[str, str], its: dict
 ) -> Comparison:
-    value = (b.out if name in b.out else b.out_expected)[name]
+    out, want = _outputs(b)
+    value = (out if name in out else want)[name]
     problem = _lacking("output", name, value, sides, its, "")
     return mismatch(
         pair=pair, kind=kind, chunk=b.chunk, tensor=tensor, tolerance=tolerance, problem=problem, size=value.size

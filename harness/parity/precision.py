@@ -181,7 +181,7 @@ def _tf_restore(tf: Any, saved: Any) -> None:
 
 
 # What ``full_precision_matmul()`` sets, per framework and setting (the read-back names of ``matmul_settings``).
-FULL_PRECISION = {
+FULL_PRECISION: dict[str, dict[str, Any]] = {
     "torch": {
         "float32_matmul_precision": "highest",
         "cuda.matmul.allow_tf32": False,

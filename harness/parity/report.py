@@ -204,10 +204,10 @@ def _reduce(
     """The rows of items of one shape, stacked along a new first axis and reduced at once."""
     actual64 = np.stack([item.actual for item in items], dtype=np.float64, casting="unsafe")
     expected64 = np.stack([item.expected for item in items], dtype=np.float64, casting="unsafe")
-    diff = np.abs(actual64 - expected64)
+    diff: np.ndarray = np.abs(actual64 - expected64)
     diff[np.isnan(diff)] = np.inf
-    rel = diff / np.where(expected64 == 0, np.inf, np.abs(expected64))
-    bad = ~(diff <= tolerance.atol + tolerance.rtol * np.abs(expected64))
+    rel: np.ndarray = diff / np.where(expected64 == 0, np.inf, np.abs(expected64))
+    bad: np.ndarray = ~(diff <= tolerance.atol + tolerance.rtol * np.abs(expected64))
     # One row per (item, stream[, layer]): the reductions run over all rows at once, the loop only builds them.
     split = [0, stream_axis + 1] + ([] if layer_axis is None else [layer_axis + 1])
     names = [n for i, n in enumerate(axis_names) if i + 1 not in split]

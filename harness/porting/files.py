@@ -334,7 +334,7 @@ def keras_weights_file_groups(path: str | os.PathLike) -> dict[str, list[tuple[t
     """The (shape, dtype) of each array in a ``.weights.h5`` file by group, in variable order."""
     import h5py
 
-    groups: dict[str, list[tuple[int, ...]]] = {}
+    groups: dict[str, list[tuple[int, tuple[int, ...], str]]] = {}
 
     def visit(name: str, obj: Any) -> None:
         if isinstance(obj, h5py.Dataset):

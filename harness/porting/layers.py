@@ -130,7 +130,7 @@ def _keras_parts(obj: Any) -> tuple[list[Any], bool]:
 
     if isinstance(obj, MultiStateBase):
         return list(obj.rnn_layers), False
-    if isinstance(obj, keras.layers.Bidirectional):
+    if isinstance(obj, keras.layers.Bidirectional) and _keras_cell_kind(obj.forward_layer):
         return [obj.forward_layer, obj.backward_layer], True
     if isinstance(obj, keras.layers.RNN) and _keras_cell_kind(obj):
         return [obj], False
@@ -165,6 +165,7 @@ def _keras_spec(obj: Any) -> Spec:
 
     parts, bidirectional = _keras_parts(obj)
     cell = _keras_cell_kind(parts[0])
+    assert cell is not None  # _keras_parts returns only layers of a cell in CELLS
     first = parts[0].cell
     activation = first.activation.__name__
     for part in parts:

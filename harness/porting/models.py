@@ -40,7 +40,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -472,8 +472,9 @@ def _plan_pair(pair: Pair, source: Leaf, destination: Leaf) -> tuple[list[Write]
     if problems:
         return [], problems
     if destination.side == "Keras":
-        values = dict(enumerate(pair.to_keras(torch_leaf.layer, keras_leaf.layer)))
-        slots = dict(enumerate(keras_slots(pair, keras_leaf.layer)))
+        # Keyed by position on the Keras side, by parameter name on the torch side.
+        values: dict[Any, np.ndarray] = dict(enumerate(pair.to_keras(torch_leaf.layer, keras_leaf.layer)))
+        slots: dict[Any, Any] = dict(enumerate(keras_slots(pair, keras_leaf.layer)))
         named = [(v.name, v) for v in slots.values()]
     else:
         values = pair.to_torch(keras_leaf.layer, torch_leaf.layer)
@@ -519,7 +520,7 @@ class PortReport:
 
 def _sides(src: Any, dst: Any) -> tuple[str, str]:
     """ "torch" and "Keras", in the order of ``src`` and ``dst``."""
-    sides = tuple("Keras" if porting._side(obj) == "keras" else "torch" for obj in (src, dst))
+    sides = cast(tuple[str, str], tuple("Keras" if porting._side(obj) == "keras" else "torch" for obj in (src, dst)))
     if sides[0] == sides[1]:
         raise TypeError(
             f"whole-model porting copies between torch and Keras; got two {sides[0]} objects "

@@ -226,7 +226,7 @@ def _ddp_worker(rank: int, port: int, config: RunConfig, x: np.ndarray, y: np.nd
             np.savez(
                 f"{folder}/result.npz",
                 losses=(global_losses / world).cpu().numpy(),
-                **{f"weight{i}": w for i, w in enumerate(weights)},
+                **{f"weight{i}": w for i, w in enumerate(weights)},  # type: ignore[arg-type]  # mypy fits it to allow_pickle
                 states=np.array([s.cpu().numpy() for s in states]),
                 resumed=np.array([s.cpu().numpy() for s in resumed]),
             )
@@ -373,7 +373,11 @@ def _keras_run(config: RunConfig, x: np.ndarray, y: np.ndarray, *, parallel: boo
                 losses.append(history.history["loss"][0])
         (layer,) = multistate_layers(model)
         states = layer.get_states()
-        result = {"losses": losses, "states": states, "weights": [np.asarray(w) for w in model.trainable_weights]}
+        result: dict[str, object] = {
+            "losses": losses,
+            "states": states,
+            "weights": [np.asarray(w) for w in model.trainable_weights],
+        }
         if replicas is not None:
             with tempfile.TemporaryDirectory() as folder:
                 model.save(f"{folder}/m.keras")  # the global state, read back by one process

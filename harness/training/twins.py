@@ -306,9 +306,10 @@ def _train_whole(
             outs = torch_model(torch.from_numpy(x[:, :, start:end]).to(device))
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             chunk_targets = [t[:, :, start:end] for t in targets]
-            loss = sum(
+            losses = [
                 torch.nn.functional.mse_loss(o, torch.from_numpy(t).to(device)) for o, t in zip(outs, chunk_targets)
-            )
+            ]
+            loss = functools.reduce(torch.add, losses)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

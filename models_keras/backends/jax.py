@@ -65,14 +65,14 @@ def rnn_kwargs(rnn_class: type, use_bias: bool, kwargs: dict, exact_tanh: Callab
     kwargs = dict(kwargs)
     if kwargs.get("activation", "tanh") == "tanh":
         kwargs["activation"] = exact_tanh
-    if not use_bias and jax.config.jax_enable_x64 and issubclass(rnn_class, (keras.layers.LSTM, keras.layers.GRU)):
+    if not use_bias and jax.config.jax_enable_x64 and issubclass(rnn_class, (keras.layers.LSTM, keras.layers.GRU)):  # type: ignore[attr-defined]  # stub lacks the flag
         kwargs.setdefault("use_cudnn", False)
     return kwargs
 
 
 def check_dtype(dtype: str) -> None:
     """float64 needs JAX's x64 mode, otherwise JAX computes in float32."""
-    if dtype == "float64" and not jax.config.jax_enable_x64:
+    if dtype == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]  # the jax.config stub lacks its runtime flags
         raise ValueError(
             "float64 on the JAX backend needs JAX's x64 mode, otherwise JAX computes in float32: "
             "set JAX_ENABLE_X64=1 or call jax.config.update('jax_enable_x64', True) before building the layer"

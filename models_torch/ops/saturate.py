@@ -70,9 +70,9 @@ def preactivation_bound(layers: Sequence[Sequence[Any]], sizes: Sequence[float],
     ``F max|W_ih| |input| + H max|W_hh| |h| + max|b_ih| + max|b_hh|``: coarse (every weight taken at
     its matrix's largest), so that one pass per tensor serves.
     """
-    bound, sizes = 0.0, iter(sizes)
+    bound, size_of_next = 0.0, iter(sizes)
     for k, layer in enumerate(layers):
-        weight_ih, weight_hh, *biases = (next(sizes) for _ in layer)
+        weight_ih, weight_hh, *biases = (next(size_of_next) for _ in layer)
         inputs = x_size if k == 0 else h_size
         drive_in = weight_ih * layer[0].shape[1] * inputs + weight_hh * layer[1].shape[1] * h_size
         bound = max(bound, drive_in + sum(biases))
@@ -133,7 +133,12 @@ class Layout:
 
 def plan_layout(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> Layout:
     """Lay out a chunk of ``steps`` with ``resets`` ``(N, T)`` bools and ``lengths`` ``(N,)`` in ``[0, T]``."""
-    rows_n = len(resets) if resets is not None else len(lengths)
+    if resets is not None:
+        rows_n = len(resets)
+    elif lengths is not None:
+        rows_n = len(lengths)
+    else:
+        raise ValueError("plan_layout needs resets or lengths")
     time, rows = np.arange(steps), np.arange(rows_n)
     lengths = np.full(rows_n, steps) if lengths is None else np.asarray(lengths, np.int64)
     valid = time < lengths[:, None]

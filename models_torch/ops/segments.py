@@ -58,9 +58,12 @@ class SegmentPlan:
 
 def plan_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int | None = None) -> SegmentPlan:
     """Cut the rows of a chunk at ``resets`` ``(N, T)`` bools and ``lengths`` ``(N,)`` ints in ``[0, T]``."""
-    if resets is None and steps is None:
-        raise ValueError("plan_segments needs resets or the number of steps")
-    rows_n, steps = resets.shape if resets is not None else (len(lengths), steps)
+    if resets is not None:
+        rows_n, steps = resets.shape
+    elif lengths is not None and steps is not None:
+        rows_n = len(lengths)
+    else:
+        raise ValueError("plan_segments needs resets, or lengths and the number of steps")
     resets = np.zeros((rows_n, steps), bool) if resets is None else np.asarray(resets, bool)
     lengths = np.full(rows_n, steps) if lengths is None else np.asarray(lengths, np.int64)
     time = np.arange(steps)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness import assert_parity
-from harness.porting import convert_file, keras_twin, port_weights, torch_twin
+from harness.porting import convert_file, describe, keras_twin, port_weights, torch_twin
 from harness.porting.files import read_torch_file, write_torch_file
 from models_keras import exact, reset_all_states
 from models_torch import MultiStateRNN
@@ -182,6 +182,24 @@ def test_refusal_leaves_destination_untouched(case):
         port_weights(src, dst)
     for a, b in zip(snapshot(dst), before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bidirectional_of_another_cell_is_refused_by_name():
+    @keras.saving.register_keras_serializable("test_porting")
+    class PlainCell(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.units, self.state_size, self.activation = units, units, keras.activations.tanh
+
+        def call(self, x, states):
+            return x, states
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    with pytest.raises(TypeError, match="cannot port weights of Keras Bidirectional: expected LSTM/GRU") as error:
+        describe(keras.layers.Bidirectional(keras.layers.RNN(PlainCell(H))))
+    print(error.value)
 
 
 @pytest.mark.parametrize(("first", "second"), [(".pt", ".keras"), (".safetensors", ".weights.h5"), (".pth", ".keras")])

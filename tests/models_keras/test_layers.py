@@ -247,6 +247,13 @@ def test_unknown_batch_size_is_a_clear_error(rng):
         model.predict_on_batch(random_input(rng, (B, S, 3, F)))
 
 
+def test_unknown_feature_size_is_a_clear_error():
+    inputs = keras.Input(batch_shape=(B, S, None, None))
+    with pytest.raises(ValueError, match="needs a known number of input features") as error:
+        MultiStateLSTM(H, S)(inputs)
+    print(error.value)
+
+
 @pytest.mark.skipif(keras_backend() != "jax", reason="JAX's x64 mode")
 def test_float64_on_jax_without_x64_is_a_clear_error():
     import subprocess
