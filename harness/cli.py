@@ -1,10 +1,11 @@
-"""Command line: ``python -m harness parity`` (the main job), ``seed``, ``port`` and ``export``.
+"""Command line: ``python -m harness parity`` (the main job), ``seed``, ``port``, ``export`` and ``bench-report``.
 
 Example:
     python -m harness parity                       # every cell, plan, dtype and backend
     python -m harness parity --cell lstm --dtype float64 --backend torch jax --json out.json
     python -m harness export lstm.pt lstm.onnx --streams 31   # one streaming chunk, verified in onnxruntime
     python -m harness parity --device cuda         # the torch reference on the GPU
+    python -m harness bench-report results.json --out report.md --plot report.png  # pytest-benchmark JSON
 """
 
 from __future__ import annotations
@@ -246,6 +247,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_report(args: argparse.Namespace) -> int:
+    from harness import bench_report
+
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and (problem := _unwritable(path)):
+            print(f"error: {option}: {problem}", file=sys.stderr)
+            return 1
+    try:
+        loaded = {path: bench_report.load(path) for path in args.results}
+        benchmarks = [bench for found, _ in loaded.values() for bench in found]
+        text = bench_report.markdown(benchmarks, {path: header for path, (_, header) in loaded.items()}, args.baseline)
+    except bench_report.BadResults as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    if args.out:
+        scenarios.write_text(args.out, text)
+    if args.plot:
+        from multistate_core.atomic import atomic_path
+
+        with atomic_path(args.plot) as tmp:
+            bench_report.figure(benchmarks).savefig(tmp, dpi=120)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def _seed(args: argparse.Namespace) -> int:
     import keras
 
@@ -355,9 +382,26 @@ def main(argv: list[str] | None = None) -> int:
     drift.add_argument("--chunk", type=_positive, default=1_000)
     drift.add_argument("--cell", choices=list(CELLS), default=next(iter(CELLS)), help="default: the table's first")
     drift.add_argument("--no-keras", dest="keras", action="store_false", help="torch alone")
+    bench = sub.add_parser("bench-report", help="Markdown tables and a plot of pytest-benchmark JSON files")
+    bench.add_argument("results", nargs="+", metavar="RESULTS.json", help="written by pytest --benchmark-json=PATH")
+    bench.add_argument("--out", metavar="PATH", help="also write the report (Markdown) here")
+    bench.add_argument("--plot", metavar="PATH", help="also plot the medians here (.png, .svg, .pdf; needs matplotlib)")
+    bench.add_argument(
+        "--baseline",
+        metavar="NAME-SUBSTRING",
+        help="each group's ratios are to the benchmark whose name contains this (default: the group's fastest)",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message; a refusal is exit status 1 like the others
         return 1 if e.code else 0
-    commands = {"parity": _parity, "_worker": _worker, "port": _port, "seed": _seed, "drift": _drift, "export": _export}
+    commands = {
+        "parity": _parity,
+        "_worker": _worker,
+        "port": _port,
+        "seed": _seed,
+        "drift": _drift,
+        "export": _export,
+        "bench-report": _bench_report,
+    }
     return commands[args.command](args)
