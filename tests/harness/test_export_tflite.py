@@ -239,11 +239,14 @@ def test_runner_contract_and_tf_lite_fallback(exported, monkeypatch):
     np.testing.assert_allclose(fallback.run(x_of(2, 3)), y, atol=1e-6)
 
 
-def test_main_job_includes_the_tflite_backend(capsys):
-    """``python -m harness parity`` lists ``tflite`` where Keras runs on TensorFlow, and proves the file vs torch."""
+def test_main_job_includes_the_tflite_backend(capsys, tmp_path):
+    """``python -m harness parity`` lists ``tflite`` where Keras runs on TensorFlow, and proves the file vs torch
+    (the summary's worst row; every row and the device LiteRT ran on in ``--report``)."""
     from harness.cli import installed_backends, main
 
     assert "tflite" in installed_backends()
-    assert main(["parity", "--backend", "tflite", "--cell", "rnn"]) == 0
-    printed = capsys.readouterr().out
-    assert "PASS" in printed and "tflite vs torch" in printed and "tflite=litert-cpu" in printed
+    report = tmp_path / "parity.md"
+    assert main(["parity", "--backend", "tflite", "--cell", "rnn", "--report", str(report)]) == 0
+    printed, written = capsys.readouterr().out, report.read_text()
+    assert "PASS" in printed and "tflite vs torch" in printed, printed
+    assert "tflite vs torch" in written and "tflite=litert-cpu" in written, written[:3000]
