@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import default_tolerance
 from harness.training import check_distributed_training_parity, distributed
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
@@ -50,7 +51,8 @@ def test_torch_ddp_check_catches_rows_dropped_at_gather(monkeypatch):
     monkeypatch.setattr(distributed, "_torch_parallel", dropping)
     report = check_distributed_training_parity("torch-ddp", "gru")
     assert not report.ok and report.max_state_error > 1e-3, report.table()
-    assert report.max_weight_error <= 1e-6  # the training itself was right: only the gathered state is wrong
+    atol = default_tolerance("parallel", "float32").atol  # the training itself was right: only the state is wrong
+    assert report.max_weight_error <= atol, f"weights {report.max_weight_error:.3g} off one process, beyond {atol:g}"
 
 
 def test_torch_global_state_refusals_leave_the_state_alone(tmp_path):
