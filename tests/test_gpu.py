@@ -6,8 +6,8 @@ Run on a GPU machine, once per Keras backend (``docs/gpu.md``):
     KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m pytest -m gpu tests/test_gpu.py
     KERAS_BACKEND=torch python -m pytest -m gpu tests/test_gpu.py
 
-GPU tolerance: float32 against the CPU over 1,000 steps (chunks of 100) within 1e-5 with
-TF32 off (``full_precision_matmul``); float64 within 1e-12.
+GPU tolerance: the harness table's "cross" row (``tests/conformance.assert_twins_match``), float32 against the CPU
+over 1,000 steps (chunks of 100) with TF32 off (``full_precision_matmul``), and float64.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 import torch
 
-from harness import check_parity, check_training_parity, default_tolerance
+from harness import check_parity, check_training_parity
 from harness.cli import main
 from harness.parity import full_precision_matmul
 from harness.porting import keras_twin, port_weights, read_weights, torch_class
 from harness.scenarios import run_backend
 from models_torch.graphs import GraphStep
 from multistate_core.cells import to_keras
+from tests.conformance import assert_twins_match
 from tests.helpers import B, F, H, S, T, cuda_available, keras_backend, random_input
 
 CELLS = ("lstm", "gru", "rnn")
-GPU_ATOL = {d: default_tolerance("cross", d).atol for d in ("float32", "float64")}  # CUDA vs CPU, TF32 off
 LONG, CHUNK = 1_000, 100
 
 
@@ -37,10 +37,6 @@ def cpu_and_cuda(cell: str, dtype: str, layers: int = 2) -> tuple[torch.nn.Modul
     torch.manual_seed(0)
     cpu = torch_class(cell)(F, H, S, num_layers=layers, dtype=getattr(torch, dtype)).eval()
     return cpu, copy.deepcopy(cpu).cuda()
-
-
-def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().cpu() - b.detach().cpu()).abs().max())
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------
@@ -52,13 +48,12 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_torch_cuda_matches_cpu_over_1000_steps(cell, dtype, rng):
     cpu, cuda = cpu_and_cuda(cell, dtype)
     x = torch.from_numpy(random_input(rng, (B, S, LONG, F), dtype))
-    worst = 0.0
     with full_precision_matmul(), torch.no_grad():
         for start in range(0, LONG, CHUNK):
             part = x[:, :, start : start + CHUNK]
-            worst = max(worst, max_abs(cuda(part.cuda()), cpu(part)))
-            worst = max(worst, *(max_abs(g, c) for g, c in zip(cuda.get_states(), cpu.get_states())))
-    assert worst <= GPU_ATOL[dtype], f"{cell} {dtype}: CUDA vs CPU max abs {worst:.3g}"
+            what = f"{cell} {dtype}, CUDA vs CPU, steps {start}+{CHUNK}"
+            assert_twins_match(cuda(part.cuda()), cpu(part), f"{what}: output")
+            assert_twins_match(cuda.get_states(), cpu.get_states(), f"{what}: states")
 
 
 @pytest.mark.gpu
@@ -68,7 +63,6 @@ def test_graph_step_replays_what_the_module_computes(dtype, rng):
     module = module.cuda()
     reference = copy.deepcopy(module)
     x = torch.from_numpy(random_input(rng, (B, S, 200, F), dtype)).cuda()
-    worst = 0.0
     with full_precision_matmul(), torch.no_grad():
         step = GraphStep(module, batch_size=B, chunk=1)  # captured inside: the graph keeps TF32 off
         assert step.captured
@@ -77,9 +71,8 @@ def test_graph_step_replays_what_the_module_computes(dtype, rng):
                 for m in (module, reference):
                     m.reset_states(streams=[1])
             part = x[:, :, t : t + 1].contiguous()
-            worst = max(worst, max_abs(step(part), reference(part)))
-            worst = max(worst, *(max_abs(a, b) for a, b in zip(module.get_states(), reference.get_states())))
-    assert worst <= GPU_ATOL[dtype]
+            assert_twins_match(step(part), reference(part), f"{dtype} graph replay vs the module, step {t}: output")
+            assert_twins_match(module.get_states(), reference.get_states(), f"{dtype} step {t}: states")
 
 
 @pytest.mark.gpu
@@ -97,7 +90,7 @@ def test_state_checkpoint_saved_on_cuda_resumes_on_cpu(cell, tmp_path, rng):
         second = cpu(x[:, :, 15:])
         cuda.load_states(path)  # and back onto the GPU from the same file
         assert cuda.get_states()[0].is_cuda
-    assert max_abs(torch.cat([first, second], 2), whole) <= GPU_ATOL["float64"]
+    assert_twins_match(torch.cat([first, second], 2), whole, f"{cell}: resumed on the CPU vs whole on CUDA")
 
 
 @pytest.mark.gpu
@@ -233,9 +226,8 @@ def test_jax_cudnn_weight_layout_matches_the_keras_lstm(bias, rng):
     lengths = jnp.full((B * S,), T, jnp.int32)
     zeros = [jnp.zeros_like(s) for s in states]
     y, h, c = rnn.lstm_ref(jnp.asarray(x.reshape(B * S, T, F)), *zeros, *weights, lengths, F, H, 2, 0.0, False)
-    np.testing.assert_allclose(np.asarray(y).reshape(B, S, T, H), expected, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(h), states[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(c), states[1], atol=1e-5, rtol=0)
+    assert_twins_match(np.asarray(y).reshape(B, S, T, H), expected, "jax's reference LSTM vs the layer: output")
+    assert_twins_match([h, c], states, "jax's reference LSTM vs the layer: states")
 
 
 @pytest.mark.gpu
@@ -252,6 +244,5 @@ def test_jax_cudnn_path_on_gpu_matches_the_generic_path(rng):
     generic.reset_states(), fast.reset_states()
     assert fast_paths.path_name(fast) == "jax-cudnn"
     with full_precision_matmul():
-        np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(generic(x)), atol=1e-5, rtol=0)
-    for a, b in zip(fast.get_states(), generic.get_states(), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        assert_twins_match(fast(x), generic(x), "the cuDNN path vs the generic path: output")
+    assert_twins_match(fast.get_states(), generic.get_states(), "the cuDNN path vs the generic path: states")

@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from harness import default_tolerance
 from harness.training import check_distributed_training_parity, distributed
 from models_torch import MultiStateLSTM
 from models_torch.distributed import gather_states, load_global_states, local_rows, scatter_states
 from tests.helpers import F, H, S, drop_rows, keras_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Not a tolerance: a replica's rows lost from the gathered state leave it this far off at least, far beyond rounding.
+LOST_ROWS = 1e-3
 
 
 def test_torch_ddp_matches_one_process_and_resumes_across_replica_counts():
@@ -49,8 +52,9 @@ def test_torch_ddp_check_catches_rows_dropped_at_gather(monkeypatch):
 
     monkeypatch.setattr(distributed, "_torch_parallel", dropping)
     report = check_distributed_training_parity("torch-ddp", "gru")
-    assert not report.ok and report.max_state_error > 1e-3, report.table()
-    assert report.max_weight_error <= 1e-6  # the training itself was right: only the gathered state is wrong
+    assert not report.ok and report.max_state_error > LOST_ROWS, report.table()
+    atol = default_tolerance("parallel", "float32").atol  # the training itself was right: only the state is wrong
+    assert report.max_weight_error <= atol, f"weights {report.max_weight_error:.3g} off one process, beyond {atol:g}"
 
 
 def test_torch_global_state_refusals_leave_the_state_alone(tmp_path):
@@ -117,7 +121,7 @@ def _keras_reports(engine: str, backend: str) -> dict:
 
 def _check(reports: dict) -> None:
     assert reports["float32"]["ok"] and reports["float64"]["ok"], reports
-    assert not reports["drop-rows"]["ok"] and reports["drop-rows"]["states"] > 1e-3, reports
+    assert not reports["drop-rows"]["ok"] and reports["drop-rows"]["states"] > LOST_ROWS, reports
 
 
 @pytest.mark.keras

@@ -9,16 +9,15 @@ import torch
 
 import models_keras
 import models_torch
-from harness import default_tolerance
 from harness.porting import models as model_porting
 from harness.porting import port_weights
 from harness.porting.models import PortError, port_report, register_pair
+from tests.conformance import assert_twins_match
 from tests.helpers import B, F, H, S, T, random_input
 
 pytestmark = pytest.mark.keras
 
 E, A, C, V = 6, 2, 3, 7  # encoder width, actions, conv channels, vocabulary
-ATOL = default_tolerance("cross", "float32").atol  # float32 across frameworks
 
 
 # ---- the models, each built in torch and in Keras ---------------------------------------------
@@ -173,9 +172,7 @@ def test_whole_model_round_trip_gives_equal_outputs(kind, direction, rng):
         assert port_weights(randomize_keras(model, rng), module) is module
     module.eval()
     x = make_input(rng)
-    for i, (got, expected) in enumerate(zip(run_keras(model, x, cut), run_torch(module, x, cut), strict=True)):
-        error = float(np.abs(got - expected).max())
-        assert error <= ATOL, f"{kind} {direction}: output {i} differs by {error:.3g}"
+    assert_twins_match(run_keras(model, x, cut), run_torch(module, x, cut), f"{kind} {direction}: outputs")
 
 
 # ---- (2) planted mismatches: each refused, naming the layers, the destination untouched -------
@@ -354,8 +351,7 @@ def test_allow_unported_ports_the_rest_and_lists_the_leftovers(rng):
     with pytest.warns(UserWarning, match=r"left unported \(allow_unported=True\): torch 'value' \(Linear\)"):
         port_weights(module, model, allow_unported=True)
     x = random_input(rng, (B, S, T, F))
-    error = float(np.abs(run_keras(model, x, T)[0] - run_torch(module, x, T)[0]).max())
-    assert error <= ATOL, f"the ported policy head differs by {error:.3g}"
+    assert_twins_match(run_keras(model, x, T)[0], run_torch(module, x, T)[0], "the ported policy head")
 
 
 def test_name_map_pairs_what_order_cannot(rng):
@@ -363,8 +359,7 @@ def test_name_map_pairs_what_order_cannot(rng):
     port_weights(module, model, name_map={"policy": "policy", "value": "value"})
     x = random_input(rng, (B, S, T, F))
     (value, policy), expected = run_keras(model, x, T // 2), run_torch(module, x, T // 2)
-    error = max(float(np.abs(a - b).max()) for a, b in ((policy, expected[0]), (value, expected[1])))
-    assert error <= ATOL, f"heads ported by name_map differ by {error:.3g}"
+    assert_twins_match([policy, value], expected, "heads ported by name_map (policy, value)")
 
 
 def test_two_models_of_one_framework_are_refused():
@@ -404,5 +399,4 @@ def test_register_pair_ports_a_custom_layer(direction, monkeypatch, rng):
     port_weights(src, dst)
     x = random_input(rng, (B, F))
     with torch.no_grad():
-        error = float(np.abs(keras.ops.convert_to_numpy(model(x)) - module(torch.from_numpy(x)).numpy()).max())
-    assert error <= ATOL, f"the custom pair's port differs by {error:.3g}"
+        assert_twins_match(model(x), module(torch.from_numpy(x)), "the custom pair's port")

@@ -14,6 +14,7 @@ from harness.porting import convert_file, describe, keras_twin, port_weights, to
 from harness.porting.files import read_torch_file, write_torch_file
 from models_keras import exact, reset_all_states
 from models_torch import MultiStateRNN
+from tests.conformance import assert_bit_identical, assert_twins_match
 from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input, weight_normed_rnn
 from tests.keras_helpers import torch_and_keras
 
@@ -86,8 +87,7 @@ def test_raw_layers_float64_parity(cell, bias, bidirectional, direction, rng):
     else:
         k.build((None, None, F))
         port_weights(k, t)
-    for got, expected in zip(run_keras(k, x), run_torch(t, x), strict=True):
-        np.testing.assert_allclose(got, expected, atol=1e-12, rtol=0)
+    assert_twins_match(run_keras(k, x), run_torch(t, x), f"{cell} {direction}: Keras vs torch")
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -96,12 +96,12 @@ def test_raw_layers_float64_parity(cell, bias, bidirectional, direction, rng):
 def test_multistate_float64_parity_both_directions(cell, layers, bias, rng):
     module, model = torch_and_keras(cell, "float64", num_layers=layers, bias=bias)
     x = random_input(rng, (B, S, T, F), "float64")
-    assert_parity({"torch": module, "keras": model}, x, "random", atol=1e-12, rtol=0)
+    assert_parity({"torch": module, "keras": model}, x, "random")
     back = torch_twin(model.layers[-1])
     for name, p in module.rnn.named_parameters():
         if not name.startswith("bias"):
-            torch.testing.assert_close(getattr(back.rnn, name), p, atol=0, rtol=0)
-    assert_parity({"torch": module, "torch -> keras -> torch": back}, x, "halves", atol=1e-12, rtol=0)
+            assert_bit_identical(getattr(back.rnn, name), p, f"{name} after torch -> keras -> torch")
+    assert_parity({"torch": module, "torch -> keras -> torch": back}, x, "halves")
 
 
 def test_our_mapping_agrees_with_keras_torch_backend_mapping(rng):
@@ -214,7 +214,7 @@ def test_file_round_trip_reproduces_outputs(first, second, tmp_path, rng):
     back.torch_model.reset_states()
     with torch.no_grad():
         expected = torch.stack([module(x[:, s])[0] for s in range(S)], 1)
-        torch.testing.assert_close(back.torch_model(x), expected, atol=1e-6, rtol=0)
+        assert_twins_match(back.torch_model(x), expected, f"the {first} file read back vs its source module")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"a{first}", f"b{second}", f"c{first}"], "temporary left"
 
 
@@ -273,5 +273,5 @@ def test_a_weight_normed_state_dict_ports_to_what_the_module_computes(tmp_path, 
     with torch.no_grad():
         expected = np.stack([rnn(torch.from_numpy(x[:, s]))[0].numpy() for s in range(S)], 1)
     reset_all_states(result.keras_model)  # the parity check ran it
-    error = float(np.abs(keras.ops.convert_to_numpy(result.keras_model(x)) - expected).max())
-    assert result.report.ok and error <= 1e-6, f"the ported file is off the weight-normed module by {error:.3g}"
+    assert result.report.ok, result.report.failure_message()
+    assert_twins_match(result.keras_model(x), expected, "the ported file vs the weight-normed module")

@@ -14,6 +14,10 @@ from tests.keras_helpers import chunks_of, functional, the_layer, torch_and_kera
 
 pytestmark = pytest.mark.keras
 
+# Not a tolerance: how far off a plain Keras layer that mixes or drops its state must be for the README's claims
+# about it to stand (0.44 measured for the mixing), far beyond any rounding.
+LOST_STATE = 1e-3
+
 
 # Random chunk lengths (long chunks and single steps) in float32, one step per call (a state check at every
 # boundary) in float64: the same paths at the stricter tolerance. float64 random chunks: test_porting.py's
@@ -142,15 +146,16 @@ def test_plain_shared_stateful_lstm_mixes_streams_and_ours_does_not(rng):
         model = keras.Model(inputs, keras.layers.Concatenate()([shared(inputs[:, k]) for k in range(3)]))
         return model, shared
 
-    errors = {}
+    halves_and_whole = {}
     for name, build in {"plain": plain_graph, "ours": seed_graph}.items():
         model, shared = build()
         whole = model.predict_on_batch(x)
         shared.reset_state()
-        halves = np.concatenate([model.predict_on_batch(c) for c in chunks_of(x, 10)], 1)
-        errors[name] = float(np.abs(halves - whole).max())
-    assert errors["plain"] > 1e-3, f"Keras {keras.__version__} no longer mixes states ({errors}): update the README"
-    assert errors["ours"] <= 1e-6, errors
+        halves_and_whole[name] = np.concatenate([model.predict_on_batch(c) for c in chunks_of(x, 10)], 1), whole
+    assert_chunked_equals_whole(*halves_and_whole["ours"], "ours: halves vs whole")
+    mixed = float(np.abs(np.subtract(*halves_and_whole["plain"])).max())
+    print(f"the plain shared layer: halves off whole by {mixed:.3g}")
+    assert mixed > LOST_STATE, f"Keras {keras.__version__} no longer mixes states (off by {mixed:.3g}): update README"
 
 
 @pytest.mark.skipif(
@@ -164,7 +169,8 @@ def test_jax_plain_stateful_rnn_does_not_carry_state_in_predict_and_ours_does(rn
     whole = plain.predict_on_batch(x)
     plain.layers[-1].reset_state()
     halves = np.concatenate([plain.predict_on_batch(x[:, :5]), plain.predict_on_batch(x[:, 5:])], 1)
-    assert np.abs(halves - whole).max() > 1e-3, f"Keras {keras.__version__} on JAX now carries state: update README"
+    lost = float(np.abs(halves - whole).max())
+    assert lost > LOST_STATE, f"Keras {keras.__version__} on JAX now carries state (off by {lost:.3g}): update README"
 
     ours = functional("lstm")
     xs = random_input(rng, (B, S, 10, F))
@@ -229,7 +235,7 @@ def test_set_states_then_continue_equals_uninterrupted(rng):
     expected = model.predict_on_batch(second)
     reset_all_states(model)
     the_layer(model).set_states(saved)
-    np.testing.assert_allclose(model.predict_on_batch(second), expected, atol=0, rtol=0)
+    assert_bit_identical(model.predict_on_batch(second), expected, "set_states then continue vs uninterrupted")
 
 
 def test_batch_size_from_first_call_is_fixed(rng):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import check_parity
+from harness import check_parity, default_tolerance
 from harness.porting import keras_twin, torch_class
 from models_keras import MultiStateLSTM, fast_paths
 from tests.conformance import assert_twins_match
@@ -67,8 +67,10 @@ def test_long_run_drift_torch_vs_keras_is_bounded():
     report = check_parity(
         {"torch": module, "keras": keras_twin(module, batch_size=1)}, x, [1_000] * (steps // 1000), whole_state_checks=2
     )
+    assert report.ok, report.failure_message()
     curve = report.curve("keras vs torch")
-    assert report.ok and max(e for _, e in curve) <= 1e-5, curve
+    atol = default_tolerance("cross", "float32").atol
+    assert max(e for _, e in curve) <= atol, f"keras vs torch max abs error by chunk {curve}, beyond atol={atol:g}"
 
 
 KERAS_OPERATIONS = st.one_of(

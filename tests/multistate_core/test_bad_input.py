@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conformance import assert_bit_identical, assert_chunked_equals_whole
 from tests.helpers import BAD_CALLS, B, F, H, S, T, random_input
 
 CASES = [
@@ -52,10 +53,6 @@ def test_bad_call_is_refused_and_state_unchanged(framework, case, rng):
 # ---- another batch size: the refusal's advice works (issue 23, item 12) ---------------------------------------
 
 
-def _largest_difference(a, b) -> float:
-    return float(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64")).max())
-
-
 def test_torch_batch_size_advice_is_true(rng):
     """Without batch_size= the refusal says reset_states(), and after it the other batch runs (the numbers of a fresh
     module); with batch_size=2 it says the batch size is fixed, stays refused after reset_states(), and a module built
@@ -75,8 +72,7 @@ def test_torch_batch_size_advice_is_true(rng):
     fresh = MultiStateLSTM(F, H, S)
     fresh.load_state_dict(free.state_dict())
     with torch.no_grad():
-        difference = _largest_difference(free(x), fresh(x))
-    assert difference == 0, f"after reset_states() the batch of {B + 1} differs from a fresh module's by {difference}"
+        assert_bit_identical(free(x), fresh(x), f"after reset_states(), the batch of {B + 1} vs a fresh module's")
 
     fixed = MultiStateLSTM(F, H, S, batch_size=B)
     fixed.load_state_dict(free.state_dict())
@@ -89,8 +85,7 @@ def test_torch_batch_size_advice_is_true(rng):
     rebuilt = MultiStateLSTM(F, H, S, batch_size=B + 1)
     rebuilt.load_state_dict(fixed.state_dict())
     with torch.no_grad():
-        difference = _largest_difference(rebuilt(x)[:B], fixed(x[:B]))
-    assert difference <= 1e-6, f"the rebuilt module differs from the old one on shared rows by {difference}"
+        assert_chunked_equals_whole(rebuilt(x)[:B], fixed(x[:B]), "the rebuilt module vs the old one on shared rows")
 
 
 @pytest.mark.keras
@@ -124,5 +119,5 @@ def test_keras_batch_size_advice_is_true(rng):
     by_input = keras.Model(new_inputs, new_layer(new_inputs))
     port_weights(layer, new_layer)
     for name, run in (("batch_size=", by_layer), ("keras.Input(batch_shape=...)", by_input)):
-        difference = _largest_difference(keras.ops.convert_to_numpy(run(x))[:B], want)
-        assert difference <= 1e-6, f"rebuilt with {name}: differs from the old layer on shared rows by {difference}"
+        got = keras.ops.convert_to_numpy(run(x))[:B]
+        assert_chunked_equals_whole(got, want, f"rebuilt with {name} vs the old layer on shared rows")
