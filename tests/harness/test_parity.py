@@ -446,3 +446,45 @@ def test_compare_each_gives_the_rows_of_each_item_alone(monkeypatch: pytest.Monk
     for chunk, (g, e) in enumerate(zip(got, expected)):
         assert g == e, f"chunk {chunk}: compare_each gave\n{g}\nslice by slice:\n{e}"
     assert sum(r.mismatched for item in rows for r in item) > 0
+
+
+def _readme_runner_class() -> type:
+    """``MyRunner`` as the README's "The ``Runner`` protocol" example writes it."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("**The `Runner` protocol**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(block.split("\ncheck_parity(", 1)[0], namespace)  # the class; the call is the test's own below
+    return namespace["MyRunner"]
+
+
+class _Stepper:
+    """A user's model with ``step(x, h) -> (y, h)`` on numpy, made of a multi-state GRU; ``forgets`` plants a
+    fault: the state handed back in is ignored."""
+
+    def __init__(self, module: torch.nn.Module, forgets: bool = False) -> None:
+        self.module, self.forgets = module, forgets
+
+    def step(self, x: np.ndarray, h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            if h is None or self.forgets:
+                self.module.reset_states()
+            else:
+                self.module.set_states([h[None]])
+            y = self.module(torch.from_numpy(x))
+        return y.numpy(), self.module.get_states()[0][0].numpy()
+
+
+def test_the_readme_runner_example_drives_check_parity(rng):
+    """The README's ``MyRunner`` holds parity with the module it wraps, and a model that drops its state fails."""
+    import copy
+
+    runner_class = _readme_runner_class()
+    torch.manual_seed(0)
+    module = torch_class("gru")(F, H, S)
+    x = random_input(rng, (B, S, T, F))
+    report = check_parity({"mine": runner_class(_Stepper(copy.deepcopy(module))), "torch": module}, x, "halves")
+    assert report.ok, report.failure_message()
+    forgetful = runner_class(_Stepper(copy.deepcopy(module), forgets=True))
+    assert not check_parity({"mine": forgetful, "torch": module}, x, "halves").ok
