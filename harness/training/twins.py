@@ -103,6 +103,25 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
 
 
+def _report(
+    torch_losses: list[float],
+    keras_losses: list[float],
+    weight_error: float,
+    state_error: float,
+    rtol: float,
+    device: str,
+) -> TrainingParityReport:
+    """The report of one training comparison: the losses' largest relative gap and the tolerance it is held to."""
+    import keras
+
+    loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
+    # Keras's torch backend hands back the (float64) loss rounded to float32.
+    loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
+    return TrainingParityReport(
+        torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=device
+    )
+
+
 def check_training_parity(
     torch_model: Any,
     x: np.ndarray,
@@ -233,12 +252,7 @@ def _train_and_compare(
     state_error = max(
         float(np.max(np.abs(k - t))) for k, t in zip(model.layers[-1].get_states(), torch_model.numpy_states())
     )
-    loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
-    # Keras's torch backend hands back the (float64) loss rounded to float32.
-    loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
-    return TrainingParityReport(
-        torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=str(device)
-    )
+    return _report(torch_losses, keras_losses, weight_error, state_error, rtol, str(device))
 
 
 def _train_whole(
@@ -331,8 +345,4 @@ def _train_whole(
     keras_states = keras_runner.states()
     names = by_position(list(keras_states), list(torch_states))
     state_error = max(float(np.max(np.abs(v - torch_states[names.get(n, n)]))) for n, v in keras_states.items())
-    loss_error = max(_rel(np.array([k]), np.array([t])) for k, t in zip(keras_losses, torch_losses))
-    loss_rtol = max(rtol, 1e-6) if keras.backend.backend() == "torch" else rtol
-    return TrainingParityReport(
-        torch_losses, keras_losses, loss_error, weight_error, state_error, rtol, loss_rtol, device=str(device)
-    )
+    return _report(torch_losses, keras_losses, weight_error, state_error, rtol, str(device))
