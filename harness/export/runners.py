@@ -45,19 +45,26 @@ class _ChunkRunner:
     hidden_size: int
     _states: dict[str, np.ndarray] | None
     frames: int | None = None  # steps per call of a file exported with fixed frames
+    has_reset: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool
 
-    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One chunk through the file: ``[y, *new states]`` in ``state_names`` order."""
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
+        """One chunk through the file: ``[y, *new states]`` in ``state_names`` order.
+
+        ``reset`` is the chunk's ``(B, S, t)`` bool resets when the file has a reset input, else None.
+        """
         raise NotImplementedError
 
     def reset(self) -> None:
         """Zero the carried states (they take the batch size of the next chunk)."""
         self._states = None
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> np.ndarray:
         """Run one chunk ``(B, S, t, F)``, carry the states on, return ``(B, S, t, H)``.
 
         A file exported with fixed ``frames`` takes any multiple of them, one call per group.
+        ``resets`` ``(B, S, t)`` bool zero a stream's state before a step, as the layers' ``resets=``
+        do; only a file exported with a reset input takes them (without them it gets all False).
+        Exported files take no ``lengths``.
         """
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 4 or x.shape[1] != self.num_streams or x.shape[3] != self.input_size or x.shape[2] < 1:
@@ -65,6 +72,7 @@ class _ChunkRunner:
                 f"x must be (batch, {self.num_streams} streams, time >= 1, {self.input_size} features), "
                 f"got shape {x.shape}"
             )
+        reset = self._checked_reset(x, resets, lengths)
         if self.frames is not None and x.shape[2] % self.frames:
             raise ValueError(
                 f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
@@ -81,10 +89,30 @@ class _ChunkRunner:
         step = self.frames or x.shape[2]
         outputs = []
         for start in range(0, x.shape[2], step):  # one call, or one per group of ``frames`` steps
-            y, *new = self._call(x[:, :, start : start + step], self._states)
+            chunk_reset = None if reset is None else reset[:, :, start : start + step]
+            y, *new = self._call(x[:, :, start : start + step], self._states, chunk_reset)
             self._states = dict(zip(self.state_names, new))
             outputs.append(y)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+
+    def _checked_reset(
+        self, x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None
+    ) -> np.ndarray | None:
+        """The reset input to feed for chunk ``x`` (None for a file without one); refuses what the file cannot take."""
+        if lengths is not None:
+            raise ValueError(f"{self.path} takes no lengths: an exported chunk model runs every step of every stream")
+        if resets is not None and not self.has_reset:
+            raise ValueError(f"{self.path} has no reset input: export it with resets=True (--resets) to pass resets")
+        if not self.has_reset:
+            return None
+        if resets is None:
+            return np.zeros(x.shape[:3], bool)
+        resets = np.asarray(resets)
+        if resets.shape != x.shape[:3] or resets.dtype != bool:
+            raise ValueError(
+                f"resets must be bool {x.shape[:3]} (batch, streams, time), got {resets.dtype} {resets.shape}"
+            )
+        return np.ascontiguousarray(resets)
 
     def states(self) -> dict[str, np.ndarray]:
         """The carried states by name, each ``(L, B, S, H)`` (copies)."""
@@ -179,8 +207,9 @@ class OnnxRunner(_ChunkRunner):
         self.num_layers, self.hidden_size = int(state_shape[0]), int(state_shape[3])
         self.frames = x_shape[2] if isinstance(x_shape[2], int) else None
 
-    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {"x": x, **states})
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
+        feeds = {"x": x, **states} if reset is None else {"x": x, **states, "reset": reset}
+        return self.session.run(None, feeds)
 
 
 def _interpreter_class() -> type:
@@ -265,8 +294,10 @@ class TFLiteRunner(_ChunkRunner):
         self.tensor_index = {n: d["index"] for n, d in (*inputs.items(), *outputs.items())}
         self._outputs = [self.tensor_index[n] for n in ("y", *(f"{s}_out" for s in states))]
 
-    def _call(self, x: np.ndarray, states: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
         feeds = {self.tensor_index["x"]: x, **{self.tensor_index[n]: states[n] for n in self.state_names}}
+        if reset is not None:
+            feeds[self.tensor_index["reset"]] = reset
         resized = False
         for index, value in feeds.items():
             if self._shapes.get(index) != value.shape:

@@ -22,7 +22,7 @@ from harness.export import (  # noqa: E402
     export,
 )
 from harness.porting.layers import torch_class  # noqa: E402
-from tests.conformance import assert_twins_match  # noqa: E402
+from tests.conformance import assert_bit_identical, assert_twins_match  # noqa: E402
 from tests.helpers import weight_normed_rnn  # noqa: E402
 
 S, F, H, L = 3, 4, 8, 2
@@ -261,6 +261,12 @@ def test_runner_contract(tmp_path):
     runner.run(x_of(2, 3))
     with pytest.raises(ValueError, match="call reset"):
         runner.run(x_of(1, 3))
+    before = runner.states()
+    with pytest.raises(ValueError, match="no reset input"):
+        runner.run(x_of(2, 3), resets=np.zeros((2, S, 3), bool))
+    with pytest.raises(ValueError, match="takes no lengths"):
+        runner.run(x_of(2, 3), lengths=np.full((2, S), 3))
+    assert_bit_identical(list(runner.states().values()), list(before.values()))
     with pytest.raises(ValueError, match="states lack"):
         runner.set_states({"h": np.zeros((L, 1, S, H))})
 
