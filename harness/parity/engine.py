@@ -28,11 +28,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from harness.parity import inputs
+from harness.parity.inputs import Inputs
 from harness.parity.precision import full_precision_matmul
 from harness.parity.report import Comparison, Operands, ParityReport, compare_each, mismatch
 from harness.parity.runners import as_runner, model_device
@@ -144,7 +147,7 @@ class StepArgs:
         return args
 
 
-def _run(runner: Any, model: str, x: np.ndarray, args: dict) -> np.ndarray:
+def _run(runner: Any, model: str, x: Inputs, args: dict) -> np.ndarray:
     if args and not _takes_step_args(runner):
         raise ValueError(f"{model!r} cannot take resets/lengths: its runner's run(x) has no such arguments")
     return runner.run(x, **args)
@@ -156,32 +159,33 @@ def _takes_step_args(runner: Any) -> bool:
 
 
 def _run_chunked(
-    runner: Any, x: np.ndarray, plan: list[int], names: Mapping[str, str], model: str, steps: StepArgs
+    runner: Any, x: Inputs, plan: list[int], names: Mapping[str, str], model: str, steps: StepArgs
 ) -> tuple:
     runner.reset()
     outputs, states, start = [], [], 0
     for n in plan:
-        outputs.append(named_outputs(_run(runner, model, x[:, :, start : start + n], steps.window(start, start + n))))
+        out = _run(runner, model, inputs.window(x, start, start + n), steps.window(start, start + n))
+        outputs.append(named_outputs(out))
         states.append(_renamed(runner.states(), names, model))
         start += n
     return outputs, states
 
 
 def _run_whole_prefixes(
-    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
+    runner: Any, x: Inputs, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
 ) -> tuple[dict[str, np.ndarray], dict[int, dict]]:
-    """The whole-sequence outputs, and the states after running whole each prefix ``x[:, :, :end]``."""
+    """The whole-sequence outputs, and the states after running whole each prefix (steps ``0`` to ``end``)."""
     states, out = {}, None
     for end in ends:
         runner.reset()
-        out = named_outputs(_run(runner, model, x[:, :, :end], steps.window(0, end)))
+        out = named_outputs(_run(runner, model, inputs.window(x, 0, end), steps.window(0, end)))
         states[end] = _renamed(runner.states(), names, model)
     assert out is not None  # ends holds the last boundary at least (_spread)
     return out, states
 
 
 def _run_regrouped(
-    runner: Any, x: np.ndarray, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
+    runner: Any, x: Inputs, ends: list[int], names: Mapping[str, str], model: str, steps: StepArgs
 ) -> list[dict]:
     """The states at every boundary from two passes that each cut at every other boundary.
 
@@ -196,7 +200,7 @@ def _run_regrouped(
         runner.reset()
         start = 0
         for i in range(first, len(ends), 2):
-            _run(runner, model, x[:, :, start : ends[i]], steps.window(start, ends[i]))
+            _run(runner, model, inputs.window(x, start, ends[i]), steps.window(start, ends[i]))
             states[i] = _renamed(runner.states(), names, model)
             start = ends[i]
     return states
@@ -378,7 +382,7 @@ def named_outputs(out: Any) -> dict[str, np.ndarray]:
 
 def check_parity(
     models: Mapping[str, Any],
-    x: np.ndarray,
+    x: Any,
     chunks: Sequence[int] | str,
     *,
     atol: float | None = None,
@@ -395,8 +399,12 @@ def check_parity(
 
     Args:
         models: name -> torch/Keras multi-state model, Keras model, or ``Runner``.
-        x: input ``(B, S, T, F)`` as a numpy array. The models cast it to the dtype they compute in
-            (their weights'), and the default tolerances follow that dtype (read off each model's output;
+        x: input ``(B, S, T, F)`` as a numpy array; or a model's several inputs, a tuple/list (handed over
+            positionally: torch ``forward(*x)``, a Keras model a list) or a dict (by name: ``forward(**x)``, a
+            Keras model a dict), each ``(B, ·, T, ...)``: batch at axis 0 and time at axis 2, the same ``B``
+            and ``T`` for all, every input cut at the same boundaries (``harness.parity.inputs``). The models
+            cast floating-point inputs to the dtype they compute in (their weights'; integer and boolean
+            inputs are kept), and the default tolerances follow that dtype (read off each model's output;
             a cross comparison takes the coarser of its two), not ``x``'s: the report names both.
         chunks: chunk lengths, or a plan name from ``PLANS``.
         atol, rtol: override the defaults of docs/contract.md for both kinds of comparison.
@@ -414,14 +422,16 @@ def check_parity(
             the same names (and shapes) on both sides, or the report fails.
         resets, lengths: per-step resets ``(B, S, T)`` bools and per-stream lengths ``(B, S)`` of the
             whole sequence, handed to every model on every run (each chunk gets its share,
-            ``StepArgs.window``); a model whose runner cannot take them is refused.
+            ``StepArgs.window``); a model whose runner cannot take them is refused. With several inputs,
+            give a model's resets as one of its inputs instead.
         allow_tf32: run with the frameworks' reduced-precision float32 matmuls (TF32 on a GPU)
             to see what they cost; by default the check switches them off in every framework
             involved and restores the user's settings afterwards (``report.matmul`` says which
             settings were in force).
 
     Raises:
-        ValueError: bad ``x``, plan, ``reference``, ``whole_state_checks`` (< 1) or ``state_map``.
+        ValueError: bad ``x`` (several inputs: shapes that disagree, or given to an exported file), plan,
+            ``reference``, ``whole_state_checks`` (< 1) or ``state_map``.
 
     Example:
         >>> import numpy as np, torch
@@ -439,10 +449,10 @@ def check_parity(
         raise ValueError(
             f"whole_state_checks must be an int >= 1 (boundaries to check) or None (all), got {whole_state_checks!r}"
         )
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"x must be (batch, streams, time, features), got shape {x.shape}")
-    plan = chunk_plan(chunks, x.shape[2], seed)
+    x = inputs.inputs_checked(x)
+    if inputs.is_several(x):
+        _refuse_several_inputs_where_one_is_taken(models, resets, lengths)
+    plan = chunk_plan(chunks, inputs.steps(x), seed)
     reference = reference or next(iter(models))
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
@@ -451,7 +461,7 @@ def check_parity(
         raise ValueError(f"state_map names {sorted(set(state_map) - set(models))}, not among the models {list(models)}")
     if state_map.get(reference):
         raise ValueError(f"state_map renames states to the reference's names; {reference!r} is the reference")
-    steps = StepArgs.checked(x, resets, lengths)
+    steps = StepArgs.checked(inputs.first(x), resets, lengths)
 
     with full_precision_matmul(allow_tf32=allow_tf32) as matmul, left_as_found(models.values()):
         runs = {
@@ -468,12 +478,26 @@ def check_parity(
         _coarsest(dtypes.values()),
         reference,
         matmul=matmul,
-        input_dtype=str(x.dtype),
+        input_dtype=inputs.dtype_of(x),
         dtypes=dtypes,
         seed=seed,
-        input_shape=tuple(x.shape),
+        input_shape=inputs.shape_of(x),
         devices=devices,
     )
+
+
+def _refuse_several_inputs_where_one_is_taken(
+    models: Mapping[str, Any], resets: np.ndarray | None, lengths: np.ndarray | None
+) -> None:
+    """Several inputs go to whole models: not with ``resets``/``lengths`` (which follow the one input's layout),
+    nor to an exported file (which takes one input beside its states)."""
+    if resets is not None or lengths is not None:
+        raise ValueError(
+            "resets and lengths go with one input x (B, S, T, F); a model with several inputs takes its "
+            "resets as one of them"
+        )
+    if files := [name for name, model in models.items() if isinstance(model, (str, os.PathLike))]:
+        raise ValueError(f"exported files {files} take one input x (B, S, T, F), got several inputs")
 
 
 @dataclasses.dataclass
@@ -492,7 +516,7 @@ class _Runs:
 
 def _run_model(
     runner: Any,
-    x: np.ndarray,
+    x: Inputs,
     plan: list[int],
     names: Mapping[str, str],
     model: str,

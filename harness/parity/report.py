@@ -282,7 +282,7 @@ class ParityReport:
     input_dtype: str = ""  # the dtype of the input x (the models cast it to theirs); "" where not recorded
     dtypes: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> the dtype it computes in
     seed: int | None = None  # the seed of the run (its "random" plan), where the caller gave it
-    input_shape: tuple[int, ...] | None = None  # the shape of x, where recorded
+    input_shape: tuple[int, ...] | dict[str, tuple[int, ...]] | None = None  # x's shape (several: by name)
     devices: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> where it ran, where recorded
 
     @property

@@ -14,13 +14,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from harness.parity import inputs
+from harness.parity.inputs import Inputs
+
 
 @runtime_checkable
 class Runner(Protocol):
     """What the parity engine needs from a model.
 
-    ``run`` takes a numpy chunk ``(B, S, t, F)``, returns ``(B, S, t, H)`` (or any outputs
-    ``(B, S, t, ...)`` or ``(B, t, ...)``, several as a list, tuple or dict) and
+    ``run`` takes a numpy chunk ``(B, S, t, F)`` (or, where ``check_parity`` was given several inputs, a
+    tuple or dict of chunks ``(B, ·, t, ...)``, in the structure given), returns ``(B, S, t, H)`` (or any
+    outputs ``(B, S, t, ...)`` or ``(B, t, ...)``, several as a list, tuple or dict) and
     carries state to the next call (runners that support per-step resets and lengths take
     them as keyword arguments ``resets`` ``(B, S, t)`` and ``lengths`` ``(B, S)``); ``states``
     returns each carried state tensor as ``(L, B, S, H)`` by name; ``reset`` zeroes them.
@@ -28,7 +32,7 @@ class Runner(Protocol):
 
     def reset(self) -> None: ...
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def run(self, x: Any) -> Any: ...
 
     def states(self) -> dict[str, np.ndarray]: ...
 
@@ -48,6 +52,25 @@ def each_output(out: Any, convert: Callable[[Any], np.ndarray]) -> Any:
     return convert(out)
 
 
+def torch_inputs(x: Inputs, dtype: Any, device: Any) -> tuple[tuple, dict]:
+    """``x`` as the positional and keyword arguments of a torch ``forward``: one input or a tuple's inputs
+    positionally, a dict's by name; tensors on ``device``, floating-point ones in ``dtype``."""
+    import torch
+
+    def tensor(a: np.ndarray) -> Any:
+        return torch.as_tensor(a, dtype=dtype if np.issubdtype(a.dtype, np.floating) else None, device=device)
+
+    converted = inputs.each(x, tensor)
+    if isinstance(x, dict):
+        return (), converted
+    return (converted if isinstance(x, tuple) else (converted,)), {}
+
+
+def keras_inputs(x: Inputs) -> Any:
+    """``x`` as a Keras model takes it: one array, a list (a tuple's inputs), or a dict by input name."""
+    return list(x) if isinstance(x, tuple) else x
+
+
 def _state_names(layers: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     """``{state name: (the layer's own state name, layer)}``: bare names (``h``) for one layer, else ``path.h``."""
     single = len(layers) == 1
@@ -64,8 +87,9 @@ class TorchRunner:
 
     The module tree is walked (``named_modules``) for every multi-state module; their states are named by
     path (``encoder.rnn.h``; bare ``h`` where there is one), all are reset together, and the model runs
-    through its own ``forward``, which may return one tensor, a tuple or a dict of them. The input is cast
-    to the dtype and device of the first multi-state module's weights. TF32 is switched off by
+    through its own ``forward`` (several inputs: ``forward(*x)`` for a tuple, ``forward(**x)`` for a dict),
+    which may return one tensor, a tuple or a dict of them. Inputs go to the device of the first multi-state
+    module's weights, floating-point ones cast to their dtype. TF32 is switched off by
     ``check_parity`` (``harness.parity.precision.full_precision_matmul``).
     """
 
@@ -83,13 +107,14 @@ class TorchRunner:
         for layer in self.layers:
             layer.reset_states()
 
-    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
+    def run(self, x: Inputs, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
         import torch
 
         weight = self.layers[0].rnn.weight_ih_l0
         args = {k: torch.as_tensor(v) for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
+        positional, named = torch_inputs(x, weight.dtype, weight.device)
         with torch.no_grad():
-            out = self.model(torch.as_tensor(x, dtype=weight.dtype, device=weight.device), **args)
+            out = self.model(*positional, **named, **args)
         return each_output(out, lambda t: t.cpu().numpy())
 
     def states(self) -> dict[str, np.ndarray]:
@@ -101,7 +126,8 @@ class KerasRunner:
     """Drives a ``models_keras`` multi-state layer, or a Keras model holding them.
 
     Models run through ``predict_on_batch`` (the serving path); a bare layer is
-    called directly. States of several multi-state layers are named ``layer.h`` (by layer name).
+    called directly. Several inputs go in as a list (a tuple's) or a dict (by input name).
+    States of several multi-state layers are named ``layer.h`` (by layer name).
     With resets/lengths, a model gets them as its 2nd and 3rd inputs (in that order, those
     given), as a functional model built with ``layer(x, resets=..., lengths=...)`` takes them.
     """
@@ -119,13 +145,14 @@ class KerasRunner:
         for layer in self.layers:
             layer.reset_states()
 
-    def run(self, x: np.ndarray, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
+    def run(self, x: Inputs, resets: np.ndarray | None = None, lengths: np.ndarray | None = None) -> Any:
         import keras
 
         args = {k: v for k, v in (("resets", resets), ("lengths", lengths)) if v is not None}
         if isinstance(self.model, keras.Model):
-            return each_output(self.model.predict_on_batch([x, *args.values()] if args else x), np.asarray)
-        return each_output(self.model(x, **args), keras.ops.convert_to_numpy)
+            feed = [x, *args.values()] if args else keras_inputs(x)
+            return each_output(self.model.predict_on_batch(feed), np.asarray)
+        return each_output(self.model(keras_inputs(x), **args), keras.ops.convert_to_numpy)
 
     def states(self) -> dict[str, np.ndarray]:
         carried = {id(layer): dict(zip(layer.state_names, layer.get_states())) for layer in self.layers}

@@ -9,6 +9,7 @@ every output and every carried state at every chunk boundary.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 import torch
 
@@ -87,10 +88,33 @@ def keras_seed_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(F)(keras.layers.Concatenate(axis=-1)(bands)))
 
 
+class ActingPolicy(torch.nn.Module):
+    """RL policy with two inputs, its observation and its previous action: each encoded, summed -> LSTM -> actor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observe = torch.nn.Linear(F, E)
+        self.recall = torch.nn.Linear(A, E)
+        self.core = models_torch.MultiStateLSTM(E, H, S)
+        self.actor = torch.nn.Linear(H, A)
+
+    def forward(self, obs: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.core(torch.tanh(self.observe(obs) + self.recall(prev_action))))
+
+
+def keras_acting_policy() -> keras.Model:
+    obs = keras.Input(batch_shape=(B, S, None, F), name="obs")
+    prev_action = keras.Input(batch_shape=(B, S, None, A), name="prev_action")
+    y = keras.layers.Add()([keras.layers.Dense(E)(obs), keras.layers.Dense(E)(prev_action)])
+    h = models_keras.MultiStateLSTM(H, S)(keras.layers.Activation("tanh")(y))
+    return keras.Model([obs, prev_action], keras.layers.Dense(A)(h))  # a dict finds its inputs by these names
+
+
 MODELS = {
     "enhancer": (Enhancer, keras_enhancer),
     "policy": (Policy, keras_policy),
     "seed": (SeedModel, keras_seed_model),
+    "acting": (ActingPolicy, keras_acting_policy),
 }
 
 
@@ -178,3 +202,69 @@ class DetachedCritic(Policy):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.core(self.mlp(x))
         return self.actor(h), self.critic(h.detach())
+
+
+def acting_inputs(rng, steps: int = T) -> dict:
+    return {"obs": random_input(rng, (B, S, steps, F)), "prev_action": random_input(rng, (B, S, steps, A))}
+
+
+def test_a_model_of_two_inputs_gets_them_chunked_alike_by_position_and_by_name(rng, ported):
+    torch_model, keras_model = ported["acting"]
+    x = acting_inputs(rng)
+    for given in (x, (x["obs"], x["prev_action"])):  # forward(**x) and a Keras dict; forward(*x) and a list
+        report = check_parity({"torch": torch_model, "keras": keras_model}, given, [2, 4])
+        assert report.ok, report.failure_message()
+        cross = {(c.tensor, c.chunk) for c in report.comparisons if c.pair == "keras vs torch"}
+        assert cross == {(tensor, chunk) for tensor in ("output", "h", "c") for chunk in (0, 1)}
+    assert report.input_shape == {"x[0]": (B, S, T, F), "x[1]": (B, S, T, A)}
+
+
+class ForgetsItsLastAction(ActingPolicy):
+    """A planted fault: the second input is taken and ignored (as if wired to zeros)."""
+
+    def forward(self, obs: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
+        return super().forward(obs, torch.zeros_like(prev_action))
+
+
+def test_a_model_that_ignores_its_second_input_fails_on_every_chunk(rng, ported):
+    torch_model, keras_model = ported["acting"]
+    forgetful = ForgetsItsLastAction()
+    forgetful.load_state_dict(torch_model.state_dict())
+    report = check_parity({"keras": keras_model, "torch": forgetful}, acting_inputs(rng), "halves")
+    failed = {(c.pair, c.tensor, c.chunk) for c in report.failures()}
+    expected = {("torch vs keras", tensor, chunk) for tensor in ("output", "h", "c") for chunk in (0, 1)}
+    assert failed == expected, report.table()  # each side is consistent in itself: only the cross rows fail
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prev_action": (B, S, T - 1, A)}, r"same batch \(axis 0\) and time \(axis 2\).*"
+         r"x\['obs'\] \(2, 4, 6, 4\), x\['prev_action'\] \(2, 4, 5, 3\)"),
+        ({"obs": (B + 1, S, T, F)}, r"x\['obs'\] \(3, 4, 6, 4\), x\['prev_action'\] \(2, 4, 6, 3\)"),
+        ({"prev_action": (B, S)}, r"each be \(batch, ·, time, ...\).*x\['prev_action'\] \(2, 4\)"),
+    ],
+    ids=["time", "batch", "rank"],
+)  # fmt: skip
+def test_inputs_that_disagree_are_refused_naming_each_shape_before_any_state_moves(rng, ported, change, message):
+    torch_model, keras_model = ported["acting"]
+    x = acting_inputs(rng) | {name: random_input(rng, shape) for name, shape in change.items()}
+    carried = torch.ones(1, B, S, H)
+    torch_model.core.set_states([carried, carried])
+    try:
+        with pytest.raises(ValueError, match=message):
+            check_parity({"torch": torch_model, "keras": keras_model}, x, "halves")
+        assert all(torch.equal(state, carried) for state in torch_model.core.get_states())
+    finally:
+        torch_model.core.reset_states()
+
+
+def test_several_inputs_with_resets_or_to_an_exported_file_are_refused(rng, ported):
+    torch_model, _ = ported["acting"]
+    x = acting_inputs(rng)
+    with pytest.raises(ValueError, match="a model with several inputs takes its resets as one of them"):
+        check_parity({"torch": torch_model}, x, "halves", resets=np.zeros((B, S, T), bool))
+    with pytest.raises(ValueError, match=r"exported files \['onnx'\] take one input x"):
+        check_parity({"torch": torch_model, "onnx": "policy.onnx"}, x, "halves")
+    with pytest.raises(ValueError, match="x holds no input"):
+        check_parity({"torch": torch_model}, (), "halves")
