@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from harness.parity.engine import StepArgs, chunk_plan
+from harness.parity import inputs
+from harness.parity.engine import StepArgs, by_position, chunk_plan
+from harness.parity.inputs import Inputs
 from harness.parity.precision import full_precision_matmul
+from harness.parity.runners import KerasRunner, TorchRunner, keras_inputs, torch_inputs
 from harness.parity.untouched import left_as_found
-from harness.porting.layers import describe, keras_twin, read_weights
-from multistate_core.cells import CELLS, to_keras
+from harness.porting.layers import keras_twin
+from multistate_core.cells import CELLS
 
 TRAINING_RTOL = {"float32": 1e-4, "float64": 1e-9}
 
@@ -124,8 +127,8 @@ def _report(
 
 def check_training_parity(
     torch_model: Any,
-    x: np.ndarray,
-    target: np.ndarray,
+    x: Any,
+    target: np.ndarray | Sequence[np.ndarray],
     chunks: Sequence[int] | str,
     *,
     lr: float = 0.1,
@@ -143,7 +146,9 @@ def check_training_parity(
             (weights, gradients, mode, carried states).
         x, target: ``(B, S, T, F)`` inputs and ``(B, S, T, H)`` targets (numpy), cast to the model's dtype,
             which sets the precision and the default ``rtol``; a model with several outputs (a list or tuple)
-            takes a list of targets, one per output, and minimises the sum of their MSEs.
+            takes a list of targets, one per output, and minimises the sum of their MSEs. A whole model with
+            several inputs takes them as ``check_parity`` does (a tuple/list or dict, each ``(B, ·, T, ...)``,
+            ``harness.parity.inputs``); integer and boolean inputs are not cast.
         keras_model: the Keras twin of a whole ``torch_model`` (left untouched: a clone of it is trained, with
             the torch weights ported by ``port_weights``); None for a multi-state module, whose twin is made
             here.
@@ -151,7 +156,8 @@ def check_training_parity(
         lr: SGD learning rate on both sides.
         rtol: allowed relative difference (default 1e-9 for float64, 1e-4 for float32).
         resets, lengths: per-step resets ``(B, S, T)`` and per-stream lengths ``(B, S)`` of the whole
-            sequence; each chunk gets its share on both sides (the Keras twin takes them as inputs).
+            sequence, for a multi-state module; each chunk gets its share on both sides (the Keras twin takes
+            them as inputs).
     """
     import keras  # noqa: F401  (loads the Keras backend's framework first, so that the switch covers it)
     import torch  # noqa: F401
@@ -165,143 +171,53 @@ def check_training_parity(
         )
     if keras_model is not None and (resets is not None or lengths is not None):
         raise ValueError("resets and lengths are handed to a bare multi-state module only, not to a whole model")
+    x = inputs.inputs_checked(x)
+    if keras_model is None and inputs.is_several(x):
+        raise ValueError(f"a multi-state module takes one input x (B, S, T, F), got {inputs.shape_of(x)}")
+    step_args = StepArgs.checked(inputs.first(x), resets, lengths)
     with full_precision_matmul() as matmul, left_as_found([torch_model]):
-        train = _train_and_compare if keras_model is None else functools.partial(_train_whole, keras_model=keras_model)
-        report = train(
-            torch_model,
-            x,
-            target,
-            chunks,
-            lr=lr,
-            steps=steps,
-            rtol=rtol,
-            step_args=StepArgs.checked(x, resets, lengths),
-        )
+        report = _train_and_compare(torch_model, keras_model, x, target, chunks, lr, steps, rtol, step_args)
     report.matmul = matmul
     return report
 
 
 def _train_and_compare(
     torch_model: Any,
-    x: np.ndarray,
-    target: np.ndarray,
-    chunks: Sequence[int] | str,
-    *,
-    lr: float,
-    steps: int,
-    rtol: float | None,
-    step_args: StepArgs,
-) -> TrainingParityReport:
-    import keras
-    import torch
-
-    device = next(torch_model.parameters()).device
-    dtype = str(next(torch_model.parameters()).dtype).removeprefix("torch.")  # the one rule: the model's dtype
-    x, target = np.asarray(x, dtype), np.asarray(target, dtype)
-    rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
-    spec = describe(torch_model)
-    stepped = step_args.resets is not None or step_args.lengths is not None
-    if stepped:  # the Keras twin takes both inputs: fill in the one not given (no resets, full lengths)
-        step_args = StepArgs(
-            np.zeros(x.shape[:3], bool) if step_args.resets is None else step_args.resets,
-            np.full(x.shape[:2], x.shape[2]) if step_args.lengths is None else step_args.lengths,
-        )
-    model = keras_twin(torch_model, batch_size=x.shape[0], step_inputs=stepped)
-    floatx = keras.config.floatx()
-    keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
-    frozen = [] if CELLS[spec.cell].split_bias else [p for n, p in torch_model.rnn.named_parameters() if "bias_hh" in n]
-    for p in frozen:
-        p.requires_grad_(False)
-    optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=lr)
-
-    plan = chunk_plan(chunks, x.shape[2])
-    bounds = [(int(s), int(s + n)) for s, n in zip(np.cumsum([0] + plan[:-1]), plan)]
-    torch_losses, keras_losses = [], []
-    torch_model.train()
-    try:
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss=_sum_of_squares_loss())
-        for step in range(steps):
-            start, end = bounds[step % len(bounds)]
-            if start == 0:
-                torch_model.reset_states()
-                model.layers[-1].reset_states()
-            xc, yc = x[:, :, start:end], target[:, :, start:end]
-            chunk_args = step_args.window(start, end)
-            torch_args = {k: torch.from_numpy(v).to(device) for k, v in chunk_args.items()}
-            loss = torch.nn.functional.mse_loss(
-                torch_model(torch.from_numpy(xc).to(device), **torch_args), torch.from_numpy(yc).to(device)
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            torch_losses.append(loss.item())
-            model.optimizer.learning_rate.assign(lr / yc.size)
-            inputs = [xc, chunk_args["resets"], chunk_args["lengths"].astype("int32")] if stepped else xc
-            keras_losses.append(float(np.asarray(model.train_on_batch(inputs, yc))) / yc.size)
-    finally:
-        keras.config.set_floatx(floatx)
-        for p in frozen:
-            p.requires_grad_(True)
-
-    torch_weights, keras_weights = read_weights(torch_model), read_weights(model.layers[-1])
-    weight_error = max(
-        _rel(k, t)
-        for tl, kl in zip(torch_weights.layers, keras_weights.layers)
-        for t, k in zip(to_keras(spec.cell, tl), to_keras(spec.cell, kl))
-    )
-    state_error = max(
-        float(np.max(np.abs(k - t))) for k, t in zip(model.layers[-1].get_states(), torch_model.numpy_states())
-    )
-    return _report(torch_losses, keras_losses, weight_error, state_error, rtol, str(device))
-
-
-def _train_whole(
-    torch_model: Any,
-    x: np.ndarray,
+    keras_model: Any,
+    x: Inputs,
     target: np.ndarray | Sequence[np.ndarray],
     chunks: Sequence[int] | str,
-    *,
     lr: float,
     steps: int,
     rtol: float | None,
     step_args: StepArgs,
-    keras_model: Any,
 ) -> TrainingParityReport:
-    """``_train_and_compare`` for a whole torch model and (a clone of) its Keras twin ``keras_model``.
+    """Train ``torch_model`` and a Keras twin side by side (``keras_model`` None: one made by ``keras_twin``;
+    else a clone of it with the torch weights ported) and compare their losses, final weights and states.
 
     Several outputs: torch minimises the sum of the outputs' MSEs; Keras the sum of squares of each output
     weighted by one over its elements per step, with the learning rate divided by the chunk's steps (the
-    same SGD step). Final weights are compared in Keras's layout (the trained torch model ported into a
-    second clone); final states by position in the tree (``harness.parity.engine.by_position``).
+    same SGD step). Final weights are compared in Keras's layout (the trained torch weights in a fresh
+    twin); final states by position in the tree (``harness.parity.engine.by_position``).
     """
     import keras
     import torch
 
-    from harness.parity.engine import by_position
-    from harness.parity.runners import KerasRunner, TorchRunner
-    from harness.porting import port_weights
-    from models_torch import MultiStateBase
-
-    device = next(torch_model.parameters()).device
-    dtype = str(next(torch_model.parameters()).dtype).removeprefix("torch.")
+    weight = next(torch_model.parameters())
+    dtype = str(weight.dtype).removeprefix("torch.")  # the one rule: the model's dtype
+    x = inputs.cast_floating(x, dtype)
     targets = [np.asarray(t, dtype) for t in (target if isinstance(target, (list, tuple)) else [target])]
-    x = np.asarray(x, dtype)
     rtol = TRAINING_RTOL[dtype] if rtol is None else rtol
-    model = port_weights(torch_model, keras.models.clone_model(keras_model))
+    step_args = _both_given(step_args, inputs.first(x).shape)
+    stepped = step_args.resets is not None
+    twin = _twin_maker(torch_model, keras_model, batch_size=inputs.first(x).shape[0], step_inputs=stepped)
+    model = twin()
     torch_runner, keras_runner = TorchRunner(torch_model), KerasRunner(model)
     floatx = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    frozen = [
-        p
-        for m in torch_model.modules()
-        if isinstance(m, MultiStateBase) and not CELLS[m.cell].split_bias
-        for n, p in m.rnn.named_parameters()
-        if "bias_hh" in n
-    ]
-    for p in frozen:
-        p.requires_grad_(False)
+    keras.config.set_floatx(dtype)  # Keras computes losses and their trackers in floatx
+    frozen = _hold_summed_biases(torch_model)
     optimizer = torch.optim.SGD([p for p in torch_model.parameters() if p.requires_grad], lr=lr)
-    plan = chunk_plan(chunks, x.shape[2])
+    plan = chunk_plan(chunks, inputs.steps(x))
     bounds = [(int(s), int(s + n)) for s, n in zip(np.cumsum([0] + plan[:-1]), plan)]
     per_step = [t[:, :, :1].size for t in targets]  # each output's elements per time step
     torch_losses, keras_losses = [], []
@@ -317,32 +233,82 @@ def _train_whole(
             if start == 0:
                 torch_runner.reset()
                 keras_runner.reset()
-            outs = torch_model(torch.from_numpy(x[:, :, start:end]).to(device))
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            xc, chunk_args = inputs.window(x, start, end), step_args.window(start, end)
             chunk_targets = [t[:, :, start:end] for t in targets]
-            losses = [
-                torch.nn.functional.mse_loss(o, torch.from_numpy(t).to(device)) for o, t in zip(outs, chunk_targets)
-            ]
-            loss = functools.reduce(torch.add, losses)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            torch_losses.append(loss.item())
+            torch_losses.append(_torch_step(torch_model, optimizer, weight, xc, chunk_args, chunk_targets))
             model.optimizer.learning_rate.assign(lr / (end - start))
-            logs = model.train_on_batch(x[:, :, start:end], chunk_targets, return_dict=True)
+            feed = [xc, chunk_args["resets"], chunk_args["lengths"].astype("int32")] if stepped else keras_inputs(xc)
+            logs = model.train_on_batch(feed, chunk_targets, return_dict=True)
             keras_losses.append(float(np.asarray(logs["loss"])) / (end - start))
     finally:
         keras.config.set_floatx(floatx)
         for p in frozen:
             p.requires_grad_(True)
 
-    trained = port_weights(torch_model, keras.models.clone_model(keras_model))
     weight_error = max(
         _rel(keras.ops.convert_to_numpy(k), keras.ops.convert_to_numpy(t))
-        for k, t in zip(model.trainable_weights, trained.trainable_weights)
+        for k, t in zip(model.trainable_weights, twin().trainable_weights)
     )
-    torch_states = torch_runner.states()
-    keras_states = keras_runner.states()
+    torch_states, keras_states = torch_runner.states(), keras_runner.states()
     names = by_position(list(keras_states), list(torch_states))
     state_error = max(float(np.max(np.abs(v - torch_states[names.get(n, n)]))) for n, v in keras_states.items())
-    return _report(torch_losses, keras_losses, weight_error, state_error, rtol, str(device))
+    return _report(torch_losses, keras_losses, weight_error, state_error, rtol, str(weight.device))
+
+
+def _torch_step(
+    model: Any, optimizer: Any, weight: Any, x: Inputs, step_args: dict[str, np.ndarray], targets: list[np.ndarray]
+) -> float:
+    """One SGD step of the torch ``model`` on a chunk (inputs on the device and in the dtype of ``weight``), on the
+    sum of its outputs' MSEs against ``targets``; its loss."""
+    import torch
+
+    positional, named = torch_inputs(x, weight.dtype, weight.device)
+    step_tensors = {k: torch.from_numpy(v).to(weight.device) for k, v in step_args.items()}
+    outs = model(*positional, **named, **step_tensors)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    losses = [torch.nn.functional.mse_loss(o, torch.from_numpy(t).to(weight.device)) for o, t in zip(outs, targets)]
+    loss = functools.reduce(torch.add, losses)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
+
+
+def _both_given(step_args: StepArgs, shape: tuple[int, ...]) -> StepArgs:
+    """Per-step resets and lengths with the one not given filled in (no resets, full lengths), as the Keras
+    twin takes both as inputs; as they are where neither is given."""
+    if step_args.resets is None and step_args.lengths is None:
+        return step_args
+    return StepArgs(
+        np.zeros(shape[:3], bool) if step_args.resets is None else step_args.resets,
+        np.full(shape[:2], shape[2]) if step_args.lengths is None else step_args.lengths,
+    )
+
+
+def _twin_maker(torch_model: Any, keras_model: Any, batch_size: int, step_inputs: bool) -> Callable[[], Any]:
+    """What makes a Keras model holding ``torch_model``'s weights as they are when it is called: a ``keras_twin``
+    of a multi-state module, or a clone of the whole ``keras_model`` with the weights ported."""
+    import keras
+
+    from harness.porting import port_weights
+
+    if keras_model is None:
+        return functools.partial(keras_twin, torch_model, batch_size=batch_size, step_inputs=step_inputs)
+    return lambda: port_weights(torch_model, keras.models.clone_model(keras_model))
+
+
+def _hold_summed_biases(torch_model: Any) -> list[Any]:
+    """Hold ``bias_hh`` fixed in each multi-state module whose Keras twin keeps one summed bias (LSTM, simple RNN):
+    plain SGD would move torch's sum twice as fast. Returns the parameters held, to release after training."""
+    from models_torch import MultiStateBase
+
+    frozen = [
+        p
+        for m in torch_model.modules()
+        if isinstance(m, MultiStateBase) and not CELLS[m.cell].split_bias
+        for n, p in m.rnn.named_parameters()
+        if "bias_hh" in n
+    ]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen

@@ -259,9 +259,18 @@ def test_inputs_that_disagree_are_refused_naming_each_shape_before_any_state_mov
         torch_model.core.reset_states()
 
 
+def test_the_two_input_policy_trains_alike_in_torch_and_keras(rng, ported):
+    torch_model, keras_model = ported["acting"]
+    x, target = acting_inputs(rng), random_input(rng, (B, S, T, A))
+    report = check_training_parity(torch_model, x, target, "halves", keras_model=keras_model, steps=2)
+    assert report.ok, report.table()
+
+
 def test_several_inputs_with_resets_or_to_an_exported_file_are_refused(rng, ported):
-    torch_model, _ = ported["acting"]
+    torch_model, keras_model = ported["acting"]
     x = acting_inputs(rng)
+    with pytest.raises(ValueError, match=r"a multi-state module takes one input x \(B, S, T, F\), got \{"):
+        check_training_parity(torch_model.core, x, random_input(rng, (B, S, T, H)), "halves")
     with pytest.raises(ValueError, match="a model with several inputs takes its resets as one of them"):
         check_parity({"torch": torch_model}, x, "halves", resets=np.zeros((B, S, T), bool))
     with pytest.raises(ValueError, match=r"exported files \['onnx'\] take one input x"):
