@@ -89,12 +89,13 @@ def keras_seed_model() -> keras.Model:
 
 
 class ActingPolicy(torch.nn.Module):
-    """RL policy with two inputs, its observation and its previous action: each encoded, summed -> LSTM -> actor."""
+    """RL policy with two inputs, its observation and the index of its previous action (integers, kept as they
+    are): each encoded (Linear, Embedding), summed -> LSTM -> actor."""
 
     def __init__(self) -> None:
         super().__init__()
         self.observe = torch.nn.Linear(F, E)
-        self.recall = torch.nn.Linear(A, E)
+        self.recall = torch.nn.Embedding(A, E)
         self.core = models_torch.MultiStateLSTM(E, H, S)
         self.actor = torch.nn.Linear(H, A)
 
@@ -104,8 +105,8 @@ class ActingPolicy(torch.nn.Module):
 
 def keras_acting_policy() -> keras.Model:
     obs = keras.Input(batch_shape=(B, S, None, F), name="obs")
-    prev_action = keras.Input(batch_shape=(B, S, None, A), name="prev_action")
-    y = keras.layers.Add()([keras.layers.Dense(E)(obs), keras.layers.Dense(E)(prev_action)])
+    prev_action = keras.Input(batch_shape=(B, S, None), dtype="int32", name="prev_action")
+    y = keras.layers.Add()([keras.layers.Dense(E)(obs), keras.layers.Embedding(A, E)(prev_action)])
     h = models_keras.MultiStateLSTM(H, S)(keras.layers.Activation("tanh")(y))
     return keras.Model([obs, prev_action], keras.layers.Dense(A)(h))  # a dict finds its inputs by these names
 
@@ -202,19 +203,19 @@ class DetachedCritic(Policy):
         return self.actor(h), self.critic(h.detach())
 
 
-def acting_inputs(rng, steps: int = T) -> dict:
-    return {"obs": random_input(rng, (B, S, steps, F)), "prev_action": random_input(rng, (B, S, steps, A))}
+def acting_inputs(rng) -> dict:
+    return {"obs": random_input(rng, (B, S, T, F)), "prev_action": rng.integers(0, A, (B, S, T))}
 
 
 def test_a_model_of_two_inputs_gets_them_chunked_alike_by_position_and_by_name(rng, ported):
     torch_model, keras_model = ported["acting"]
     x = acting_inputs(rng)
     for given in (x, (x["obs"], x["prev_action"])):  # forward(**x) and a Keras dict; forward(*x) and a list
-        report = check_parity({"torch": torch_model, "keras": keras_model}, given, [2, 4])
+        report = check_parity({"torch": torch_model, "keras": keras_model}, given, "halves")
         assert report.ok, report.failure_message()
         cross = {(c.tensor, c.chunk) for c in report.comparisons if c.pair == "keras vs torch"}
         assert cross == {(tensor, chunk) for tensor in ("output", "h", "c") for chunk in (0, 1)}
-    assert report.input_shape == {"x[0]": (B, S, T, F), "x[1]": (B, S, T, A)}
+    assert report.input_shape == {"x[0]": (B, S, T, F), "x[1]": (B, S, T)} and report.input_dtype == "float32"
 
 
 class ForgetsItsLastAction(ActingPolicy):
@@ -237,16 +238,16 @@ def test_a_model_that_ignores_its_second_input_fails_on_every_chunk(rng, ported)
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"prev_action": (B, S, T - 1, A)}, r"same batch \(axis 0\) and time \(axis 2\).*"
-         r"x\['obs'\] \(2, 4, 6, 4\), x\['prev_action'\] \(2, 4, 5, 3\)"),
-        ({"obs": (B + 1, S, T, F)}, r"x\['obs'\] \(3, 4, 6, 4\), x\['prev_action'\] \(2, 4, 6, 3\)"),
+        ({"prev_action": (B, S, T - 1)}, r"same batch \(axis 0\) and time \(axis 2\).*"
+         r"x\['obs'\] \(2, 4, 6, 4\), x\['prev_action'\] \(2, 4, 5\)"),
+        ({"obs": (B + 1, S, T, F)}, r"x\['obs'\] \(3, 4, 6, 4\), x\['prev_action'\] \(2, 4, 6\)"),
         ({"prev_action": (B, S)}, r"each be \(batch, ·, time, ...\).*x\['prev_action'\] \(2, 4\)"),
     ],
     ids=["time", "batch", "rank"],
 )  # fmt: skip
 def test_inputs_that_disagree_are_refused_naming_each_shape_before_any_state_moves(rng, ported, change, message):
     torch_model, keras_model = ported["acting"]
-    x = acting_inputs(rng) | {name: random_input(rng, shape) for name, shape in change.items()}
+    x = acting_inputs(rng) | {name: rng.integers(0, A, shape) for name, shape in change.items()}
     carried = torch.ones(1, B, S, H)
     torch_model.core.set_states([carried, carried])
     try:
