@@ -29,14 +29,20 @@ def inputs_checked(x: Any) -> Inputs:
     batch (axis 0) and time (axis 2). The error names every input's shape.
 
     Raises:
-        ValueError: one input not of rank 4; several inputs none of them, one of rank < 3, or batch or time
-            sizes that differ.
+        ValueError: one input not of rank 4; several inputs none of them, one nested (a list, tuple or dict), one
+            of rank < 3, or batch or time sizes that differ.
     """
     if not isinstance(x, (Mapping, list, tuple)):
         x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"x must be (batch, streams, time, features), got shape {x.shape}")
         return x
+    given = x.items() if isinstance(x, Mapping) else enumerate(x)
+    if nested := [f"x[{k!r}]" for k, v in given if isinstance(v, (Mapping, list, tuple))]:
+        raise ValueError(
+            f"several inputs must each be an array, got a nested {type(x).__name__} at {', '.join(nested)}; "
+            "one input given as nested lists: pass np.asarray(x)"
+        )
     several = {str(k): np.asarray(v) for k, v in x.items()} if isinstance(x, Mapping) else tuple(map(np.asarray, x))
     shapes = _shapes(several)
     if not several:

@@ -276,3 +276,5 @@ def test_several_inputs_with_resets_or_to_an_exported_file_are_refused(rng, port
         check_parity({"torch": torch_model, "onnx": "policy.onnx"}, x, "halves")
     with pytest.raises(ValueError, match="x holds no input"):
         check_parity({"torch": torch_model}, (), "halves")
+    with pytest.raises(ValueError, match=r"nested list at x\[0\], x\[1\]; .* pass np.asarray\(x\)"):
+        check_parity({"torch": torch_model}, x["obs"].tolist(), "halves")  # one input, as nested lists
