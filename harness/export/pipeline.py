@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from harness.export.formats import FORMATS, Format, format_of
-from harness.export.job import ExportError, ExportResult, Options, check_destination, landing, verification_resets
+from harness.export.job import ExportError, ExportResult, Options, check_destination, landing
 from harness.export.sources import states_kept
 from harness.export.to_onnx import EXPORTERS
 from harness.parity.report import ParityReport
@@ -22,8 +22,8 @@ from harness.parity.report import ParityReport
 def prove(
     source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int, resets: np.ndarray | None = None
 ) -> ParityReport:
-    """The written file (``runner``) against its ``source`` at every chunk boundary, both fed ``resets`` if given;
-    ``ExportError`` if they differ."""
+    """The written file (``runner``) against its ``source`` at every chunk boundary (with ``resets`` fed to
+    both, for a file with a reset input); ``ExportError`` if they differ."""
     from harness.parity.engine import check_parity
 
     report = check_parity({"source": source, name: runner}, x, plan, seed=seed, resets=resets)
@@ -61,7 +61,6 @@ def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Op
     if options.resets and not fmt.takes_resets:
         raise ExportError(f"a {fmt.suffix} file takes no reset input (yet): resets=True (--resets) needs .onnx")
     job = fmt.prepare(model_or_path, dst, options)
-    resets = verification_resets(job.x.shape[:3], options.seed) if options.resets else None
     keep = states_kept(job.reference)
     with landing(dst) as tmp:
         job.write(tmp)
@@ -69,7 +68,7 @@ def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Op
         job.check(runner)
         check_reset_input(runner, job.x, options.resets)
         with keep:
-            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed, resets)
+            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed, job.resets)
     return ExportResult(str(dst), job.exporter, job.cell, job.state_names, job.num_streams, report)
 
 

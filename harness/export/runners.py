@@ -45,7 +45,7 @@ class _ChunkRunner:
     hidden_size: int
     _states: dict[str, np.ndarray] | None
     frames: int | None = None  # steps per call of a file exported with fixed frames
-    batch: int | None = None  # the batch of a file exported with a fixed batch (the static form)
+    batch_size: int | None = None  # the batch of a file exported with a fixed batch (the static form), else None
     has_reset: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool
 
     def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
@@ -74,8 +74,11 @@ class _ChunkRunner:
                 f"got shape {x.shape}"
             )
         reset = self._checked_reset(x, resets, lengths)
-        if self.batch is not None and x.shape[0] != self.batch:
-            raise ValueError(f"{self.path} was exported for a batch of {self.batch}: x has batch {x.shape[0]}")
+        if self.batch_size is not None and x.shape[0] != self.batch_size:
+            raise ValueError(
+                f"{self.path} was exported for a fixed batch of {self.batch_size}: x must have batch "
+                f"{self.batch_size}, got shape {x.shape}"
+            )
         if self.frames is not None and x.shape[2] % self.frames:
             raise ValueError(
                 f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
@@ -212,7 +215,7 @@ class OnnxRunner(_ChunkRunner):
         self.num_streams, self.input_size = int(x_shape[1]), int(x_shape[3])
         self.num_layers, self.hidden_size = int(state_shape[0]), int(state_shape[3])
         self.frames = x_shape[2] if isinstance(x_shape[2], int) else None
-        self.batch = x_shape[0] if isinstance(x_shape[0], int) else None
+        self.batch_size = x_shape[0] if isinstance(x_shape[0], int) else None
         self.has_reset = reset is not None
 
     def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:

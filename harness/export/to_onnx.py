@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.export.job import ExportError, Job, Options
+from harness.export.job import ExportError, Job, Options, verification_resets
 from harness.export.sources import check_streams, file_kind
 
 EXPORTERS = ("legacy", "dynamo")
@@ -470,7 +470,8 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     reference = source.reference
     if options.resets and source.reference is not module:  # a Keras model takes resets as a layer call's argument
         reference = only_multistate_layer(source.reference)
-    return Job(write, reference, x, plan, exporter, module.cell, names, module.num_streams, check)
+    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
+    return Job(write, reference, x, plan, exporter, module.cell, names, module.num_streams, check, resets)
 
 
 def onnx_model(path: str | os.PathLike) -> Any:
@@ -489,7 +490,7 @@ def dynamic_dims(model: Any) -> list[str]:
         yield from (*graph.input, *graph.output, *graph.value_info)
         for node in graph.node:
             for attribute in node.attribute:
-                for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs):
+                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
                     yield from values(sub)
 
     found = []

@@ -199,14 +199,40 @@ def test_cli_parity_prints_a_summary_and_writes_every_row(tmp_path, capsys):
 
 
 def test_cli_parity_with_episodes(capsys):
-    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and ONNX."""
+    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and an export format
+    without a reset input; a format with one runs its reset-input file on the resets (no lengths)."""
+    from harness.export import FORMATS
+
     assert main(["parity", "--backend", "torch", "--cell", "lstm", "--dtype", "float64", "--episodes", "0.2"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(["parity", "--episodes", "1.5"]) == 1
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    for exported in ("onnx", "tflite"):
-        assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
-        assert "takes no resets or lengths" in capsys.readouterr().err
+    for exported, fmt in FORMATS.items():
+        if not fmt.takes_resets:
+            assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
+            assert "takes no resets or lengths" in capsys.readouterr().err
+    pytest.importorskip("onnxruntime")
+    args = ["parity", "--backend", "onnx", "--cell", "gru", "--dtype", "float32", "--episodes", "0.2"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "fed the resets only" in captured.err
+    lines = [line.split() for line in captured.out.splitlines() if line.startswith("onnx")]
+    assert [line[:3] for line in lines] == [["onnx+reset", "gru", "float32"]], captured.out
+
+
+def test_main_job_covers_the_reset_input_of_exported_files():
+    """Without episodes, a format with a reset input runs its plain file and its reset-input file (random resets),
+    against torch, every plan; each row's numbers within float32's cross tolerance."""
+    pytest.importorskip("onnxruntime")
+    from harness import scenarios
+    from harness.parity.engine import PLANS
+
+    rows = list(scenarios.run_backend("onnx", ["lstm"], ["float32"], streams=2))
+    assert {r["backend"] for r in rows} == {"onnx", "onnx+reset"}
+    for backend in ("onnx", "onnx+reset"):
+        mine = [r for r in rows if r["backend"] == backend]
+        assert {r["plan"] for r in mine} == set(PLANS) and all(r["ok"] for r in mine), mine
+        assert max(r["max_abs"] for r in mine) <= 1e-6, max(r["max_abs"] for r in mine)
 
 
 def test_entry_point_refusals(tmp_path, capsys):
