@@ -82,26 +82,30 @@ def _fold_run(module: Any, x: Any, states: tuple[Any, ...], frames: int | None) 
     return (y, *(s.reshape(layers, batch, streams, hidden) for s in new))
 
 
-def _cleared(states: tuple[Any, ...], reset: Any) -> tuple[Any, ...]:
-    """``states`` (each ``(L, B, S, H)``) with the streams that ``reset`` ``(B, S)`` marks set to zero: a select
+def _cleared(states: tuple[Any, ...], marked: Any) -> tuple[Any, ...]:
+    """``states`` (each ``(L, B, S, H)``) with the streams ``marked`` ``(1, B, S, 1)`` set to zero: a select
     (ONNX ``Where``), not a product, so a NaN or infinite state is cleared too."""
     import torch
 
-    return tuple(torch.where(reset[None, :, :, None], 0.0, s) for s in states)
+    return tuple(torch.where(marked, 0.0, s) for s in states)
 
 
 def _reset_step(module: Any, x: Any, states: tuple[Any, ...], reset: Any) -> tuple[Any, ...]:
-    """One step ``x`` ``(B, S, 1, F)`` from ``states``, the streams marked in ``reset`` ``(B, S)`` from zero state."""
-    return _fold_run(module, x, _cleared(states, reset), 1)
+    """One step ``x`` ``(B, S, 1, F)`` from ``states``, the streams marked in ``reset`` ``(B, S, 1)`` from zero
+    state."""
+    marked = reset.reshape(1, -1, module.num_streams, 1)  # S as a Python int: one constant Reshape
+    return _fold_run(module, x, _cleared(states, marked), 1)
 
 
 def _reset_run(module: Any, x: Any, states: tuple[Any, ...], reset: Any, frames: int) -> tuple[Any, ...]:
-    """``frames`` steps with per-step resets ``(B, S, frames)``, one step at a time (``frames`` steps in the graph)."""
+    """``frames`` steps with per-step resets ``(B, S, frames)``, one step at a time (``frames`` steps in the graph;
+    one frame takes ``x`` and ``reset`` whole, with no slicing)."""
     import torch
 
     ys = []
     for k in range(frames):
-        y, *new = _reset_step(module, x[:, :, k : k + 1], states, reset[:, :, k])
+        step = slice(k, k + 1) if frames > 1 else slice(None)
+        y, *new = _reset_step(module, x[:, :, step], states, reset[:, :, step])
         ys.append(y)
         states = tuple(new)
     return (ys[0] if frames == 1 else torch.cat(ys, dim=2), *states)

@@ -301,19 +301,19 @@ def reset_after_the_step(to_onnx):
 
     def faulty(module, x, states, reset):
         y, *new = to_onnx._fold_run(module, x, states, 1)
-        return (y, *to_onnx._cleared(tuple(new), reset))
+        return (y, *to_onnx._cleared(tuple(new), reset.reshape(1, -1, S, 1)))
 
     return "_reset_step", faulty
 
 
 def reset_multiplies(to_onnx):
     """Planted fault: the state is multiplied by (1 - reset): right for finite states, NaN survives."""
-    return "_cleared", lambda states, reset: tuple(s * (~reset)[None, :, :, None].to(s.dtype) for s in states)
+    return "_cleared", lambda states, marked: tuple(s * (~marked).to(s.dtype) for s in states)
 
 
 def reset_ignored(to_onnx):
     """Planted fault: the reset input is read but never applied."""
-    return "_cleared", lambda states, reset: tuple(s + 0 * reset[None, :, :, None].to(s.dtype) for s in states)
+    return "_cleared", lambda states, marked: tuple(s + 0 * marked.to(s.dtype) for s in states)
 
 
 @pytest.mark.parametrize("form", ["dynamic", "frames"])
