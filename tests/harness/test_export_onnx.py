@@ -497,6 +497,12 @@ def test_cli_export_from_a_state_dict_file(tmp_path, capsys):
     assert main(args) == 0
     assert "x (B, S, 1, F)" in capsys.readouterr().out
     assert OnnxRunner(tmp_path / "gru.onnx").frames == 1
+    args += ["--batch", "2", "--resets"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "x (2, S, 1, F), h (L, 2, S, H), reset (2, S, 1) bool" in out, out
+    runner = OnnxRunner(tmp_path / "gru.onnx")
+    assert (runner.has_reset, runner.batch_size, runner.frames) == (True, 2, 1)
     assert main(["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.tflite")]) == 1
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "error:" in capsys.readouterr().err
