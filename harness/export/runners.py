@@ -3,8 +3,9 @@
 
 The file must have the signature ``harness.export.to_onnx`` writes: inputs ``x`` ``(B, S, t, F)``
 then the carried states in ``get_states()`` order (``h``, ``c`` for LSTM; ``h`` otherwise),
-each ``(L, B, S, H)``; outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner
-keeps the states between calls, so a stream of chunks runs like the source model.
+each ``(L, B, S, H)``, and last, if the file was exported with resets, ``reset`` ``(B, S, t)`` bool;
+outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner keeps the states between calls,
+so a stream of chunks runs like the source model; ``run(x, resets=)`` feeds the reset input.
 
 Example:
     >>> from harness.parity.engine import check_parity

@@ -11,10 +11,14 @@ name       shape                  meaning
 ``y``      ``(B, S, t, H)``       the chunk's output
 ``h_out``  ``(L, B, S, H)``       hidden state after the chunk
 ``c_out``  ``(L, B, S, H)``       cell state after the chunk (LSTM only)
+``reset``  ``(B, S, t)`` bool     per-step resets (input, last; only with ``resets=True``)
 =========  =====================  ==================================================
 
-``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph);
-``S``, ``F``, ``L`` and ``H`` are fixed. Feed
+``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph; both
+with ``frames=`` and ``batch_size=``: the static form, every shape fixed);
+``S``, ``F``, ``L`` and ``H`` are fixed. ``reset[b, s, k]`` zeroes stream ``s``'s states before step
+``k`` (a ``Where``: NaN cleared), as the layers' ``resets=`` do: with fixed frames the steps are
+unrolled, with a dynamic time axis the one-step graph runs in an ONNX ``Scan``. Feed
 ``h_out``/``c_out`` back as ``h``/``c`` on the next chunk (zeros to start);
 ``harness.export.runners.OnnxRunner`` does exactly that.
 
