@@ -265,7 +265,7 @@ def test_every_form_matches_module(cell, form, resets, tmp_path):
     assert_form_matches(module, path, FORMS[form], 64, resets)
 
 
-SLOW_CASES = [*(("legacy", c) for c in [*FRAME_CELLS, "rnn-relu"]), ("dynamo", "lstm"), ("dynamo", "gru")]
+SLOW_CASES = [*(("legacy", c) for c in [*FRAME_CELLS, "rnn-relu"]), *(("dynamo", c) for c in FRAME_CELLS)]
 
 
 @pytest.mark.slow
