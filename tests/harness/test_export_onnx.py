@@ -173,6 +173,9 @@ def test_unsupported_is_refused(make, dst, match, tmp_path):
 def test_streams_must_agree_with_the_model(tmp_path):
     with pytest.raises(ExportError, match="num_streams=5 but the model has 3"):
         export(model("gru"), tmp_path / "m.onnx", num_streams=5)
+    with pytest.raises(ExportError, match="batch_size=2 with frames fixes the graph's batch, but the model carries"):
+        export(model("gru", batch_size=3), tmp_path / "m.onnx", frames=1, batch_size=2)
+    assert os.listdir(tmp_path) == []
 
 
 def swap_states(fold_run):
