@@ -122,13 +122,16 @@ def _parity(args: argparse.Namespace) -> int:
         )
         return 1
     backends = args.backend or installed
-    exported = [b for b in backends if b in FORMATS] if args.episodes else []  # a chunk file takes no resets
-    if exported and args.backend:
-        print(f"error: --episodes: an exported {exported[0]} chunk takes no resets or lengths", file=sys.stderr)
-        return 1
-    for backend in exported:
-        backends.remove(backend)
-        print(f"{backend} left out: an exported chunk takes no resets or lengths", file=sys.stderr)
+    if args.episodes:  # a chunk file takes no lengths, and resets only where its format writes a reset input
+        without = [b for b in backends if b in FORMATS and not FORMATS[b].takes_resets]
+        if without and args.backend:
+            print(f"error: --episodes: an exported {without[0]} chunk takes no resets or lengths", file=sys.stderr)
+            return 1
+        for backend in without:
+            backends.remove(backend)
+            print(f"{backend} left out: an exported chunk takes no resets or lengths", file=sys.stderr)
+        for backend in (b for b in backends if b in FORMATS):
+            print(f"{backend}: its file with a reset input, fed the resets only (it takes no lengths)", file=sys.stderr)
     rows: list[dict] = []
     for i, backend in enumerate(backends, 1):
         started = time.perf_counter()
@@ -227,6 +230,7 @@ def _export(args: argparse.Namespace) -> int:
             nonlinearity=args.nonlinearity,
             exporter=args.exporter,
             frames=args.frames,
+            resets=args.resets,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -236,10 +240,12 @@ def _export(args: argparse.Namespace) -> int:
     outs = ", ".join(f"{n}_out" for n in result.state_names)
     fmt = format_of(args.dst)
     assert fmt is not None, "export() wrote a file of a known format"
+    batch, steps = (args.batch if args.frames and args.batch else "B"), args.frames or "t"
+    reset = f", reset ({batch}, S, {steps}) bool" if args.resets else ""
     print(
         f"exported {args.src} -> {args.dst} ({result.cell}, {result.num_streams} streams, {result.exporter} exporter)\n"
-        f"  inputs:  x (B, S, {args.frames or 't'}, F), {states} (L, B, S, H)\n"
-        f"  outputs: y (B, S, {args.frames or 't'}, H), {outs} (L, B, S, H)\n"
+        f"  inputs:  x ({batch}, S, {steps}, F), {states} (L, {batch}, S, H){reset}\n"
+        f"  outputs: y ({batch}, S, {steps}, H), {outs} (L, {batch}, S, H)\n"
         f"verified in {fmt.runtime} against the source over {sum(report.plan)} steps in "
         f"{len(report.plan)} chunks "
         f"(outputs and states at every boundary): max abs error {report.max_abs_error:.3g}. PASS"
@@ -368,12 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("dst", help="destination .onnx or .tflite file (written only once verified)")
     exp.add_argument("--streams", type=_positive, default=None, help="streams S of a torch file's model (default 1)")
     exp.add_argument(
-        "--batch", type=_positive, default=None, help="batch of the verification input (the axis is dynamic)"
+        "--batch",
+        type=_positive,
+        default=None,
+        help="batch of the verification input; the axis stays dynamic, except with --frames: a fully static graph",
     )
     exp.add_argument("--nonlinearity", choices=["tanh", "relu"], help=NONLINEARITY_HELP)
     exp.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch.onnx exporter")
     exp.add_argument(
         "--frames", type=_positive, default=None, help="fix the time axis at this many steps per call (leaner graph)"
+    )
+    exp.add_argument(
+        "--resets",
+        action="store_true",
+        help="one more input, last: reset (B, S, t) bool, zeroing a stream's state before that step (.onnx)",
     )
     seed = sub.add_parser("seed", help="reproduce the original problem on the active Keras backend")
     seed.add_argument("--steps", type=int, default=20)

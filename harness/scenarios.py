@@ -46,16 +46,18 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str 
     return torch_class(cell)(FEATURES, UNITS, streams, num_layers=LAYERS, dtype=getattr(torch, dtype)).to(device)
 
 
-def _twin(backend: str, module: Any, folder: str, eager: bool = False) -> Any:
+def _twin(backend: str, module: Any, folder: str, eager: bool = False, resets: bool = False) -> Any:
     """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its exported
-    file (a format of ``FORMATS``, exported from the module or from its Keras twin, as the format takes them)."""
+    file (a format of ``FORMATS``, exported from the module or from its Keras twin, as the format takes them;
+    with a ``reset`` input if ``resets``)."""
     from harness.export.pipeline import export
     from harness.porting.layers import keras_twin
 
     if backend in FORMATS:
         fmt = FORMATS[backend]
-        path = os.path.join(folder, f"{module.cell}{fmt.suffix}")
-        export(module if fmt.source == "torch" else keras_twin(module, batch_size=BATCH), path, batch_size=BATCH)
+        path = os.path.join(folder, f"{module.cell}{'+reset' if resets else ''}{fmt.suffix}")
+        source = module if fmt.source == "torch" else keras_twin(module, batch_size=BATCH)
+        export(source, path, batch_size=BATCH, resets=resets)
         return path
     return keras_twin(module) if eager else keras_twin(module, batch_size=BATCH)
 
@@ -66,9 +68,11 @@ def run_backend(
     """Parity rows for ``backend`` ("torch" alone, "keras-<name>", or an export format against torch), torch on
     ``device``.
 
-    Exported files run float32 only (onnxruntime's recurrent kernels and TFLite's have no float64). ``episodes`` > 0:
-    streams restart inside chunks, with per-step resets at that rate and lengths in ``[T/2, T]``
-    (the Keras side then runs as an eager layer, which takes them as arguments).
+    Exported files run float32 only (onnxruntime's recurrent kernels and TFLite's have no float64); a format
+    that takes a reset input also runs a file with one (rows of backend ``<format>+reset``, ``_format_rows``).
+    ``episodes`` > 0: streams restart inside chunks, with per-step resets at that rate and lengths in
+    ``[T/2, T]`` (the Keras side then runs as an eager layer, which takes them as arguments; an exported file
+    takes the resets only).
     """
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="multistate-parity-") as folder:
@@ -77,16 +81,35 @@ def run_backend(
                 x = rng.standard_normal((BATCH, streams, STEPS, FEATURES)).astype(dtype)
                 if backend in FORMATS and dtype != "float32":
                     continue
-                models = {"torch": torch_model(cell, streams, dtype, device=device)}
-                if backend != "torch":
-                    models[backend] = _twin(backend, models["torch"], folder, eager=episodes > 0)
+                module = torch_model(cell, streams, dtype, device=device)
                 steps = {}
                 if episodes:
                     steps = {
                         "resets": rng.random((BATCH, streams, STEPS)) < episodes,
                         "lengths": rng.integers(STEPS // 2, STEPS + 1, (BATCH, streams)).astype("int32"),
                     }
+                if backend in FORMATS:
+                    yield from _format_rows(backend, cell, module, x, steps, folder)
+                    continue
+                models = {"torch": module}
+                if backend != "torch":
+                    models[backend] = _twin(backend, module, folder, eager=episodes > 0)
                 yield from _rows(backend, cell, dtype, models, x, steps)
+
+
+def _format_rows(backend: str, cell: str, module: Any, x: np.ndarray, steps: dict, folder: str) -> Iterator[dict]:
+    """An export format's rows: its plain file (not with episodes: it takes no resets), then, if the format takes a
+    reset input, a file with one (backend ``<format>+reset``) fed the episodes' resets, else random ones at
+    ``RESET_RATE`` (never lengths: a chunk file runs every step)."""
+    from harness.export.job import RESET_RATE
+
+    if not steps:
+        yield from _rows(backend, cell, "float32", {"torch": module, backend: _twin(backend, module, folder)}, x, {})
+    if FORMATS[backend].takes_resets:
+        resets = steps.get("resets", np.random.default_rng(24).random(x.shape[:3]) < RESET_RATE)
+        name = f"{backend}+reset"
+        models = {"torch": module, name: _twin(backend, module, folder, resets=True)}
+        yield from _rows(name, cell, "float32", models, x, {"resets": resets})
 
 
 def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray, steps: dict) -> Iterator[dict]:

@@ -41,6 +41,19 @@ class Options:
     frames: int | None = None
     verify_steps: int = 64
     seed: int = 0
+    resets: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool, last among its inputs
+
+
+RESET_RATE = 0.15
+"""Chance of a reset at each step of each stream in the verification input of a file with a reset input."""
+
+
+def verification_resets(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Random per-step resets ``(B, S, T)`` for the verification input (``RESET_RATE`` of the steps), every
+    stream of the first batch row reset at the first step after the first (a reset inside the first chunk)."""
+    resets = np.random.default_rng([seed, 24]).random(shape) < RESET_RATE
+    resets[0, :, min(1, shape[2] - 1)] = True
+    return resets
 
 
 def _no_check(runner: Any) -> None:
@@ -60,6 +73,7 @@ class Job:
     state_names: tuple[str, ...]
     num_streams: int
     check: Callable[[Any], None] = _no_check  # the format's own check of the written file (its runner), before proof
+    resets: np.ndarray | None = None  # the verification resets (B, S, T) bool, for a file with a reset input
 
 
 def check_destination(dst: str | os.PathLike) -> None:

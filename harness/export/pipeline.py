@@ -19,26 +19,56 @@ from harness.export.to_onnx import EXPORTERS
 from harness.parity.report import ParityReport
 
 
-def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
-    """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
+def prove(
+    source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int, resets: np.ndarray | None = None
+) -> ParityReport:
+    """The written file (``runner``) against its ``source`` at every chunk boundary (with ``resets`` fed to
+    both, for a file with a reset input); ``ExportError`` if they differ."""
     from harness.parity.engine import check_parity
 
-    report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
+    report = check_parity({"source": source, name: runner}, x, plan, seed=seed, resets=resets)
     if not report.ok:
         raise ExportError(f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}")
     return report
 
 
+def check_reset_input(runner: Any, x: np.ndarray, wanted: bool) -> None:
+    """The written file has a reset input if and only if it was asked for, and a reset there clears a NaN state:
+    one call from NaN states with every stream reset gives, bit for bit, what it gives from zero states
+    (a reset that multiplies the state by zero, or comes after the step, leaves NaN). The runner is left reset."""
+    if runner.has_reset != wanted:
+        raise ExportError(f"the written file {'lacks' if wanted else 'has'} a reset input; nothing written")
+    if not wanted:
+        return
+    chunk = x[:, :, : runner.frames or 1]
+    every = np.ones(chunk.shape[:3], bool)
+    runner.reset()
+    clean = [runner.run(chunk, resets=every), *runner.states().values()]
+    runner.set_states({n: np.full_like(s, np.nan) for n, s in runner.states().items()})
+    cleared = [runner.run(chunk, resets=every), *runner.states().values()]
+    runner.reset()
+    if not all(np.array_equal(a, b) for a, b in zip(clean, cleared)):
+        raise ExportError(
+            "a reset in the written file does not clear a NaN state (it must select zeros, before the step): "
+            f"from NaN states with every stream reset, {sum(int(np.isnan(a).sum()) for a in cleared)} NaN and "
+            f"largest difference {max(float(np.nanmax(np.abs(a - b), initial=0)) for a, b in zip(clean, cleared)):.3g} "
+            "against the same call from zero states; nothing written"
+        )
+
+
 def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Options) -> ExportResult:
     check_destination(dst)
+    if options.resets and not fmt.takes_resets:
+        raise ExportError(f"a {fmt.suffix} file takes no reset input (yet): resets=True (--resets) needs .onnx")
     job = fmt.prepare(model_or_path, dst, options)
     keep = states_kept(job.reference)
     with landing(dst) as tmp:
         job.write(tmp)
         runner = fmt.runner(tmp)
         job.check(runner)
+        check_reset_input(runner, job.x, options.resets)
         with keep:
-            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed)
+            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed, job.resets)
     return ExportResult(str(dst), job.exporter, job.cell, job.state_names, job.num_streams, report)
 
 
@@ -53,6 +83,7 @@ def export(
     frames: int | None = None,
     verify_steps: int = 64,
     seed: int = 0,
+    resets: bool = False,
 ) -> ExportResult:
     """Export ``model_or_path`` to ``dst`` (one chunk, states explicit), verified before it lands.
 
@@ -64,8 +95,9 @@ def export(
             sources only), atomically: it appears complete and verified, or not at all.
         num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
             has its own, it must agree if given.
-        batch_size: batch of the verification input (default: the model's fixed batch, else 1); the
-            exported batch axis is dynamic either way.
+        batch_size: batch of the verification input (default: the model's fixed batch, else 1). The
+            exported batch axis is dynamic, except with ``frames`` too: then the graph is fully static
+            (ONNX: every shape in it fixed, batch ``batch_size`` and ``frames`` steps per call).
         nonlinearity: ``"tanh"`` or ``"relu"``, a simple RNN's activation, required for one in a torch or
             ``.weights.h5`` file (they do not record it).
         exporter: ONNX: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
@@ -75,6 +107,9 @@ def export(
         verify_steps: time steps of the random verification input, run in random chunks (ones included;
             chunks of ``frames`` steps when it is fixed, rounded up to a whole number of them).
         seed: seed of the verification input and chunk plan.
+        resets: give the file one more input, last: ``reset`` ``(B, S, t)`` bool, where True zeroes that
+            stream's state before that step, as the layers' ``resets=`` do (ONNX only for now). The file is
+            verified with random resets (``harness.export.job.RESET_RATE``) and from NaN states reset.
 
     Returns:
         An ``ExportResult`` with the parity report of the written file against the source.
@@ -94,7 +129,7 @@ def export(
     if fmt is None:
         suffixes = " or ".join(f.suffix for f in FORMATS.values())
         raise ExportError(f"cannot write {dst}: the destination must end in {suffixes}")
-    options = Options(num_streams, batch_size, nonlinearity, exporter, frames, verify_steps, seed)
+    options = Options(num_streams, batch_size, nonlinearity, exporter, frames, verify_steps, seed, resets)
     return _export(fmt, model_or_path, dst, options)
 
 

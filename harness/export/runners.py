@@ -3,8 +3,9 @@
 
 The file must have the signature ``harness.export.to_onnx`` writes: inputs ``x`` ``(B, S, t, F)``
 then the carried states in ``get_states()`` order (``h``, ``c`` for LSTM; ``h`` otherwise),
-each ``(L, B, S, H)``; outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner
-keeps the states between calls, so a stream of chunks runs like the source model.
+each ``(L, B, S, H)``, and last, if the file was exported with resets, ``reset`` ``(B, S, t)`` bool;
+outputs ``y`` ``(B, S, t, H)`` then ``h_out`` (``c_out``). The runner keeps the states between calls,
+so a stream of chunks runs like the source model; ``run(x, resets=)`` feeds the reset input.
 
 Example:
     >>> from harness.parity.engine import check_parity
@@ -45,6 +46,7 @@ class _ChunkRunner:
     hidden_size: int
     _states: dict[str, np.ndarray] | None
     frames: int | None = None  # steps per call of a file exported with fixed frames
+    batch_size: int | None = None  # the batch of a file exported with a fixed batch (the static form), else None
     has_reset: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool
 
     def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
@@ -73,6 +75,11 @@ class _ChunkRunner:
                 f"got shape {x.shape}"
             )
         reset = self._checked_reset(x, resets, lengths)
+        if self.batch_size is not None and x.shape[0] != self.batch_size:
+            raise ValueError(
+                f"{self.path} was exported for a fixed batch of {self.batch_size}: x must have batch "
+                f"{self.batch_size}, got shape {x.shape}"
+            )
         if self.frames is not None and x.shape[2] % self.frames:
             raise ValueError(
                 f"{self.path} was exported for {self.frames} steps per call: x must have a multiple of "
@@ -180,6 +187,8 @@ class OnnxRunner(_ChunkRunner):
 
     def _check_signature(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        reset = inputs[-1] if len(inputs) > 2 and inputs[-1].name == "reset" else None
+        inputs = inputs[:-1] if reset is not None else inputs
         names = [i.name for i in inputs[1:]]
         expected_outputs = ["y"] + [f"{n}_out" for n in names]
         ok = (
@@ -195,21 +204,36 @@ class OnnxRunner(_ChunkRunner):
             fixed = (x_shape[1], x_shape[3], state_shape[0], state_shape[2], state_shape[3])
             ok = all(isinstance(d, int) for d in fixed) and x_shape[1] == state_shape[2]
             ok = ok and all(i.shape[0] == state_shape[0] and i.shape[2:] == state_shape[2:] for i in inputs[1:])
+            ok = ok and (reset is None or _is_reset_of(reset, x_shape))
         if not ok:
             raise ValueError(
                 f"{self.path} is not a multi-state chunk model: expected inputs x (B, S, t, F), h[, c] "
-                f"(L, B, S, H) and outputs y, h_out[, c_out] of one float type; "
-                f"got inputs [{_describe(inputs)}], outputs [{_describe(outputs)}]"
+                f"(L, B, S, H)[, reset (B, S, t) bool] and outputs y, h_out[, c_out] of one float type; "
+                f"got inputs [{_describe(self.session.get_inputs())}], outputs [{_describe(outputs)}]"
             )
         self.state_names = tuple(names)
         self.dtype = np.dtype(_ORT_DTYPES[inputs[0].type])
         self.num_streams, self.input_size = int(x_shape[1]), int(x_shape[3])
         self.num_layers, self.hidden_size = int(state_shape[0]), int(state_shape[3])
         self.frames = x_shape[2] if isinstance(x_shape[2], int) else None
+        self.batch_size = x_shape[0] if isinstance(x_shape[0], int) else None
+        self.has_reset = reset is not None
 
     def _call(self, x: np.ndarray, states: dict[str, np.ndarray], reset: np.ndarray | None) -> list[np.ndarray]:
         feeds = {"x": x, **states} if reset is None else {"x": x, **states, "reset": reset}
         return self.session.run(None, feeds)
+
+
+def _is_reset_of(reset: Any, x_shape: Sequence[Any]) -> bool:
+    """Whether an onnxruntime input is a reset input ``(B, S, t)`` bool for an input ``x`` of ``x_shape``: its fixed
+    sizes are x's first three, and where x's size is fixed, so is its."""
+    shape = reset.shape
+    return (
+        reset.type == "tensor(bool)"
+        and len(shape) == 3
+        and all(not isinstance(d, int) or d == shape[i] for i, d in enumerate(x_shape[:3]))
+        and all(not isinstance(d, int) or d == x_shape[i] for i, d in enumerate(shape))
+    )
 
 
 def _interpreter_class() -> type:

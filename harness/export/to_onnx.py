@@ -11,10 +11,14 @@ name       shape                  meaning
 ``y``      ``(B, S, t, H)``       the chunk's output
 ``h_out``  ``(L, B, S, H)``       hidden state after the chunk
 ``c_out``  ``(L, B, S, H)``       cell state after the chunk (LSTM only)
+``reset``  ``(B, S, t)`` bool     per-step resets (input, last; only with ``resets=True``)
 =========  =====================  ==================================================
 
-``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph);
-``S``, ``F``, ``L`` and ``H`` are fixed. Feed
+``B`` (batch) and ``t`` (time) are dynamic (``t`` fixed with ``frames=``, for a leaner graph; both
+with ``frames=`` and ``batch_size=``: the static form, every shape fixed);
+``S``, ``F``, ``L`` and ``H`` are fixed. ``reset[b, s, k]`` zeroes stream ``s``'s states before step
+``k`` (a ``Where``: NaN cleared), as the layers' ``resets=`` do: with fixed frames the steps are
+unrolled, with a dynamic time axis the one-step graph runs in an ONNX ``Scan``. Feed
 ``h_out``/``c_out`` back as ``h``/``c`` on the next chunk (zeros to start);
 ``harness.export.runners.OnnxRunner`` does exactly that.
 
@@ -55,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.export.job import ExportError, Job, Options
+from harness.export.job import ExportError, Job, Options, verification_resets
 from harness.export.sources import check_streams, file_kind
 
 EXPORTERS = ("legacy", "dynamo")
@@ -82,9 +86,39 @@ def _fold_run(module: Any, x: Any, states: tuple[Any, ...], frames: int | None) 
     return (y, *(s.reshape(layers, batch, streams, hidden) for s in new))
 
 
-def _chunk_module(module: Any, frames: int | None = None) -> Any:
-    """An ``nn.Module`` whose ``forward(x, h[, c])`` returns ``(y, h_out[, c_out])`` (explicit arguments:
-    the dynamo exporter maps dynamic shapes onto named arguments); ``frames``: a fixed time axis."""
+def _cleared(states: tuple[Any, ...], marked: Any) -> tuple[Any, ...]:
+    """``states`` (each ``(L, B, S, H)``) with the streams ``marked`` ``(1, B, S, 1)`` set to zero: a select
+    (ONNX ``Where``), not a product, so a NaN or infinite state is cleared too."""
+    import torch
+
+    return tuple(torch.where(marked, 0.0, s) for s in states)
+
+
+def _reset_step(module: Any, x: Any, states: tuple[Any, ...], reset: Any) -> tuple[Any, ...]:
+    """One step ``x`` ``(B, S, 1, F)`` from ``states``, the streams marked in ``reset`` ``(B, S, 1)`` from zero
+    state."""
+    marked = reset.reshape(1, -1, module.num_streams, 1)  # S as a Python int: one constant Reshape
+    return _fold_run(module, x, _cleared(states, marked), 1)
+
+
+def _reset_run(module: Any, x: Any, states: tuple[Any, ...], reset: Any, frames: int) -> tuple[Any, ...]:
+    """``frames`` steps with per-step resets ``(B, S, frames)``, one step at a time (``frames`` steps in the graph;
+    one frame takes ``x`` and ``reset`` whole, with no slicing)."""
+    import torch
+
+    ys = []
+    for k in range(frames):
+        step = slice(k, k + 1) if frames > 1 else slice(None)
+        y, *new = _reset_step(module, x[:, :, step], states, reset[:, :, step])
+        ys.append(y)
+        states = tuple(new)
+    return (ys[0] if frames == 1 else torch.cat(ys, dim=2), *states)
+
+
+def _chunk_module(module: Any, frames: int | None = None, resets: bool = False) -> Any:
+    """An ``nn.Module`` whose ``forward(x, h[, c][, reset])`` returns ``(y, h_out[, c_out])`` (explicit arguments:
+    the dynamo exporter maps dynamic shapes onto named arguments); ``frames``: a fixed time axis (needed with
+    ``resets``, which run step by step)."""
     from torch import nn
 
     class ChunkH(nn.Module):
@@ -99,7 +133,18 @@ def _chunk_module(module: Any, frames: int | None = None) -> Any:
         def forward(self, x: Any, h: Any, c: Any) -> tuple[Any, ...]:  # type: ignore[override]
             return _fold_run(self.module, x, (h, c), frames)
 
-    return (ChunkHC if len(module.state_names) == 2 else ChunkH)().eval()
+    class ResetH(ChunkH):
+        def forward(self, x: Any, h: Any, reset: Any) -> tuple[Any, ...]:  # type: ignore[override]
+            assert frames is not None  # resets run step by step: a fixed number of steps
+            return _reset_run(self.module, x, (h,), reset, frames)
+
+    class ResetHC(ChunkH):
+        def forward(self, x: Any, h: Any, c: Any, reset: Any) -> tuple[Any, ...]:  # type: ignore[override]
+            assert frames is not None  # as above
+            return _reset_run(self.module, x, (h, c), reset, frames)
+
+    kinds = {(False, 1): ChunkH, (False, 2): ChunkHC, (True, 1): ResetH, (True, 2): ResetHC}
+    return kinds[resets, len(module.state_names)]().eval()
 
 
 @contextlib.contextmanager
@@ -121,44 +166,155 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_onnx(module: Any, path: str, exporter: str, frames: int | None) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Form:
+    """Which graph is written: ``frames`` steps per call (None: a dynamic time axis), ``batch`` fixed (None:
+    dynamic; fixed only with ``frames``: the fully static form), and whether it takes a ``reset`` input."""
+
+    frames: int | None
+    batch: int | None
+    resets: bool
+
+
+def _write_onnx(module: Any, path: str, exporter: str, form: _Form) -> None:
+    """Write ``form``'s graph of ``module``; a dynamic time axis with resets is the one-step graph run by a Scan."""
+    if form.resets and form.frames is None:
+        import onnx
+
+        _write_chunk(module, path, exporter, dataclasses.replace(form, frames=1))
+        onnx.save(_over_time(onnx.load(path)), path)
+    else:
+        _write_chunk(module, path, exporter, form)
+
+
+def _write_chunk(module: Any, path: str, exporter: str, form: _Form) -> None:
     import torch
 
     names = module.state_names
-    inputs = ["x", *names]
+    inputs = ["x", *names, *(["reset"] if form.resets else [])]
     outputs = ["y", *(f"{n}_out" for n in names)]
     # Example sizes above 1: torch.export specializes dimensions of size 0 or 1 (batch 1 fixes the time axis too).
-    batch, steps = 2, frames or 3
+    batch, steps = form.batch or 2, form.frames or 3
     x = torch.zeros(batch, module.num_streams, steps, module.input_size)
     states = tuple(torch.zeros(module.num_layers, batch, module.num_streams, module.hidden_size) for _ in names)
-    chunk = _chunk_module(module, frames)
-    time_axis = {} if frames else {2: "time"}
+    reset = (torch.zeros(batch, module.num_streams, steps, dtype=torch.bool),) if form.resets else ()
+    chunk = _chunk_module(module, form.frames, form.resets)
+    time_axis = {} if form.frames else {2: "time"}
     with _quiet(), torch.no_grad():
         if exporter == "legacy":
-            axes = {"x": {0: "batch", **time_axis}, "y": {0: "batch", **time_axis}}
-            axes.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
+            axes = {"x": {0: "batch", **time_axis}, "y": {0: "batch", **time_axis}, "reset": {0: "batch"}}
+            axes.update({n: {1: "batch"} for n in inputs[1 : len(names) + 1] + outputs[1:]})
             torch.onnx.export(
                 chunk,
-                (x, *states),
+                (x, *states, *reset),
                 path,
                 dynamo=False,
                 input_names=inputs,
                 output_names=outputs,
-                dynamic_axes=axes,
+                dynamic_axes=None if form.batch else {k: v for k, v in axes.items() if k in inputs + outputs},
                 opset_version=LEGACY_OPSET,
             )
         else:
             batch_dim = torch.export.Dim("batch")
-            x_axes = {0: batch_dim} if frames else {0: batch_dim, 2: torch.export.Dim("time")}
-            shapes = (x_axes, *({1: batch_dim} for _ in names))
+            x_axes = {0: batch_dim} if form.frames else {0: batch_dim, 2: torch.export.Dim("time")}
+            shapes = (x_axes, *({1: batch_dim} for _ in names), *({0: batch_dim} for _ in reset))
             program = torch.onnx.export(
-                chunk, (x, *states), dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=shapes
+                chunk,
+                (x, *states, *reset),
+                dynamo=True,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=None if form.batch else shapes,
             )
             assert program is not None  # dynamo=True returns the program
             program.save(path)
 
 
-def _stamp(path: str, module: Any, exporter: str, frames: int | None) -> None:
+def _over_time(step: Any) -> Any:
+    """The one-step graph ``step`` (inputs ``x`` ``(B, S, 1, F)``, states, ``reset`` ``(B, S, 1)``) run over a
+    dynamic time axis: one ONNX ``Scan`` over axis 2 of ``x`` and ``reset``, the states carried, the steps'
+    ``y`` stacked on axis 2. Same names and order as the other forms."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = step.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ExportError("the one-step graph holds subgraphs of its own: it cannot be wrapped in a Scan over time")
+    inputs = {i.name: i for i in graph.input}
+    states = [i.name for i in graph.input][1:-1]
+    _, streams, _, features = _dims(inputs["x"])
+    state_shape = ["batch" if isinstance(d, str) else d for d in _dims(inputs[states[0]])]
+    hidden, elem = state_shape[3], inputs["x"].type.tensor_type.elem_type
+
+    def inner(name: str) -> str:  # a subgraph may not reuse a name of the graph around it
+        return f"step/{name}" if name else name
+
+    time_axis = helper.make_tensor("time_axis", TensorProto.INT64, [1], [2])
+    nodes = [
+        helper.make_node("Constant", [], [inner("time_axis")], value=time_axis),
+        helper.make_node("Unsqueeze", [inner("x_t"), inner("time_axis")], [inner("x")]),
+        helper.make_node("Unsqueeze", [inner("reset_t"), inner("time_axis")], [inner("reset")]),
+    ]
+    for node in graph.node:
+        renamed = onnx.NodeProto()
+        renamed.CopyFrom(node)
+        renamed.input[:] = [inner(n) for n in node.input]
+        renamed.output[:] = [inner(n) for n in node.output]
+        renamed.name = inner(node.name)
+        nodes.append(renamed)
+    nodes.append(helper.make_node("Squeeze", [inner("y"), inner("time_axis")], [inner("y_t")]))
+    initializers = []
+    for tensor in graph.initializer:
+        renamed_tensor = onnx.TensorProto()
+        renamed_tensor.CopyFrom(tensor)
+        renamed_tensor.name = inner(tensor.name)
+        initializers.append(renamed_tensor)
+
+    def value(name: str, shape: list, kind: int = elem) -> Any:
+        return helper.make_tensor_value_info(name, kind, shape)
+
+    body = helper.make_graph(
+        nodes,
+        "step",
+        [
+            *(value(inner(n), state_shape) for n in states),
+            value(inner("x_t"), ["batch", streams, features]),
+            value(inner("reset_t"), ["batch", streams], TensorProto.BOOL),
+        ],
+        [*(value(inner(f"{n}_out"), state_shape) for n in states), value(inner("y_t"), ["batch", streams, hidden])],
+        initializers,
+    )
+    scan = helper.make_node(
+        "Scan",
+        [*states, "x", "reset"],
+        [*(f"{n}_out" for n in states), "y"],
+        name="time",
+        body=body,
+        num_scan_inputs=2,
+        scan_input_axes=[2, 2],
+        scan_output_axes=[2],
+    )
+    outer = helper.make_graph(
+        [scan],
+        graph.name,
+        [
+            value("x", ["batch", streams, "time", features]),
+            *(value(n, state_shape) for n in states),
+            value("reset", ["batch", streams, "time"], TensorProto.BOOL),
+        ],
+        [value("y", ["batch", streams, "time", hidden]), *(value(f"{n}_out", state_shape) for n in states)],
+    )
+    model = helper.make_model(outer, opset_imports=step.opset_import, ir_version=step.ir_version)
+    model.functions.extend(step.functions)  # the dynamo exporter's local functions, if any
+    return model
+
+
+def _dims(value: Any) -> list[int | str]:
+    """A graph value's shape: ints where fixed, the dimension's name (or "?") where not."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
+
+
+def _stamp(path: str, module: Any, exporter: str, form: _Form) -> None:
     """Check the file with ``onnx.checker`` and record what it holds in its metadata."""
     import onnx
 
@@ -173,7 +329,9 @@ def _stamp(path: str, module: Any, exporter: str, frames: int | None) -> None:
         "multistate_rnn.input_size": str(module.input_size),
         "multistate_rnn.state_names": ",".join(module.state_names),
         "multistate_rnn.exporter": exporter,
-        "multistate_rnn.frames": str(frames or "dynamic"),
+        "multistate_rnn.frames": str(form.frames or "dynamic"),
+        "multistate_rnn.batch": str(form.batch or "dynamic"),
+        "multistate_rnn.reset": "input" if form.resets else "none",
     }
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -272,6 +430,8 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     (``ExportError``) if the file could not hold it, and the random input, in chunks, that proves the file."""
     import torch
 
+    from harness.porting.layers import only_multistate_layer
+
     try:
         source = _source(model_or_path, options)
     except (ValueError, TypeError) as e:
@@ -285,6 +445,13 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
         )
     if frames is not None and frames < 1:
         raise ExportError(f"frames must be a positive number of steps per call, got {frames}")
+    static = frames is not None and options.batch_size is not None
+    if static and source.batch_size != options.batch_size:
+        raise ExportError(
+            f"batch_size={options.batch_size} with frames fixes the graph's batch, but the model carries a batch "
+            f"of {source.batch_size}"
+        )
+    form = _Form(frames, source.batch_size if static else None, options.resets)
     plan: Any = "random" if frames is None else [frames] * -(-options.verify_steps // frames)
     steps = options.verify_steps if frames is None else sum(plan)
     rng = np.random.default_rng(options.seed)
@@ -292,8 +459,8 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
 
     def write(path: str) -> None:
         try:
-            _write_onnx(module, path, exporter, frames)
-            _stamp(path, module, exporter, frames)
+            _write_onnx(module, path, exporter, form)
+            _stamp(path, module, exporter, form)
         except Exception as e:
             raise ExportError(f"the {exporter} exporter failed on {module.cell}: {type(e).__name__}: {e}") from e
 
@@ -304,6 +471,40 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
                 f"the {exporter} exporter fixed the time axis of {module.cell} at {time_axis} steps "
                 "(it unrolls the loop); use exporter='legacy'"
             )
+        if static and (dynamic := dynamic_dims(onnx_model(runner.path))):
+            raise ExportError(f"the static graph has dynamic dimensions: {', '.join(dynamic[:5])}")
 
     names = tuple(module.state_names)
-    return Job(write, source.reference, x, plan, exporter, module.cell, names, module.num_streams, check)
+    reference = source.reference
+    if options.resets and source.reference is not module:  # a Keras model takes resets as a layer call's argument
+        reference = only_multistate_layer(source.reference)
+    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
+    return Job(write, reference, x, plan, exporter, module.cell, names, module.num_streams, check, resets)
+
+
+def onnx_model(path: str | os.PathLike) -> Any:
+    """The ONNX model at ``path`` with every shape inferred (``onnx.shape_inference``, strict)."""
+    import onnx
+
+    return onnx.shape_inference.infer_shapes(onnx.load(str(path)), check_type=True, strict_mode=True)
+
+
+def dynamic_dims(model: Any) -> list[str]:
+    """Every graph input, output and inferred value of ``model`` with a dimension that is not a fixed number
+    (``name (shape)``); empty for a fully static graph. Subgraphs are read too."""
+    import onnx
+
+    def values(graph: Any) -> Iterator[Any]:
+        yield from (*graph.input, *graph.output, *graph.value_info)
+        for node in graph.node:
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                    yield from values(sub)
+
+    found = []
+    for v in values(model.graph):
+        if v.type.HasField("tensor_type"):
+            dims = _dims(v)
+            if not v.type.tensor_type.HasField("shape") or any(isinstance(d, str) or d < 1 for d in dims):
+                found.append(f"{v.name} {tuple(dims) if v.type.tensor_type.HasField('shape') else '(unknown)'}")
+    return found

@@ -199,14 +199,35 @@ def test_cli_parity_prints_a_summary_and_writes_every_row(tmp_path, capsys):
 
 
 def test_cli_parity_with_episodes(capsys):
-    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and ONNX."""
+    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and an export format
+    without a reset input (one with: ``test_main_job_covers_the_reset_input_of_exported_files``)."""
+    from harness.export import FORMATS
+
     assert main(["parity", "--backend", "torch", "--cell", "lstm", "--dtype", "float64", "--episodes", "0.2"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(["parity", "--episodes", "1.5"]) == 1
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    for exported in ("onnx", "tflite"):
-        assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
-        assert "takes no resets or lengths" in capsys.readouterr().err
+    for exported, fmt in FORMATS.items():
+        if not fmt.takes_resets:
+            assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
+            assert "takes no resets or lengths" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("episodes", [0.0, 0.2])
+def test_main_job_covers_the_reset_input_of_exported_files(episodes):
+    """A format with a reset input runs its plain file and its reset-input file (random resets) against torch in
+    every plan; with episodes, the reset-input file alone on the episodes' resets. Every row within 1e-6."""
+    pytest.importorskip("onnxruntime")
+    from harness import scenarios
+    from harness.parity.engine import PLANS
+
+    rows = list(scenarios.run_backend("onnx", ["gru"], ["float32"], streams=2, episodes=episodes))
+    backends = ["onnx+reset"] if episodes else ["onnx", "onnx+reset"]
+    assert sorted({r["backend"] for r in rows}) == backends
+    for backend in backends:
+        mine = [r for r in rows if r["backend"] == backend]
+        assert {r["plan"] for r in mine} == set(PLANS) and all(r["ok"] for r in mine), mine
+        assert max(r["max_abs"] for r in mine) <= 1e-6, max(r["max_abs"] for r in mine)
 
 
 def test_entry_point_refusals(tmp_path, capsys):
