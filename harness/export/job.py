@@ -41,6 +41,7 @@ class Options:
     frames: int | None = None
     verify_steps: int = 64
     seed: int = 0
+    resets: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool, last among its inputs
 
 
 def _no_check(runner: Any) -> None:
@@ -60,6 +61,7 @@ class Job:
     state_names: tuple[str, ...]
     num_streams: int
     check: Callable[[Any], None] = _no_check  # the format's own check of the written file (its runner), before proof
+    resets: np.ndarray | None = None  # the verification resets (B, S, T) bool, for a file with a reset input
 
 
 def check_destination(dst: str | os.PathLike) -> None:

@@ -19,11 +19,14 @@ from harness.export.to_onnx import EXPORTERS
 from harness.parity.report import ParityReport
 
 
-def prove(source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int) -> ParityReport:
-    """The written file (``runner``) against its ``source`` at every chunk boundary; ``ExportError`` if they differ."""
+def prove(
+    source: Any, name: str, runner: Any, x: np.ndarray, plan: Any, seed: int, resets: np.ndarray | None = None
+) -> ParityReport:
+    """The written file (``runner``) against its ``source`` at every chunk boundary (with ``resets`` fed to
+    both, for a file with a reset input); ``ExportError`` if they differ."""
     from harness.parity.engine import check_parity
 
-    report = check_parity({"source": source, name: runner}, x, plan, seed=seed)
+    report = check_parity({"source": source, name: runner}, x, plan, seed=seed, resets=resets)
     if not report.ok:
         raise ExportError(f"the exported file disagrees with the source; nothing written.\n{report.failure_message()}")
     return report
@@ -38,7 +41,7 @@ def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Op
         runner = fmt.runner(tmp)
         job.check(runner)
         with keep:
-            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed)
+            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed, job.resets)
     return ExportResult(str(dst), job.exporter, job.cell, job.state_names, job.num_streams, report)
 
 
@@ -53,6 +56,7 @@ def export(
     frames: int | None = None,
     verify_steps: int = 64,
     seed: int = 0,
+    resets: bool = False,
 ) -> ExportResult:
     """Export ``model_or_path`` to ``dst`` (one chunk, states explicit), verified before it lands.
 
@@ -94,7 +98,7 @@ def export(
     if fmt is None:
         suffixes = " or ".join(f.suffix for f in FORMATS.values())
         raise ExportError(f"cannot write {dst}: the destination must end in {suffixes}")
-    options = Options(num_streams, batch_size, nonlinearity, exporter, frames, verify_steps, seed)
+    options = Options(num_streams, batch_size, nonlinearity, exporter, frames, verify_steps, seed, resets)
     return _export(fmt, model_or_path, dst, options)
 
 

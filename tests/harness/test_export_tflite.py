@@ -20,6 +20,7 @@ pytestmark = [
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
+import harness.export.tflite_steps as steps  # noqa: E402
 import harness.export.to_tflite as ex  # noqa: E402
 from harness import check_parity, default_tolerance  # noqa: E402
 from harness.export import (  # noqa: E402
@@ -111,15 +112,9 @@ def test_keras_file_source_and_callers_states_left_alone(tmp_path):
 # ---- refusals: clear errors, nothing written ----------------------------------------------------
 
 
-def torch_lstm():
-    return pytest.importorskip("torch").nn.LSTM(F, H)
-
-
 @pytest.mark.parametrize(
     "make, match",
     [
-        (torch_lstm, "not supported from LSTM: the TFLite converter takes TensorFlow"),
-        (lambda: "weights.pt", "not supported from a torch weight file"),
         (lambda: layer_of("lstm", dtype="float64"), "float64/float64"),
         (lambda: layer_of("gru", return_sequences=False), "return_sequences=False"),
         (lambda: keras_class("rnn")(H, S), "no carried state yet"),
@@ -176,12 +171,12 @@ def swapped(chunk_function):
     return faulty
 
 
-@pytest.mark.parametrize("target, fault", [("_weights", perturbed), ("chunk_function", swapped)])
-def test_planted_fault_is_caught_and_nothing_written(target, fault, tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, target, fault", [(steps, "_weights", perturbed), (ex, "chunk_function", swapped)])
+def test_planted_fault_is_caught_and_nothing_written(module, target, fault, tmp_path, monkeypatch):
     layer = layer_of("lstm", num_layers=1)
     path = tmp_path / "m.tflite"
     path.write_bytes(b"the previous good file")
-    monkeypatch.setattr(ex, target, fault(getattr(ex, target)))
+    monkeypatch.setattr(module, target, fault(getattr(module, target)))
     with pytest.raises(ExportError, match="disagrees with the source"):
         export(layer, path, verify_steps=16)
     assert path.read_bytes() == b"the previous good file"
