@@ -27,6 +27,10 @@ def dtype(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow (long acceptance runs)")
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Mark the examples in ``models_keras``'s docstrings (collected by ``--doctest-modules``) ``keras``: like the
     Keras tests, they run in the Keras jobs, once per backend."""
@@ -37,11 +41,17 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep this process's share of the tests where ``SUITE_SHARD="k/n"`` (every n-th from the k-th: how
     ``tests/run_all.sh`` splits its longest job over the cores); skip the tests marked ``gpu`` where torch
-    sees no CUDA device (torch is imported only if there are some)."""
+    sees no CUDA device (torch is imported only if there are some), and those marked ``slow`` without
+    ``--run-slow``."""
     if os.environ.get("SUITE_SHARD"):
         kept, dropped = shard(items, os.environ["SUITE_SHARD"])
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+    if not config.getoption("--run-slow"):
+        skip_slow = pytest.mark.skip(reason="a long acceptance run: pytest --run-slow")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip_slow)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items or cuda_available():
         return

@@ -44,6 +44,18 @@ class Options:
     resets: bool = False  # the file takes a per-step ``reset`` input (B, S, t) bool, last among its inputs
 
 
+RESET_RATE = 0.15
+"""Chance of a reset at each step of each stream in the verification input of a file with a reset input."""
+
+
+def verification_resets(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Random per-step resets ``(B, S, T)`` for the verification input (``RESET_RATE`` of the steps), every
+    stream of the first batch row reset at the first step after the first (a reset inside the first chunk)."""
+    resets = np.random.default_rng([seed, 24]).random(shape) < RESET_RATE
+    resets[0, :, min(1, shape[2] - 1)] = True
+    return resets
+
+
 def _no_check(runner: Any) -> None:
     """A format without checks of its own on the written file."""
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from harness.export import tflite_static, xnnpack
 from harness.export import tflite_steps as steps
-from harness.export.job import ExportError, Job, Options
+from harness.export.job import ExportError, Job, Options, verification_resets
 from harness.export.sources import file_kind
 
 SIGNATURE = "serving_default"
@@ -250,9 +250,9 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     frames, batch = options.frames, layer.batch_size
     plan: Any = "random" if frames is None else [frames] * -(-options.verify_steps // frames)
     steps = options.verify_steps if frames is None else sum(plan)
-    rng = np.random.default_rng(options.seed)
-    x = rng.standard_normal((batch, layer.num_streams, steps, layer.input_size)).astype("float32")
-    resets = rng.random((batch, layer.num_streams, steps)) < 0.1 if options.resets else None
+    shape = (batch, layer.num_streams, steps, layer.input_size)
+    x = np.random.default_rng(options.seed).standard_normal(shape).astype("float32")
+    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
 
     def write(path: str) -> None:
         try:
