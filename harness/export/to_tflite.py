@@ -1,21 +1,26 @@
-"""Export a Keras multi-state layer to TFLite (LiteRT) as one streaming chunk, then prove the file.
+"""Export a multi-state model to TFLite (LiteRT) as one streaming chunk, then prove the file.
 
 ``harness.export.export(model, "m.tflite")`` lands here (as does ``export_tflite``). The ``.tflite`` file holds one
 call of the layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
 tensors are named and shaped as in the ONNX file (the table in ``harness.export.to_onnx``: inputs ``x``, ``h``
-[, ``c``], outputs ``y``, ``h_out`` [, ``c_out``]).
+[, ``c``][, ``reset``], outputs ``y``, ``h_out`` [, ``c_out``]), and the main graph's inputs and outputs come in
+that order.
 
-``B`` (batch) and ``t`` (time) are dynamic (``-1`` in the shape signature); ``S``, ``F``, ``L``, ``H``
-are fixed. The graph is built from the layer's weights (frozen as constants) and its cells'
-activations: streams folded into the batch (row ``b*S + s``), the input projection of every step in
-one matmul, then a ``WHILE`` loop over time that grows the output by concatenation (the converter
-lowers Keras's own loop only with a static batch: its ``TensorListReserve`` needs a static element
-shape). Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT interpreter runs it.
+Two forms, built from the same step maths (``harness.export.tflite_steps``: the layer's weights frozen as
+constants, streams folded into the batch, row ``b*S + s``):
 
-Sources: a ``models_keras`` layer (built, with a batch size) or a Keras model that is just that layer,
-or a ``.keras``/``.weights.h5`` file, on the TensorFlow backend, in float32. torch modules and torch
-weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.layers.keras_twin``
-and export the Keras twin).
+- dynamic (this module's ``chunk_function``): ``B`` (batch) and ``t`` (time) dynamic (``-1`` in the shape
+  signature), the input projection of every step in one matmul, then a ``WHILE`` loop over time that grows the
+  output by concatenation (the converter lowers Keras's own loop only with a static batch: its
+  ``TensorListReserve`` needs a static element shape);
+- static (``frames=K``, ``harness.export.tflite_static``): every shape fixed, the ``K`` steps unrolled, no loop;
+  checked to run wholly on XNNPACK (``harness.export.xnnpack``) but for the reset's selects on bools.
+
+Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT interpreter runs it.
+
+Sources, on the TensorFlow backend, in float32: a ``models_keras`` layer (built, with a batch size) or a Keras
+model that is just that layer, or a ``.keras``/``.weights.h5`` file; a torch module or torch weight file through
+its Keras twin (``harness.porting.keras_twin``), the file then proven against the torch module.
 
 Example:
     >>> from models_keras import MultiStateGRU

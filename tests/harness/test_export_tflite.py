@@ -309,11 +309,17 @@ def test_static_form_equals_the_source_with_resets(cell, source, form, layers, t
 @pytest.mark.slow
 def test_every_tflite_form_over_1000_frames_with_resets(layers, tmp_path):
     """The acceptance run: every cell, from torch and from Keras, dynamic and static (1 and K frames), with and
-    without the reset input, over 1,000 frames (1,002 for K) with random resets where the file takes them."""
+    without the reset input, against the torch source over 1,000 frames (1,002 for K) with random resets where
+    the file takes them, every call, every state, within 1e-6. A Keras source's file is held to the torch twin
+    of the layer (``torch_twin``: the Keras layer itself runs 1,000 one-frame calls in minutes; the export's
+    proof held the file to the layer)."""
+    from harness.porting.layers import torch_twin
+
     worst = 0.0
     for cell in ("lstm", "gru", "rnn"):
         for source in ("keras", "torch"):
             model = layers[cell] if source == "keras" else torch_module_of(cell)
+            reference = torch_twin(model).eval() if source == "keras" else model
             for frames in (None, 1, K):
                 for with_reset in (False, True):
                     path = str(tmp_path / f"{cell}-{source}-{frames}-{with_reset}.tflite")
@@ -321,16 +327,16 @@ def test_every_tflite_form_over_1000_frames_with_resets(layers, tmp_path):
                     steps = 1002 if frames == K else 1000
                     if frames is None:  # the dynamic form: in chunks of 1 to 5 frames
                         runner = TFLiteRunner(path, threads=1)
-                        plan = list(np.random.default_rng(5).integers(1, 6, 400))
-                        plan = plan[: np.searchsorted(np.cumsum(plan), steps)] or [steps]
-                        x = x_of(B, int(sum(plan)))
+                        plan = np.random.default_rng(5).integers(1, 6, 1000)
+                        plan = [int(n) for n in plan[: np.searchsorted(np.cumsum(plan), steps)]]
+                        x = x_of(B, sum(plan))
                         resets = resets_of(x.shape[2]) if with_reset else None
-                        report = check_parity({"source": model, "tflite": runner}, x, plan, resets=resets,
-                                              whole_state_checks=2)  # fmt: skip
+                        report = check_parity({"source": reference, "tflite": runner}, x, plan, resets=resets,
+                                              whole_state_checks=1)  # fmt: skip
                         assert report.ok and report.max_abs_error <= 1e-6, report.failure_message()
                         error = report.max_abs_error
                     else:
-                        error = prove_static(model, path, frames, with_reset, steps)
+                        error = prove_static(reference, path, frames, with_reset, steps)
                     worst = max(worst, error)
                     print(f"{cell} from {source}, frames={frames}, reset input {with_reset}: {error:.3g}")
     print(f"worst max abs error over 1,000 frames: {worst:.3g}")
