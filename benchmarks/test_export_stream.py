@@ -1,13 +1,15 @@
 """Streaming cost of an exported chunk model: one frame per call, onnxruntime and LiteRT on one thread vs torch.
 
 Band-split shapes (batch 1, one stream per band, ``F = H``, one layer). Under pytest each pair is a
-``pytest-benchmark`` case; ``python -m benchmarks.test_export_stream`` prints the table of ``docs/export.md``
-(µs per frame: the best of several rounds, so that other processes on the machine count as little as
-possible; real-time factor for a 16 ms hop).
+``pytest-benchmark`` case; ``python -m benchmarks.test_export_stream`` prints the tables of ``docs/export.md``:
+every engine (µs per frame: the best of several rounds, so that other processes on the machine count as little
+as possible), then the ``.tflite`` forms side by side with litert-torch's static graph of the same module, the
+anchor (``benchmarks.litert_anchor``; files written in a venv that has litert-torch, passed with ``--anchor``):
+interleaved rounds, medians, and each form's median ratio to the anchor over the rounds.
 
 Example:
-    python -m benchmarks.test_export_stream            # the table
-    python -m pytest benchmarks/test_export_stream.py  # as benchmarks
+    python -m benchmarks.test_export_stream --anchor /tmp/anchor   # the tables
+    python -m pytest benchmarks/test_export_stream.py              # as benchmarks
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ ENGINES = (
     "onnxruntime",
     "onnxruntime-inner",
     "tflite",
+    "tflite-static",
+    "tflite-static-reset",
+    "litert-torch",
     "keras-step",
     "keras-compiled",
 )
@@ -68,27 +73,57 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
     return step
 
 
-def _tflite_session(module: object, folder: str) -> Callable:
-    """The module's Keras twin exported to ``.tflite``: one frame per call in the LiteRT interpreter, one thread,
-    fed directly (as ``TFLiteRunner`` does, without its checks and resizing: the shapes never change)."""
-    from harness.export import TFLiteRunner, export
-    from harness.porting import keras_twin
+def _tflite_session(module: object, folder: str, frames: int | None = None, resets: bool = False) -> Callable:
+    """The module exported to ``.tflite`` (through its Keras twin; ``frames=1``: the static form; ``resets``: with
+    the reset input, fed all False): one frame per call in the LiteRT interpreter, one thread (``tflite_step``)."""
+    from harness.export import export
 
-    path = os.path.join(folder, "twin.tflite")
-    export(keras_twin(module, batch_size=1), path, verify_steps=16)
-    runner = TFLiteRunner(path, threads=1)
-    frame = np.random.default_rng(0).standard_normal((1, runner.num_streams, 1, runner.input_size)).astype("float32")
-    runner.run(frame)  # sizes the tensors for one frame
-    interpreter, carried, index, names = runner.interpreter, runner.states(), runner.tensor_index, runner.state_names
+    path = os.path.join(folder, f"m-{frames}-{resets}.tflite")
+    export(module, path, frames=frames, resets=resets, verify_steps=16)
+    return tflite_step(path)
+
+
+def tflite_step(path: str) -> Callable:
+    """One frame per call through the ``.tflite`` chunk file ``path`` in LiteRT's interpreter, one thread, fed by
+    position (``x``, the states, then ``reset`` all False if it has one; outputs ``y`` then the new states), the
+    states carried; no checks, no resizing (the shapes never change). Drives the harness's files and
+    litert-torch's alike (both in that order)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    for d in inputs:  # the dynamic form: one frame of batch 1
+        if -1 in d["shape_signature"]:
+            shape = [1 if n < 0 else n for n in d["shape_signature"]]
+            interpreter.resize_tensor_input(d["index"], shape, strict=True)
+    interpreter.allocate_tensors()
+    inputs = interpreter.get_input_details()
+    rng = np.random.default_rng(0)
+    frame = rng.standard_normal(inputs[0]["shape"]).astype("float32")
+    states = [i["index"] for i in inputs[1:] if i["dtype"] == np.float32]
+    carried = [np.zeros(i["shape"], np.float32) for i in inputs[1 : 1 + len(states)]]
+    rest = [(i["index"], np.zeros(i["shape"], i["dtype"])) for i in inputs[1 + len(states) :]]  # the reset input
+    news = [o["index"] for o in outputs[1:]]
 
     def step() -> None:
-        interpreter.set_tensor(index["x"], frame)
-        for name in names:
-            interpreter.set_tensor(index[name], carried[name])
+        interpreter.set_tensor(inputs[0]["index"], frame)
+        for index, value in zip(states, carried):
+            interpreter.set_tensor(index, value)
+        for index, value in rest:
+            interpreter.set_tensor(index, value)
         interpreter.invoke()
-        carried.update((name, interpreter.get_tensor(index[f"{name}_out"])) for name in names)
+        carried[:] = [interpreter.get_tensor(i) for i in news]
 
     return step
+
+
+def _litert_torch_session(module: object, folder: str) -> Callable:
+    """litert-torch's static one-frame graph of ``module`` (``benchmarks.litert_anchor``), as ``tflite_step``."""
+    from benchmarks.litert_anchor import convert_with_litert_torch
+
+    path = os.path.join(folder, "litert-torch.tflite")
+    convert_with_litert_torch(module, path)
+    return tflite_step(path)
 
 
 def _keras_step(module: object, frame: np.ndarray, compiled: bool = False) -> Callable:
@@ -115,8 +150,10 @@ def one_frame_steppers(
     by AOTInductor), its raw inner ``nn`` RNN on the folded frame (``torch-raw``), the
     exported chunk model in onnxruntime (exported for one frame per call, ``frames=1``;
     ``onnxruntime-dynamic``: with a dynamic time axis), the inner RNN exported by hand
-    (``onnxruntime-inner``: the bound for the exported model), the module's Keras twin exported to
-    ``.tflite`` in the LiteRT interpreter (``tflite``; where Keras runs on TensorFlow) and run by the
+    (``onnxruntime-inner``: the bound for the exported model), the module exported to ``.tflite``
+    through its Keras twin in the LiteRT interpreter (``tflite``: the dynamic form; ``tflite-static``:
+    ``frames=1``; ``tflite-static-reset``: that with the reset input, fed all False; where Keras runs on
+    TensorFlow), litert-torch's static graph of it (``litert-torch``, where litert-torch is installed), and run by the
     Keras layer's ``streaming_step()`` on the active backend (``keras-step``; where Keras is installed;
     ``keras-compiled``: compiled by AOTInductor, where Keras runs on torch)."""
     import torch
@@ -152,11 +189,17 @@ def one_frame_steppers(
         "onnxruntime": lambda: _session_step(_exported(module, folder, exporter, 1), frame),
         "onnxruntime-inner": lambda: _inner_session(module.rnn, streams, folder),
         "tflite": lambda: _tflite_session(module, folder),
+        "tflite-static": lambda: _tflite_session(module, folder, frames=1),
+        "tflite-static-reset": lambda: _tflite_session(module, folder, frames=1, resets=True),
+        "litert-torch": lambda: _litert_torch_session(module, folder),
         "keras-step": lambda: _keras_step(module, frame),
         "keras-compiled": lambda: _keras_step(module, frame, compiled=True),
     }
     keras_here = importlib.util.find_spec("keras") is not None
-    usable = {"tflite": tflite_usable(), "keras-step": keras_here, "keras-compiled": keras_here and _keras_on_torch()}
+    tflite = tflite_usable()
+    usable = {e: tflite for e in ("tflite", "tflite-static", "tflite-static-reset")}
+    usable.update({"litert-torch": litert_torch_here(), "keras-step": keras_here})
+    usable["keras-compiled"] = keras_here and _keras_on_torch()
     return {e: builders[e]() for e in engines if usable.get(e, True)}
 
 
@@ -183,6 +226,11 @@ def tflite_usable() -> bool:
     except ImportError:
         return False
     return True
+
+
+def litert_torch_here() -> bool:
+    """Whether litert-torch (not a dependency: the anchor) is importable here."""
+    return importlib.util.find_spec("litert_torch") is not None
 
 
 def _session_step(runner: object, frame: np.ndarray) -> Callable:
@@ -214,8 +262,10 @@ def us_per_frame(step: Callable[[], object], frames: int = 300, rounds: int = 7)
 )
 def test_one_frame(shape: str, engine: str, benchmark) -> None:
     pytest.importorskip("onnxruntime")
-    if engine == "tflite" and not tflite_usable():
-        pytest.skip("the .tflite engine needs Keras on TensorFlow")
+    if engine.startswith("tflite") and not tflite_usable():
+        pytest.skip(f"the {engine} engine needs Keras on TensorFlow")
+    if engine == "litert-torch" and not litert_torch_here():
+        pytest.skip("litert-torch is not installed (benchmarks.litert_anchor writes its files in a venv of its own)")
     if engine.startswith("keras") and importlib.util.find_spec("keras") is None:
         pytest.skip(f"the {engine} engine needs Keras")
     if engine == "keras-compiled" and not _keras_on_torch():
@@ -239,7 +289,9 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def main() -> None:
+def main(anchor: str | None = None) -> None:
+    """Both tables: every engine at ``SHAPES``, then (on TensorFlow) the ``.tflite`` forms side by side with the
+    anchor files in the folder ``anchor`` (``benchmarks.litert_anchor``), twice."""
     import onnxruntime
     import torch
 
@@ -278,7 +330,84 @@ def main() -> None:
                 + " ".join(f"{us[e]:>20.1f}" if e in steps else f"{'-':>20}" for e in ENGINES)
                 + "  ".join(f"{r:>9.2f}x" if r == r else f"{'-':>10}" for r in ratios)  # r != r: not measured
             )
+    if tflite_usable():
+        for run in (1, 2):
+            tflite_side_by_side(anchor, run)
+
+
+TFLITE_FORMS = ("litert-torch", "tflite-static", "tflite-static-reset", "tflite")
+
+
+def tflite_side_by_side(anchor: str | None, run: int, frames: int = 200, rounds: int = 25) -> None:
+    """The ``.tflite`` forms of each ``ANCHOR_SHAPES`` module, one frame per call, one thread, timed in interleaved
+    rounds (each round times every form once, ``frames`` calls each, so that a change of load on the machine
+    hits them alike): the median µs per frame, and each form's median over the rounds of its ratio to the
+    anchor in the same round. The anchor is ``anchor/NAME.litert-torch.tflite``, checked first to compute what
+    the module computes (else written here where litert-torch is installed, else left out)."""
+    from benchmarks.litert_anchor import ANCHOR_SHAPES, anchor_module
+
+    print(f"\n.tflite, one frame per call, one thread, LiteRT; {rounds} interleaved rounds of {frames} frames each")
+    print(f"(run {run}; median µs per frame, and the median ratio to litert-torch's static graph per round)")
+    print(f"{'shape':<16} " + " ".join(f"{f:>26}" for f in TFLITE_FORMS))
+    for name, shape in ANCHOR_SHAPES.items():
+        module = anchor_module(*shape)
+        folder = tempfile.mkdtemp()
+        steps = {
+            "tflite-static": _tflite_session(module, folder, frames=1),
+            "tflite-static-reset": _tflite_session(module, folder, frames=1, resets=True),
+            "tflite": _tflite_session(module, folder),
+        }
+        path = os.path.join(anchor, f"{name}.litert-torch.tflite") if anchor else None
+        if path is not None and os.path.exists(path):
+            check_anchor(path, module)
+            steps["litert-torch"] = tflite_step(path)
+        elif litert_torch_here():
+            steps["litert-torch"] = _litert_torch_session(module, folder)
+        us = {form: [] for form in steps}
+        for _ in range(rounds):
+            for form, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(frames):
+                    step()
+                us[form].append((time.perf_counter() - start) / frames * 1e6)
+        cells = []
+        for form in TFLITE_FORMS:
+            if form not in us:
+                cells.append(f"{'-':>26}")
+                continue
+            ratio = np.median(np.divide(us[form], us["litert-torch"])) if "litert-torch" in us else float("nan")
+            cells.append(f"{np.median(us[form]):>10.2f} µs ({ratio:>5.2f}x)".rjust(26))
+        print(f"{name:<16} " + " ".join(cells))
+
+
+def check_anchor(path: str, module: object) -> None:
+    """Refuse an anchor file that does not compute what ``module`` computes (say, written from other weights):
+    three frames from zero states, outputs and states within 1e-5 of torch."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from benchmarks.litert_anchor import anchor_inputs
+
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    x, *states = (t.numpy() for t in anchor_inputs(module))
+    module.reset_states()
+    for frame in np.random.default_rng(1).standard_normal((3, *x.shape)).astype("float32"):
+        for d, value in zip(inputs, (frame, *states)):
+            interpreter.set_tensor(d["index"], value)
+        interpreter.invoke()
+        y, *states = (interpreter.get_tensor(d["index"]) for d in outputs)
+        with torch.no_grad():
+            want = [module(torch.from_numpy(frame)).numpy(), *(s.numpy() for s in module.get_states())]
+        error = max(float(np.abs(a - b).max()) for a, b in zip([y, *states], want))
+        if error > 1e-5:
+            raise ValueError(f"{path} does not compute what the module computes: max abs error {error:.3g}")
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--anchor", help="folder of litert-torch files written by benchmarks.litert_anchor")
+    main(parser.parse_args().anchor)

@@ -122,14 +122,7 @@ def _parity(args: argparse.Namespace) -> int:
         )
         return 1
     backends = args.backend or installed
-    if args.episodes:  # a chunk file takes no lengths, and resets only where its format writes a reset input
-        without = [b for b in backends if b in FORMATS and not FORMATS[b].takes_resets]
-        if without and args.backend:
-            print(f"error: --episodes: an exported {without[0]} chunk takes no resets or lengths", file=sys.stderr)
-            return 1
-        for backend in without:
-            backends.remove(backend)
-            print(f"{backend} left out: an exported chunk takes no resets or lengths", file=sys.stderr)
+    if args.episodes:  # a chunk file takes no lengths: it gets the resets through its reset input
         for backend in (b for b in backends if b in FORMATS):
             print(f"{backend}: its file with a reset input, fed the resets only (it takes no lengths)", file=sys.stderr)
     rows: list[dict] = []

@@ -98,18 +98,17 @@ def run_backend(
 
 
 def _format_rows(backend: str, cell: str, module: Any, x: np.ndarray, steps: dict, folder: str) -> Iterator[dict]:
-    """An export format's rows: its plain file (not with episodes: it takes no resets), then, if the format takes a
-    reset input, a file with one (backend ``<format>+reset``) fed the episodes' resets, else random ones at
-    ``RESET_RATE`` (never lengths: a chunk file runs every step)."""
+    """An export format's rows: its plain file (not with episodes: it takes no resets), then a file with a reset
+    input (backend ``<format>+reset``) fed the episodes' resets, else random ones at ``RESET_RATE`` (never
+    lengths: a chunk file runs every step)."""
     from harness.export.job import RESET_RATE
 
     if not steps:
         yield from _rows(backend, cell, "float32", {"torch": module, backend: _twin(backend, module, folder)}, x, {})
-    if FORMATS[backend].takes_resets:
-        resets = steps.get("resets", np.random.default_rng(24).random(x.shape[:3]) < RESET_RATE)
-        name = f"{backend}+reset"
-        models = {"torch": module, name: _twin(backend, module, folder, resets=True)}
-        yield from _rows(name, cell, "float32", models, x, {"resets": resets})
+    resets = steps.get("resets", np.random.default_rng(24).random(x.shape[:3]) < RESET_RATE)
+    name = f"{backend}+reset"
+    models = {"torch": module, name: _twin(backend, module, folder, resets=True)}
+    yield from _rows(name, cell, "float32", models, x, {"resets": resets})
 
 
 def _rows(backend: str, cell: str, dtype: str, models: dict, x: np.ndarray, steps: dict) -> Iterator[dict]:

@@ -33,8 +33,7 @@ class Format:
     file as a parity-engine runner. ``source``: the framework whose model the main job exports (a Keras source
     of an ONNX file goes through its torch twin). ``keras_backend``: the Keras backend its writer needs, if any.
     ``needs``: the modules that must be installed to write and run it. ``device``: where its runner computes;
-    ``runtime``: what runs the written file when it is verified (for messages). ``takes_resets``: its writer
-    can give the file a ``reset`` input (``export(..., resets=True)``).
+    ``runtime``: what runs the written file when it is verified (for messages).
     """
 
     name: str
@@ -46,16 +45,15 @@ class Format:
     needs: tuple[str, ...]
     device: str
     runtime: str
-    takes_resets: bool
 
 
 FORMATS = {
     f.name: f
     for f in (
         Format("onnx", ".onnx", to_onnx.prepare, OnnxRunner, "torch", None, ("torch", "onnx", "onnxruntime"),
-               "onnxruntime-cpu", "onnxruntime", True),
+               "onnxruntime-cpu", "onnxruntime"),
         Format("tflite", ".tflite", to_tflite.prepare, TFLiteRunner, "keras", "tensorflow", ("keras", "tensorflow"),
-               "litert-cpu", "the LiteRT interpreter", False),
+               "litert-cpu", "the LiteRT interpreter"),
     )
 }  # fmt: skip
 

@@ -58,8 +58,6 @@ def check_reset_input(runner: Any, x: np.ndarray, wanted: bool) -> None:
 
 def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Options) -> ExportResult:
     check_destination(dst)
-    if options.resets and not fmt.takes_resets:
-        raise ExportError(f"a {fmt.suffix} file takes no reset input (yet): resets=True (--resets) needs .onnx")
     job = fmt.prepare(model_or_path, dst, options)
     keep = states_kept(job.reference)
     with landing(dst) as tmp:
@@ -91,8 +89,9 @@ def export(
         model_or_path: a ``models_torch`` module, a raw ``nn.LSTM``/``nn.GRU``/``nn.RNN``, a ``models_keras``
             layer or a Keras model holding only one, or a weight file (``.pt``, ``.pth``, ``.safetensors``,
             ``.keras``, ``.weights.h5``).
-        dst: the file to write, its format named by its suffix (``FORMATS``: ``.onnx``; ``.tflite`` for Keras
-            sources only), atomically: it appears complete and verified, or not at all.
+        dst: the file to write, its format named by its suffix (``FORMATS``: ``.onnx``, ``.tflite``; a torch
+            source of a ``.tflite`` goes through its Keras twin), atomically: it appears complete and verified,
+            or not at all.
         num_streams: streams ``S`` of a raw torch RNN or torch weight file (default 1); for a model that
             has its own, it must agree if given.
         batch_size: batch of the verification input (default: the model's fixed batch, else 1). The
@@ -103,13 +102,15 @@ def export(
         exporter: ONNX: ``"legacy"`` (TorchScript, ``dynamo=False``) or ``"dynamo"`` (``torch.export`` + onnxscript).
         frames: ONNX: fix the time axis at this many steps per call (a streaming deployment sends the same
             number every call): the graph then needs no shape arithmetic around the RNN node, and the
-            dynamo exporter may unroll a simple RNN. Default: a dynamic time axis.
+            dynamo exporter may unroll a simple RNN. TFLite: the static form, every shape fixed (batch
+            ``batch_size`` or the source's) and the steps unrolled, run whole by XNNPACK (checked).
+            Default: a dynamic time axis.
         verify_steps: time steps of the random verification input, run in random chunks (ones included;
             chunks of ``frames`` steps when it is fixed, rounded up to a whole number of them).
         seed: seed of the verification input and chunk plan.
         resets: give the file one more input, last: ``reset`` ``(B, S, t)`` bool, where True zeroes that
-            stream's state before that step, as the layers' ``resets=`` do (ONNX only for now). The file is
-            verified with random resets (``harness.export.job.RESET_RATE``) and from NaN states reset.
+            stream's state before that step, as the layers' ``resets=`` do. The file is verified with
+            random resets (``harness.export.job.verification_resets``) and from NaN states reset.
 
     Returns:
         An ``ExportResult`` with the parity report of the written file against the source.
@@ -143,8 +144,8 @@ def export_tflite(
     verify_steps: int = 64,
     seed: int = 0,
 ) -> ExportResult:
-    """Export a Keras multi-state model to the TFLite file ``dst`` whatever its suffix (``export`` with the
-    ``tflite`` format; ``harness.export.to_tflite`` says what the file holds and what is refused).
+    """Export a multi-state model to the TFLite file ``dst`` whatever its suffix (``export`` with the ``tflite``
+    format, dynamic form; ``harness.export.to_tflite`` says what the file holds and what is refused).
 
     The file is written atomically; before it lands it runs in the LiteRT interpreter chunk by chunk
     (random chunks, ones included) against the source (``check_parity``, float32 tolerances); any

@@ -102,9 +102,7 @@ class _ChunkRunner:
             outputs.append(y)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
 
-    def _checked_reset(
-        self, x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None
-    ) -> np.ndarray | None:
+    def _checked_reset(self, x: np.ndarray, resets: np.ndarray | None, lengths: np.ndarray | None) -> np.ndarray | None:
         """The reset input to feed for chunk ``x`` (None for a file without one); refuses what the file cannot take."""
         if lengths is not None:
             raise ValueError(f"{self.path} takes no lengths: an exported chunk model runs every step of every stream")
@@ -252,7 +250,9 @@ class TFLiteRunner(_ChunkRunner):
 
     The file's signature (``harness.export.to_tflite``) names the tensors; batch and time may be dynamic
     (``-1``): the runner resizes the inputs only when a chunk's shape changes, so a stream of
-    one-frame chunks costs one ``invoke`` each.
+    one-frame chunks costs one ``invoke`` each. A static file (``frames=``) fixes both: ``frames`` and
+    ``batch_size`` say to what; a chunk of another batch is refused, one of several groups of ``frames``
+    steps runs as that many calls. A file with a ``reset`` input (``has_reset``) takes ``run(x, resets=)``.
 
     Args:
         path: the ``.tflite`` file.
@@ -287,9 +287,11 @@ class TFLiteRunner(_ChunkRunner):
 
     def _check_signature(self, signatures: dict) -> None:
         found = {k: (sorted(v["inputs"]), sorted(v["outputs"])) for k, v in signatures.items()}
-        states = [n for n in ("h", "c") if n in found.get("serving_default", ((), ()))[0]]
+        given = found.get("serving_default", ((), ()))[0]
+        states = [n for n in ("h", "c") if n in given]
+        extra = ["reset"] if "reset" in given else []
         ok = len(found) == 1 and found.get("serving_default") == (
-            sorted(["x", *states]),
+            sorted(["x", *states, *extra]),
             sorted(["y", *(f"{n}_out" for n in states)]),
         )
         ok = ok and tuple(states) in _STATE_LAYOUTS
@@ -297,23 +299,33 @@ class TFLiteRunner(_ChunkRunner):
             runner = self.interpreter.get_signature_runner("serving_default")
             inputs, outputs = runner.get_input_details(), runner.get_output_details()
             x, state = (tuple(inputs[n]["shape_signature"]) for n in ("x", states[0]))
-            ok = all(len(v["shape_signature"]) == 4 and v["dtype"] == np.float32 for v in [*inputs.values()])
+            floats = ["x", *states]
+            ok = all(len(inputs[n]["shape_signature"]) == 4 and inputs[n]["dtype"] == np.float32 for n in floats)
             ok = ok and all(len(v["shape_signature"]) == 4 for v in outputs.values())
             fixed = (x[1], x[3], state[0], state[2], state[3]) if ok else (-1,)
-            ok = ok and min(fixed) > 0 and x[1] == state[2]
+            ok = ok and min(fixed) > 0 and x[1] == state[2] and x[0] == state[1]
             ok = ok and all(tuple(inputs[n]["shape_signature"]) == state for n in states)
+            # The reset input, if any: bool (B, S, t), as x.
+            ok = ok and all(
+                tuple(inputs[n]["shape_signature"]) == x[:3] and inputs[n]["dtype"] == np.bool_ for n in extra
+            )
             # The signature must drive the primary subgraph, which ``invoke`` runs.
             main = {d["index"] for d in self.interpreter.get_input_details()}
             ok = ok and main == {v["index"] for v in inputs.values()}
         if not ok:
             raise ValueError(
                 f"{self.path} is not a multi-state chunk model: expected one signature 'serving_default' with "
-                f"float32 inputs x (B, S, t, F), h[, c] (L, B, S, H) and outputs y, h_out[, c_out]; got {found}"
+                f"float32 inputs x (B, S, t, F), h[, c] (L, B, S, H), optionally bool reset (B, S, t), and outputs "
+                f"y, h_out[, c_out]; got {found}"
             )
         self.state_names = tuple(states)
         self.dtype = np.dtype(np.float32)
         self.num_streams, self.input_size = int(x[1]), int(x[3])
         self.num_layers, self.hidden_size = int(state[0]), int(state[3])
+        self.has_reset = bool(extra)
+        # A static file (``frames=``): fixed time and batch (-1 where dynamic).
+        self.frames = int(x[2]) if x[2] > 0 else None
+        self.batch_size = int(x[0]) if x[0] > 0 else None
         # Interpreter tensor index by name, inputs and outputs (to feed the interpreter directly, as benchmarks do).
         self.tensor_index = {n: d["index"] for n, d in (*inputs.items(), *outputs.items())}
         self._outputs = [self.tensor_index[n] for n in ("y", *(f"{s}_out" for s in states))]

@@ -408,7 +408,9 @@ def _from_file(path: str | os.PathLike, options: Options) -> _Source:
     return _from_keras(files.read_keras_model(path, options.nonlinearity), options.num_streams, options.batch_size)
 
 
-def _source(model_or_path: Any, options: Options) -> _Source:
+def resolve_source(model_or_path: Any, options: Options) -> _Source:
+    """The torch module ``model_or_path`` is exported as (a Keras source: its torch twin), what it is verified
+    against, and the verification batch."""
     import torch
 
     from harness.porting.layers import is_keras
@@ -433,7 +435,7 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     from harness.porting.layers import only_multistate_layer
 
     try:
-        source = _source(model_or_path, options)
+        source = resolve_source(model_or_path, options)
     except (ValueError, TypeError) as e:
         raise e if isinstance(e, ExportError) else ExportError(f"cannot export {model_or_path}: {e}") from e
     module, exporter, frames = source.module, options.exporter, options.frames

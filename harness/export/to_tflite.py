@@ -1,21 +1,26 @@
-"""Export a Keras multi-state layer to TFLite (LiteRT) as one streaming chunk, then prove the file.
+"""Export a multi-state model to TFLite (LiteRT) as one streaming chunk, then prove the file.
 
 ``harness.export.export(model, "m.tflite")`` lands here (as does ``export_tflite``). The ``.tflite`` file holds one
 call of the layer on a chunk, with the carried states explicit, under the signature ``serving_default``; its
 tensors are named and shaped as in the ONNX file (the table in ``harness.export.to_onnx``: inputs ``x``, ``h``
-[, ``c``], outputs ``y``, ``h_out`` [, ``c_out``]).
+[, ``c``][, ``reset``], outputs ``y``, ``h_out`` [, ``c_out``]), and the main graph's inputs and outputs come in
+that order.
 
-``B`` (batch) and ``t`` (time) are dynamic (``-1`` in the shape signature); ``S``, ``F``, ``L``, ``H``
-are fixed. The graph is built from the layer's weights (frozen as constants) and its cells'
-activations: streams folded into the batch (row ``b*S + s``), the input projection of every step in
-one matmul, then a ``WHILE`` loop over time that grows the output by concatenation (the converter
-lowers Keras's own loop only with a static batch: its ``TensorListReserve`` needs a static element
-shape). Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT interpreter runs it.
+Two forms, built from the same step maths (``harness.export.tflite_steps``: the layer's weights frozen as
+constants, streams folded into the batch, row ``b*S + s``):
 
-Sources: a ``models_keras`` layer (built, with a batch size) or a Keras model that is just that layer,
-or a ``.keras``/``.weights.h5`` file, on the TensorFlow backend, in float32. torch modules and torch
-weight files are refused (export them to ``.onnx``, or port them with ``harness.porting.layers.keras_twin``
-and export the Keras twin).
+- dynamic (this module's ``chunk_function``): ``B`` (batch) and ``t`` (time) dynamic (``-1`` in the shape
+  signature), the input projection of every step in one matmul, then a ``WHILE`` loop over time that grows the
+  output by concatenation (the converter lowers Keras's own loop only with a static batch: its
+  ``TensorListReserve`` needs a static element shape);
+- static (``frames=K``, ``harness.export.tflite_static``): every shape fixed, the ``K`` steps unrolled, no loop;
+  checked to run wholly on XNNPACK (``harness.export.xnnpack``) but for the reset's selects on bools.
+
+Only TFLite builtin ops: no Flex/Select TF ops, so the plain LiteRT interpreter runs it.
+
+Sources, on the TensorFlow backend, in float32: a ``models_keras`` layer (built, with a batch size) or a Keras
+model that is just that layer, or a ``.keras``/``.weights.h5`` file; a torch module or torch weight file through
+its Keras twin (``harness.porting.keras_twin``), the file then proven against the torch module.
 
 Example:
     >>> from models_keras import MultiStateGRU
@@ -30,12 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from harness.export.job import ExportError, Job, Options
+from harness.export import tflite_static, xnnpack
+from harness.export import tflite_steps as steps
+from harness.export.job import ExportError, Job, Options, verification_resets
 from harness.export.sources import file_kind
 
 SIGNATURE = "serving_default"
@@ -48,55 +55,10 @@ def _refuse(dst: str | os.PathLike, why: str) -> ExportError:
 # ---- the chunk function -------------------------------------------------------------------------
 
 
-def _weights(cell: Any) -> dict[str, np.ndarray]:
-    """``cell``'s weights as numpy arrays (``kernel``, ``recurrent_kernel``, ``bias`` if any), frozen into the file."""
-    out = {"kernel": cell.kernel, "recurrent_kernel": cell.recurrent_kernel}
-    if cell.use_bias:
-        out["bias"] = cell.bias
-    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in out.items()}
-
-
-def _step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> tuple[Callable, Callable]:
-    """``(project, step)`` for one Keras cell: ``project(x)`` is the input part of every step at once
-    (``(N, F)`` -> gates), ``step(xw, states) -> (h, new_states)`` the recurrence, as the Keras cell computes it."""
-    import tensorflow as tf
-
-    act, kernel, recurrent = cell.activation, tf.constant(weights["kernel"]), tf.constant(weights["recurrent_kernel"])
-    bias = weights.get("bias")
-    if cell_kind == "gru":  # reset_after=True: bias (2, 3H), the recurrent bias inside the reset gate's product
-        input_bias = None if bias is None else tf.constant(bias[0])
-        recurrent_bias = None if bias is None else tf.constant(bias[1])
-    else:
-        input_bias, recurrent_bias = (None if bias is None else tf.constant(bias)), None
-
-    def project(x: Any) -> Any:
-        xw = tf.matmul(x, kernel)
-        return xw if input_bias is None else xw + input_bias
-
-    def step(xw: Any, states: list) -> tuple[Any, list]:
-        hw = tf.matmul(states[0], recurrent)
-        if cell_kind == "lstm":
-            i, f, g, o = tf.split(xw + hw, 4, axis=-1)
-            rec = cell.recurrent_activation
-            c = rec(f) * states[1] + rec(i) * act(g)
-            h = rec(o) * act(c)
-            return h, [h, c]
-        if cell_kind == "gru":
-            rec = cell.recurrent_activation
-            hw = hw if recurrent_bias is None else hw + recurrent_bias
-            x_z, x_r, x_h = tf.split(xw, 3, axis=-1)
-            h_z, h_r, h_h = tf.split(hw, 3, axis=-1)
-            z, r = rec(x_z + h_z), rec(x_r + h_r)
-            h = z * states[0] + (1 - z) * act(x_h + r * h_h)
-            return h, [h]
-        h = act(xw + hw)
-        return h, [h]
-
-    return project, step
-
-
-def chunk_function(layer: Any) -> Any:
-    """The layer's chunk as a stateless ``tf.function`` ``(x, h[, c]) -> {"y", "h_out"[, "c_out"]}`` (weights frozen).
+def chunk_function(layer: Any, resets: bool = False) -> Any:
+    """The layer's chunk as a stateless ``tf.function`` ``(x, h[, c][, reset]) -> {"y", "h_out"[, "c_out"]}``
+    with a dynamic batch and time (a ``WHILE`` loop over time; weights frozen); ``resets``: take the ``reset``
+    input ``(B, S, t)`` bool, last.
 
     Example:
         >>> fn = chunk_function(layer)                                                   # doctest: +SKIP
@@ -106,51 +68,89 @@ def chunk_function(layer: Any) -> Any:
     import tensorflow as tf
 
     streams, units, layers, features = layer.num_streams, layer.units, layer.num_layers, layer.input_size
-    cells = [_step_fn(layer.cell, rnn.cell, _weights(rnn.cell)) for rnn in layer.rnn_layers]
+    cells = steps.cell_functions(layer)
     names = layer.state_names
 
-    def chunk(x: Any, *states: Any) -> dict[str, Any]:
-        batch, steps = tf.shape(x)[0], tf.shape(x)[2]
+    def chunk(x: Any, *inputs: Any) -> dict[str, Any]:
+        states, reset = (inputs[:-1], inputs[-1]) if resets else (inputs, None)
+        batch, length = tf.shape(x)[0], tf.shape(x)[2]
         rows = batch * streams
         # Time-major, and the first layer's input projection for all steps in one matmul.
-        xs = tf.transpose(tf.reshape(x, (rows, steps, features)), (1, 0, 2))
-        xw = tf.reshape(cells[0][0](tf.reshape(xs, (-1, features))), (steps, rows, -1))
+        xs = tf.transpose(tf.reshape(x, (rows, length, features)), (1, 0, 2))
+        xw = tf.reshape(cells[0][0](tf.reshape(xs, (-1, features))), (length, rows, -1))
         carried = tuple(tf.reshape(s, (layers, rows, units)) for s in states)
+        if reset is not None:  # time-major (t, rows, 1), a step's rows to select on
+            reset = tf.reshape(tf.transpose(tf.reshape(reset, (rows, length))), (length, rows, 1))
 
         def body(t: Any, y: Any, *carry: Any) -> tuple:
-            h, new = xw[t], []
-            for k, (project, step) in enumerate(cells):
-                h, per_layer = step(h if k == 0 else project(h), [s[k] for s in carry])
-                new.append(per_layer)
-            return (t + 1, tf.concat([y, h[None]], 0), *(tf.stack(per_state) for per_state in zip(*new)))
+            h, new = steps.advance(cells, xw[t], carry, None if reset is None else reset[t])
+            return (t + 1, tf.concat([y, h[None]], 0), *new)
 
         invariants = (tf.TensorShape([]), tf.TensorShape([None, None, units]))
         invariants += tuple(tf.TensorShape([layers, None, units]) for _ in states)
         start = (tf.constant(0), tf.zeros((0, rows, units), x.dtype), *carried)
-        _, y, *finals = tf.while_loop(lambda t, *_: t < steps, body, start, shape_invariants=invariants)
-        out = {"y": tf.reshape(tf.transpose(y, (1, 0, 2)), (batch, streams, steps, units))}
+        _, y, *finals = tf.while_loop(lambda t, *_: t < length, body, start, shape_invariants=invariants)
+        out = {"y": tf.reshape(tf.transpose(y, (1, 0, 2)), (batch, streams, length, units))}
         out.update({f"{n}_out": tf.reshape(f, (layers, batch, streams, units)) for n, f in zip(names, finals)})
         return out
 
-    signature = [tf.TensorSpec((None, streams, None, features), tf.float32, name="x")]
-    signature += [tf.TensorSpec((layers, None, streams, units), tf.float32, name=n) for n in names]
-    return tf.function(chunk, input_signature=signature, autograph=False)
+    return tf.function(chunk, input_signature=steps.signature(layer, None, None, resets), autograph=False)
 
 
-def convert(layer: Any) -> bytes:
-    """The ``.tflite`` flatbuffer of ``layer``'s chunk (TFLite builtins only; not yet verified).
+def convert(layer: Any, frames: int | None = None, batch: int | None = None, resets: bool = False) -> bytes:
+    """The ``.tflite`` flatbuffer of ``layer``'s chunk (TFLite builtins only; not yet verified): the dynamic form,
+    or with ``frames`` the static one for ``batch`` rows (``tflite_static``); ``resets``: with the reset input.
 
     Example:
-        >>> open("gru.tflite", "wb").write(convert(layer))                               # doctest: +SKIP
+        >>> open("gru.tflite", "wb").write(convert(layer, frames=1, batch=1))             # doctest: +SKIP
     """
     import tensorflow as tf
 
     holder = tf.Module()  # the trackable owner the converter wants (its signature path; without one: no signature)
-    holder.chunk = chunk_function(layer)
+    if frames is None:
+        holder.chunk = chunk_function(layer, resets)
+    else:
+        holder.chunk = tflite_static.static_chunk_function(layer, frames, batch or layer.batch_size, resets)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([holder.chunk.get_concrete_function()], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     with _quiet_converter():
-        return converter.convert()
+        data = converter.convert()
+    inputs = ["x", *layer.state_names, *(["reset"] if resets else [])]
+    return _in_order(data, inputs, ["y", *(f"{n}_out" for n in layer.state_names)])
+
+
+def _in_order(data: bytes, inputs: list[str], outputs: list[str]) -> bytes:
+    """``data`` with its main graph's inputs and outputs in the order given by signature name, and the nodes
+    that only read inputs first.
+
+    The converter orders the inputs and outputs its own way (an LSTM's came out ``c, x, h``, the outputs sorted
+    by name); a deployment that feeds the interpreter by position expects the ONNX file's order,
+    ``x, h[, c][, reset]`` and ``y, h_out[, c_out]``. The signature maps names to tensors, so only the two
+    index lists move. The nodes on bools that read nothing but the graph's inputs and constants (the one-frame
+    reset's selects) go first: the converter puts the input projection before them, which cuts the nodes
+    XNNPACK takes into two partitions around them (XNNPACK takes no bools), each a delegate call.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    (signature,) = model.signatureDefs
+    index = {_text(m.name): int(m.tensorIndex) for m in (*signature.inputs, *signature.outputs)}
+    graph = model.subgraphs[signature.subgraphIndex]
+    for kind, names in (("inputs", inputs), ("outputs", outputs)):
+        ordered = [index[n] for n in names]
+        if sorted(ordered) != sorted(int(i) for i in getattr(graph, kind)):
+            raise ValueError(f"the converted graph's {kind} are not the signature's {names}")
+        setattr(graph, kind, np.array(ordered, np.int32))
+    produced = {int(t) for op in graph.operators for t in op.outputs}
+    bools = {i for i, t in enumerate(graph.tensors) if t.type == schema.TensorType.BOOL}
+    first = [op for op in graph.operators if bools.intersection(op.inputs) and not produced.intersection(op.inputs)]
+    graph.operators = first + [op for op in graph.operators if op not in first]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
 
 
 @contextlib.contextmanager
@@ -176,31 +176,39 @@ def _converter_reason(error: Exception) -> str:
 # ---- sources ------------------------------------------------------------------------------------
 
 
-def _keras_source(model_or_path: Any, dst: str | os.PathLike, nonlinearity: str | None) -> Any:
-    """The Keras model the file is verified against (the caller's, or the one read from a Keras file)."""
+def _source(model_or_path: Any, dst: str | os.PathLike, options: Options) -> tuple[Any, Any]:
+    """``(reference, keras_model)``: what the file is verified against, and the Keras model it is written from.
+
+    A Keras source is both (the caller's model, or the one read from a Keras file). A torch source (a torch
+    module, or a torch weight file) is resolved as for ONNX (``to_onnx.resolve_source``: a fresh copy of its
+    weights) and written from its Keras twin (``harness.porting.keras_twin``, at the verification batch); the
+    file is verified against the torch module itself.
+    """
+    from harness.export import to_onnx
     from harness.porting import files
-    from harness.porting.layers import is_keras
+    from harness.porting.layers import is_keras, keras_twin
 
-    if isinstance(model_or_path, (str, os.PathLike)):
-        if file_kind(model_or_path) == "torch":
-            raise _refuse(dst, "from a torch weight file: export it to .onnx, or port it to Keras first")
-        return files.read_keras_model(model_or_path, nonlinearity)
+    is_path = isinstance(model_or_path, (str, os.PathLike))
+    if is_path and file_kind(model_or_path) == "keras":
+        return (model := files.read_keras_model(model_or_path, options.nonlinearity)), model
     if is_keras(model_or_path):
-        return model_or_path
-    raise _refuse(
-        dst,
-        f"from {type(model_or_path).__name__}: the TFLite converter takes TensorFlow graphs, so only Keras "
-        "multi-state models export to it (export .onnx, or export harness.porting.keras_twin(model, batch_size=B))",
-    )
+        return model_or_path, model_or_path
+    _check_backend(dst)  # before the twin is built on another backend
+    source = to_onnx.resolve_source(model_or_path, options)
+    return source.module, keras_twin(source.module, batch_size=source.batch_size)
 
 
-def _check_layer(layer: Any, dst: str | os.PathLike) -> None:
+def _check_backend(dst: str | os.PathLike) -> None:
     import keras
 
     if keras.backend.backend() != "tensorflow":
         raise _refuse(
             dst, f"on the {keras.backend.backend()} Keras backend: the TFLite converter needs KERAS_BACKEND=tensorflow"
         )
+
+
+def _check_layer(layer: Any, dst: str | os.PathLike) -> None:
+    _check_backend(dst)
     if layer.variable_dtype != "float32" or layer.compute_dtype != "float32":
         raise _refuse(
             dst,
@@ -222,13 +230,20 @@ def _check_layer(layer: Any, dst: str | os.PathLike) -> None:
 
 
 def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job:
-    """The TFLite job for a Keras multi-state model (layer, model that is just that layer, or Keras file): refused
-    (``ExportError``) for torch sources, a non-TensorFlow backend, non-float32 layers, ``return_sequences=False``,
-    ``go_backwards``; verified at the layer's carried batch on random chunks."""
+    """The TFLite job for a multi-state model: a Keras one (layer, model that is just that layer, Keras file)
+    written as it is, a torch one (module, torch file) through its Keras twin; refused (``ExportError``) on a
+    non-TensorFlow backend, for non-float32 models, ``return_sequences=False``, ``go_backwards``.
+
+    ``options.frames``: the static form (``tflite_static``, at the source's batch), verified in chunks of that
+    many steps and checked to run wholly on XNNPACK; else the dynamic form, verified on random chunks.
+    ``options.resets``: with the ``reset`` input, verified with random resets.
+    """
     from harness.porting.layers import only_multistate_layer
 
+    if options.frames is not None and options.frames < 1:
+        raise ExportError(f"frames must be a positive number of steps per call, got {options.frames}")
     try:
-        model = _keras_source(model_or_path, dst, options.nonlinearity)
+        reference, model = _source(model_or_path, dst, options)
         layer = only_multistate_layer(model)
     except (ValueError, TypeError, OSError) as e:
         raise e if isinstance(e, ExportError) else ExportError(f"cannot export {model_or_path}: {e}") from e
@@ -237,12 +252,16 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
         raise ExportError(f"num_streams={options.num_streams} but the Keras layer has {layer.num_streams} streams")
     if options.batch_size is not None and options.batch_size != layer.batch_size:
         raise ExportError(f"batch_size={options.batch_size} but the Keras layer carries a batch of {layer.batch_size}")
-    shape = (layer.batch_size, layer.num_streams, options.verify_steps, layer.input_size)
+    frames, batch = options.frames, layer.batch_size
+    plan: Any = "random" if frames is None else [frames] * -(-options.verify_steps // frames)
+    steps = options.verify_steps if frames is None else sum(plan)
+    shape = (batch, layer.num_streams, steps, layer.input_size)
     x = np.random.default_rng(options.seed).standard_normal(shape).astype("float32")
+    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
 
     def write(path: str) -> None:
         try:
-            data = convert(layer)
+            data = convert(layer, frames, batch, options.resets)
         except Exception as e:
             raise ExportError(
                 f"cannot write {dst}: the TFLite converter cannot express {layer.name} ({layer.cell}) with "
@@ -251,4 +270,15 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
         with open(path, "wb") as f:
             f.write(data)
 
-    return Job(write, model, x, "random", "tflite", layer.cell, tuple(layer.state_names), layer.num_streams)
+    def check(runner: Any) -> None:
+        """The static form must run wholly on XNNPACK (but the reset input's select on bools, which it cannot)."""
+        if frames is not None:
+            try:
+                xnnpack.check_fully_delegated(runner.path)
+            except ValueError as e:
+                raise ExportError(f"cannot write {dst}: {e}") from None
+
+    if options.resets and reference is model:  # a Keras model takes resets as a layer call's argument
+        reference = layer
+    names = tuple(layer.state_names)
+    return Job(write, reference, x, plan, "tflite", layer.cell, names, layer.num_streams, check, resets)

@@ -158,7 +158,6 @@ def test_raw_torch_module_and_callers_state_left_alone(tmp_path):
         (lambda: model("gru", dropout=0.5).train(), "m.onnx", "training mode with dropout"),
         (lambda: torch.nn.LSTM(F, H, bidirectional=True), "m.onnx", "bidirectional"),
         (lambda: torch.nn.LSTM(F, H, proj_size=2), "m.onnx", "proj_size"),
-        (lambda: model("lstm"), "m.tflite", "tflite export is not supported"),
         (lambda: model("lstm"), "m.pt", "must end in .onnx"),
         (lambda: model("lstm"), "nofolder/m.onnx", "no such folder"),
         (lambda: torch.nn.Linear(2, 2), "m.onnx", "expected nn.LSTM/GRU/RNN"),
@@ -430,16 +429,6 @@ def test_runner_reads_the_reset_input_of_a_signature(tmp_path):
                 OnnxRunner(tmp_path / "r.onnx")
 
 
-def test_reset_input_refused_where_the_format_has_none(tmp_path):
-    """A format without a reset input yet refuses ``resets=True`` before reading the source."""
-    from harness.export import FORMATS
-
-    for fmt in (f for f in FORMATS.values() if not f.takes_resets):
-        with pytest.raises(ExportError, match=f"a {fmt.suffix} file takes no reset input"):
-            export(model("gru"), tmp_path / f"m{fmt.suffix}", resets=True)
-    assert os.listdir(tmp_path) == []
-
-
 # ---- the runner refuses what is not an exported chunk model --------------------------------------
 
 
@@ -506,7 +495,6 @@ def test_cli_export_from_a_state_dict_file(tmp_path, capsys):
     assert "x (2, S, 1, F), h (L, 2, S, H), reset (2, S, 1) bool" in out, out
     runner = OnnxRunner(tmp_path / "gru.onnx")
     assert (runner.has_reset, runner.batch_size, runner.frames) == (True, 2, 1)
-    assert main(["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.tflite")]) == 1
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "error:" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["gru.onnx", "gru.pt"]

@@ -20,6 +20,7 @@ pytestmark = [
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
+import harness.export.tflite_steps as steps  # noqa: E402
 import harness.export.to_tflite as ex  # noqa: E402
 from harness import check_parity, default_tolerance  # noqa: E402
 from harness.export import (  # noqa: E402
@@ -48,12 +49,18 @@ def x_of(batch: int, steps: int, seed: int = 1) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict:
+def layers() -> dict:
+    """cell -> layer: each cell, two layers, built once (a Keras layer traces its calls once per shape: the
+    tests share that cost)."""
+    return {cell: layer_of(cell) for cell in ("lstm", "gru", "rnn")}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, layers) -> dict:
     """cell -> (layer, path): each cell, two layers, exported once for the tests that read the file."""
     folder = tmp_path_factory.mktemp("tflite")
     out = {}
-    for cell in ("lstm", "gru", "rnn"):
-        layer = layer_of(cell)
+    for cell, layer in layers.items():
         result = export(layer, folder / f"{cell}.tflite", verify_steps=16)
         assert result.report.ok and result.exporter == "tflite" and result.state_names == layer.state_names
         out[cell] = (layer, str(folder / f"{cell}.tflite"))
@@ -111,15 +118,9 @@ def test_keras_file_source_and_callers_states_left_alone(tmp_path):
 # ---- refusals: clear errors, nothing written ----------------------------------------------------
 
 
-def torch_lstm():
-    return pytest.importorskip("torch").nn.LSTM(F, H)
-
-
 @pytest.mark.parametrize(
     "make, match",
     [
-        (torch_lstm, "not supported from LSTM: the TFLite converter takes TensorFlow"),
-        (lambda: "weights.pt", "not supported from a torch weight file"),
         (lambda: layer_of("lstm", dtype="float64"), "float64/float64"),
         (lambda: layer_of("gru", return_sequences=False), "return_sequences=False"),
         (lambda: keras_class("rnn")(H, S), "no carried state yet"),
@@ -161,11 +162,11 @@ def perturbed(weights):
 
 
 def swapped(chunk_function):
-    """A planted wiring fault: the LSTM's h_out and c_out come out swapped."""
+    """A planted wiring fault: the LSTM's h_out and c_out come out swapped (of either form's chunk function)."""
     import tensorflow as tf
 
-    def faulty(layer):
-        inner = chunk_function(layer)
+    def faulty(layer, *form):
+        inner = chunk_function(layer, *form)
 
         def chunk(*args):
             out = inner(*args)
@@ -176,12 +177,12 @@ def swapped(chunk_function):
     return faulty
 
 
-@pytest.mark.parametrize("target, fault", [("_weights", perturbed), ("chunk_function", swapped)])
-def test_planted_fault_is_caught_and_nothing_written(target, fault, tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, target, fault", [(steps, "_weights", perturbed), (ex, "chunk_function", swapped)])
+def test_planted_fault_is_caught_and_nothing_written(module, target, fault, tmp_path, monkeypatch):
     layer = layer_of("lstm", num_layers=1)
     path = tmp_path / "m.tflite"
     path.write_bytes(b"the previous good file")
-    monkeypatch.setattr(ex, target, fault(getattr(ex, target)))
+    monkeypatch.setattr(module, target, fault(getattr(module, target)))
     with pytest.raises(ExportError, match="disagrees with the source"):
         export(layer, path, verify_steps=16)
     assert path.read_bytes() == b"the previous good file"
@@ -252,3 +253,218 @@ def test_main_job_includes_the_tflite_backend(capsys, tmp_path):
     printed, written = capsys.readouterr().out, report.read_text()
     assert "PASS" in printed and "tflite vs torch" in printed, printed
     assert "tflite vs torch" in written and "tflite=litert-cpu" in written, written[:3000]
+
+
+# ---- the static form (frames=K), the reset input, torch sources ---------------------------------------
+
+K = 3  # steps per call of the multi-frame static form
+FORMS = [(1, True), (K, False), (1, False), (K, True)]  # (frames, reset input)
+
+
+def torch_module_of(cell: str):
+    """A torch multi-state module of the shapes above, seeded."""
+    torch = pytest.importorskip("torch")
+    from harness.porting import torch_class
+
+    torch.manual_seed(0)
+    return torch_class(cell)(F, H, S, num_layers=L).eval()
+
+
+def resets_of(steps: int, seed: int = 2) -> np.ndarray:
+    """Random resets (B, S, steps), about one step in five, one inside the first frame group."""
+    resets = np.random.default_rng(seed).random((B, S, steps)) < 0.2
+    resets[0, :, 1] = True
+    return resets
+
+
+def prove_static(source, path: str, frames: int, with_reset: bool, steps: int) -> float:
+    """The file against its source over ``steps`` frames (in calls of ``frames``) with random resets when it takes
+    them, outputs and every state at every call; the max abs error (asserted within 1e-6)."""
+    runner = TFLiteRunner(path, threads=1)
+    assert (runner.frames, runner.batch_size, runner.has_reset) == (frames, B, with_reset)
+    resets = resets_of(steps) if with_reset else None
+    report = check_parity({"source": source, "tflite": runner}, x_of(B, steps), [frames] * (steps // frames),
+                          resets=resets, whole_state_checks=1)  # fmt: skip
+    assert report.ok, report.failure_message()
+    assert {c.tensor for c in report.comparisons} == {"output", *runner.state_names}
+    assert report.max_abs_error <= 1e-6, f"max abs error {report.max_abs_error:.3g} beyond 1e-6"
+    return report.max_abs_error
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("source", ["keras", "torch"])
+@pytest.mark.parametrize("form", range(2))
+def test_static_form_equals_the_source_with_resets(cell, source, form, layers, tmp_path):
+    """Each cell, from each kind of source, in two of the four static forms (the other two with the other source):
+    the file equals the source over 66 frames with random resets, every frame group, every state, within 1e-6."""
+    frames, with_reset = FORMS[2 * form + (source == "torch")]
+    model = layers[cell] if source == "keras" else torch_module_of(cell)
+    path = tmp_path / "m.tflite"
+    result = export(model, path, frames=frames, batch_size=B, resets=with_reset, verify_steps=3)
+    assert result.report.ok and result.state_names == (("h", "c") if cell == "lstm" else ("h",))
+    error = prove_static(model, str(path), frames, with_reset, 66)
+    print(f"{cell} from {source}, frames={frames}, reset input {with_reset}: max abs error {error:.3g}")
+
+
+@pytest.mark.slow
+def test_every_tflite_form_over_1000_frames_with_resets(layers, tmp_path):
+    """The acceptance run: every cell, from torch and from Keras, dynamic and static (1 and K frames), with and
+    without the reset input, against the torch source over 1,000 frames (1,002 for K) with random resets where
+    the file takes them, every call, every state, within 1e-6. A Keras source's file is held to the torch twin
+    of the layer (``torch_twin``: the Keras layer itself runs 1,000 one-frame calls in minutes; the export's
+    proof held the file to the layer)."""
+    from harness.porting.layers import torch_twin
+
+    worst = 0.0
+    for cell in ("lstm", "gru", "rnn"):
+        for source in ("keras", "torch"):
+            model = layers[cell] if source == "keras" else torch_module_of(cell)
+            reference = torch_twin(model).eval() if source == "keras" else model
+            for frames in (None, 1, K):
+                for with_reset in (False, True):
+                    path = str(tmp_path / f"{cell}-{source}-{frames}-{with_reset}.tflite")
+                    export(model, path, frames=frames, batch_size=B, resets=with_reset, verify_steps=6)
+                    steps = 1002 if frames == K else 1000
+                    if frames is None:  # the dynamic form: in chunks of 1 to 5 frames
+                        runner = TFLiteRunner(path, threads=1)
+                        plan = np.random.default_rng(5).integers(1, 6, 1000)
+                        plan = [int(n) for n in plan[: np.searchsorted(np.cumsum(plan), steps)]]
+                        x = x_of(B, sum(plan))
+                        resets = resets_of(x.shape[2]) if with_reset else None
+                        report = check_parity({"source": reference, "tflite": runner}, x, plan, resets=resets,
+                                              whole_state_checks=1)  # fmt: skip
+                        assert report.ok and report.max_abs_error <= 1e-6, report.failure_message()
+                        error = report.max_abs_error
+                    else:
+                        error = prove_static(reference, path, frames, with_reset, steps)
+                    worst = max(worst, error)
+                    print(f"{cell} from {source}, frames={frames}, reset input {with_reset}: {error:.3g}")
+    print(f"worst max abs error over 1,000 frames: {worst:.3g}")
+
+
+def test_static_graph_has_no_dynamic_dimension_and_no_loop(layers, tmp_path):
+    """Read the written model: every tensor's shape fixed, no WHILE, inputs and outputs in the documented order
+    (the dynamic form, for contrast, has both)."""
+    layer = layers["lstm"]
+    for frames in (1, K):
+        export(layer, tmp_path / f"s{frames}.tflite", frames=frames, resets=True, verify_steps=6)
+    export(layer, tmp_path / "dynamic.tflite", resets=True, verify_steps=6)
+    for name in ("s1", f"s{K}", "dynamic"):
+        interpreter = TFLiteRunner(tmp_path / f"{name}.tflite").interpreter
+        dynamic = [t["name"] for t in interpreter.get_tensor_details() if -1 in t["shape_signature"]]
+        ops = {op["op_name"] for op in interpreter._get_ops_details()}
+        order = [d["name"].removeprefix("serving_default_").removesuffix(":0") for d in interpreter.get_input_details()]
+        assert order == ["x", "h", "c", "reset"], order
+        signature = interpreter.get_signature_runner("serving_default").get_output_details()
+        outputs = [d["index"] for d in interpreter.get_output_details()]
+        assert outputs == [signature[n]["index"] for n in ("y", "h_out", "c_out")]
+        if name == "dynamic":
+            assert dynamic and "WHILE" in ops, (dynamic, ops)
+        else:
+            assert dynamic == [] and "WHILE" not in ops, (dynamic, ops)
+
+
+def test_torch_file_to_static_tflite_from_the_command_line(tmp_path, capsys):
+    """``python -m harness export m.pt m.tflite --frames 1 --batch 2``: the static file, proven against torch."""
+    import torch
+
+    from harness.cli import main
+
+    torch.save(torch_module_of("gru").state_dict(), tmp_path / "gru.pt")
+    assert main(["export", str(tmp_path / "gru.pt"), str(tmp_path / "gru.tflite"), "--streams", str(S),
+                 "--frames", "1", "--batch", str(B)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "x (2, S, 1, F)" in printed, printed
+    runner = TFLiteRunner(tmp_path / "gru.tflite")
+    assert (runner.frames, runner.batch_size, runner.num_streams, runner.num_layers) == (1, B, S, L)
+
+
+def test_runner_of_a_static_file_refuses_another_batch_and_runs_groups_of_frames(layers, tmp_path):
+    layer = layers["gru"]
+    export(layer, tmp_path / "m.tflite", frames=K, verify_steps=6)
+    runner = TFLiteRunner(tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match=f"fixed batch of {B}: x must have batch {B}, got shape \\(3, "):
+        runner.run(x_of(3, K))
+    with pytest.raises(ValueError, match=f"multiple of {K}"):
+        runner.run(x_of(B, K + 1))
+    with pytest.raises(ValueError, match="no reset input"):
+        runner.run(x_of(B, K), resets=np.zeros((B, S, K), bool))
+    x = x_of(B, 2 * K)
+    whole = runner.run(x)  # two calls of K frames
+    layer.reset_states()
+    assert_twins_match(whole, np.asarray(layer(x)), "two groups of K frames vs the Keras layer")
+
+
+# ---- planted faults in the reset input and the static graph: caught -----------------------------------
+
+
+def reset_after_the_step(advance):
+    """A planted fault: the states are cleared after the step instead of before it."""
+
+    def faulty(cells, xw, states, reset):
+        h, new = advance(cells, xw, states, None)
+        return h, new if reset is None else tuple(steps.cleared(s, reset) for s in new)
+
+    return faulty
+
+
+def reset_by_multiplication(cleared):
+    """A planted fault: the reset multiplies the state by zero (a NaN state survives it)."""
+    import tensorflow as tf
+
+    def faulty(state, reset):
+        return state * (1.0 - tf.cast(reset, state.dtype))
+
+    return faulty
+
+
+@pytest.mark.parametrize("frames", [1, None])
+def test_reset_by_multiplication_is_refused(frames, layers, tmp_path, monkeypatch):
+    """The export's own NaN check: a reset that multiplies keeps a NaN state, and nothing is written."""
+    monkeypatch.setattr(steps, "cleared", reset_by_multiplication(steps.cleared))
+    with pytest.raises(ExportError, match="does not clear a NaN state"):
+        export(layers["lstm"], tmp_path / "m.tflite", frames=frames, resets=True, verify_steps=6)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "module, target, fault",
+    [(steps, "advance", reset_after_the_step), (ex.tflite_static, "static_chunk_function", swapped)],
+)
+@pytest.mark.parametrize("frames", [1, K])
+def test_planted_fault_in_the_static_form_is_caught(module, target, fault, frames, layers, tmp_path, monkeypatch):
+    layer = layers["lstm"]
+    monkeypatch.setattr(module, target, fault(getattr(module, target)))
+    with pytest.raises(ExportError, match="disagrees with the source|does not clear a NaN state"):
+        export(layer, tmp_path / "m.tflite", frames=frames, resets=True, verify_steps=6)
+    assert os.listdir(tmp_path) == []
+
+
+# ---- the XNNPACK check ------------------------------------------------------------------------------------
+
+
+def test_xnnpack_takes_the_whole_static_graph_but_not_the_dynamic_one(layers, tmp_path):
+    from harness.export.xnnpack import delegation
+
+    layer = layers["lstm"]
+    export(layer, tmp_path / "static.tflite", frames=1, verify_steps=6)
+    export(layer, tmp_path / "reset.tflite", frames=1, resets=True, verify_steps=6)
+    export(layer, tmp_path / "dynamic.tflite", verify_steps=6)
+    static, reset, dynamic = (delegation(tmp_path / f"{n}.tflite") for n in ("static", "reset", "dynamic"))
+    print(static.summary(), reset.summary(), dynamic.summary(), sep="\n")
+    assert static.taken == static.nodes > 0 and static.partitions == 1 and static.fallen_back == ()
+    # XNNPACK takes no bools: the reset's selects (one per state) run on the builtin kernels, before one partition.
+    assert reset.fallen_back == reset.on_bools == ("SELECT_V2", "SELECT_V2") and reset.partitions == 1
+    assert "WHILE" in dynamic.fallen_back and dynamic.taken < dynamic.nodes / 2
+
+
+def test_xnnpack_check_fails_a_static_graph_with_a_fallen_back_op(tmp_path):
+    """A planted fallback: a simple RNN whose activation is an arc tangent (TFLite's ATAN2, which XNNPACK does not
+    take) exports in the dynamic form, and is refused in the static one, naming the op; nothing written."""
+    layer = layer_of("rnn", num_layers=1, activation=lambda v: keras.ops.arctan2(v, keras.ops.ones_like(v)))
+    export(layer, tmp_path / "dynamic.tflite", verify_steps=6)  # no check: the dynamic form cannot be delegated
+    with pytest.raises(
+        ExportError, match=r"not every node runs on XNNPACK: .* fallen back to the builtin kernels: ATAN2"
+    ):
+        export(layer, tmp_path / "static.tflite", frames=1, verify_steps=6)
+    assert sorted(os.listdir(tmp_path)) == ["dynamic.tflite"]

@@ -199,18 +199,12 @@ def test_cli_parity_prints_a_summary_and_writes_every_row(tmp_path, capsys):
 
 
 def test_cli_parity_with_episodes(capsys):
-    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] and an export format
-    without a reset input (one with: ``test_main_job_covers_the_reset_input_of_exported_files``)."""
-    from harness.export import FORMATS
-
+    """Streams restarting inside chunks: the job passes, and refuses a rate outside [0, 1] (exported files:
+    ``test_main_job_covers_the_reset_input_of_exported_files``)."""
     assert main(["parity", "--backend", "torch", "--cell", "lstm", "--dtype", "float64", "--episodes", "0.2"]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(["parity", "--episodes", "1.5"]) == 1
     assert "must lie in [0, 1]" in capsys.readouterr().err
-    for exported, fmt in FORMATS.items():
-        if not fmt.takes_resets:
-            assert main(["parity", "--backend", exported, "--episodes", "0.1"]) == 1
-            assert "takes no resets or lengths" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("episodes", [0.0, 0.2])
