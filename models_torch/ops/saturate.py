@@ -21,9 +21,9 @@ bound; other chunks take the exact paths (``paths.saturable`` decides).
 
 A simple RNN has no gate, so it cannot be reset this way (``tanh`` never reaches 0 exactly).
 Each layer runs as one plain call of torch's op on the stack's own weights with the two
-columns appended, so gradients reach those weights; none crosses a zero step (a saturated
-gate's derivative is exactly 0). The plan is numpy. Which gates each flag drives is the cell
-table's ``Cell.saturation``.
+columns appended (a large chunk on the CPU: one per block of rows, ``row_blocks``), so gradients
+reach those weights; none crosses a zero step (a saturated gate's derivative is exactly 0). The
+plan is numpy. Which gates each flag drives is the cell table's ``Cell.saturation``.
 
 Example:
     >>> resets = np.zeros((2, 4), bool); resets[0, 2] = True
