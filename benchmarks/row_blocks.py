@@ -11,6 +11,10 @@ machine absolute times drift):
 Per forward shape it also records whether the blocked layer's outputs and states equal the one call's bit
 for bit; per training shape, the largest gradient difference, divided by that gradient's largest entry.
 
+Cost per stream-step across row counts cannot be read from shapes timed minutes apart on a shared machine;
+``--flatness`` times the forward of the layer and of the raw call at every row count of one (cell, H) in
+rotating rounds instead, and stores the medians under ``"flatness"`` in the same JSON.
+
 Run (many minutes; ``--rows``/``--hidden``/``--cells`` narrow it)::
 
     python -m benchmarks.row_blocks --threads 1 --note "..." --name row-blocks-cpu
@@ -93,6 +97,35 @@ def measure(job: str, cell: str, shape: cases.Shape) -> dict:
         "multistate/one-call": medians["multistate"] / medians["one-call"],
         "one-call/raw": medians["one-call"] / medians["raw"],
         "rounds": rounds,
+    }
+
+
+def flatness(cell: str, hidden: int, rows: list[int], rounds: int) -> dict:
+    """µs per stream-step of the layer's and the raw call's forward at each of ``rows``, timed in rotating rounds."""
+    arms = {}
+    for n in rows:
+        shape = cases.Shape(1, n, 16, cases.SMALL.F, hidden)
+        for arm, impl in (("multistate", cases.TORCH_MULTISTATE), ("raw", cases.TORCH_FUSED)):
+            arms[(arm, n)] = _step("rows", cell, shape, impl)
+    keys = list(arms)
+    for key in keys:  # the first calls warm up
+        arms[key]()
+    times: dict[tuple, list[float]] = {key: [] for key in keys}
+    for r in range(rounds):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            times[key].append(_time(arms[key]) / (key[1] * 16) * 1e6)
+    medians = {f"{arm} {n}": statistics.median(times[(arm, n)]) for arm, n in keys}
+    spans = {}
+    for arm in ("multistate", "raw"):
+        per_row = [medians[f"{arm} {n}"] for n in rows]
+        spans[arm] = max(per_row) / min(per_row)
+    return {
+        "cell": cell,
+        "H": hidden,
+        "rounds": rounds,
+        "us_per_stream_step": medians,
+        "max/min": spans,
+        "loadavg": os.getloadavg()[0],
     }
 
 
@@ -180,11 +213,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--note", default="", help="what the machine was, e.g. shared with other work")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from <name>.json")
+    parser.add_argument("--flatness", type=int, metavar="ROUNDS", help="add flatness runs (rows >= 256) to the JSON")
     args = parser.parse_args()
     json_path = args.out / f"{args.name}.json"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.plot_only:
+    if args.flatness:
+        data = json.loads(json_path.read_text())
+        rows = [n for n in args.rows if n >= 256]
+        data["flatness"] = [flatness(c, h, rows, args.flatness) for c in args.cells for h in args.hidden]
+        print(json.dumps(data["flatness"], indent=1), flush=True)
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
+    elif args.plot_only:
         data = json.loads(json_path.read_text())
     else:
         data = run(args.cells, args.hidden, args.rows, args.train_rows, args.note)
