@@ -53,7 +53,8 @@ def save_rows(panels: dict[str, dict[str, dict[int, float]]], note: str, path: p
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
-        ax.set_title({"rows": "forward", "rows-train": "forward + backward + SGD"}.get(job, job), fontsize=9)
+        titles = {"rows": "forward", "rows-train": "forward + backward + SGD", "flatness": "forward, rows interleaved"}
+        ax.set_title(titles.get(job, job), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle(note, fontsize=8)

@@ -9,7 +9,8 @@ machine absolute times drift):
 - ``raw``: its inner ``nn.GRU``/``nn.LSTM`` on the folded rows, torch's single call (``torch-fused``).
 
 Per forward shape it also records whether the blocked layer's outputs and states equal the one call's bit
-for bit; per training shape, the largest gradient difference, divided by that gradient's largest entry.
+for bit (``difference`` 0.0); per training shape, the largest gradient difference, divided by that gradient's
+largest entry, for a loss with random weights on the outputs (``--differences`` recomputes these alone).
 
 Cost per stream-step across row counts cannot be read from shapes timed minutes apart on a shared machine;
 ``--flatness`` times the forward of the layer and of the raw call at every row count of one (cell, H) in
@@ -43,6 +44,7 @@ from models_torch.ops.kernels import Stack
 
 BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", "1.0"))  # timed seconds per step and shape, roughly
 MIN_ROUNDS, MAX_ROUNDS = 5, 41
+REWARM_S = 0.2  # ``flatness``: calls shorter than this run once untimed before each timed call
 ARMS = ("multistate", "one-call", "raw")
 
 
@@ -108,11 +110,12 @@ def flatness(cell: str, hidden: int, rows: list[int], rounds: int) -> dict:
         for arm, impl in (("multistate", cases.TORCH_MULTISTATE), ("raw", cases.TORCH_FUSED)):
             arms[(arm, n)] = _step("rows", cell, shape, impl)
     keys = list(arms)
-    for key in keys:  # the first calls warm up
-        arms[key]()
+    once = {key: _time(arms[key]) for key in keys}  # the first calls warm up
     times: dict[tuple, list[float]] = {key: [] for key in keys}
     for r in range(rounds):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            if once[key] < REWARM_S:  # a short call right after a long one finds the caches cold
+                arms[key]()
             times[key].append(_time(arms[key]) / (key[1] * 16) * 1e6)
     medians = {f"{arm} {n}": statistics.median(times[(arm, n)]) for arm, n in keys}
     spans = {}
@@ -137,7 +140,7 @@ def _results(module: torch.nn.Module, x: torch.Tensor, train: bool) -> list[torc
         out, states = module(x, initial_state=zeros, return_state=True)
     if not train:
         return [out, *states]
-    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(3))).sum().backward()
     return [p.grad for p in module.parameters()]
 
 
@@ -193,12 +196,17 @@ def run(cells: list[str], hidden: list[int], rows: list[int], train_rows: int, n
 
 
 def panels(data: dict) -> dict[str, dict[str, dict[int, float]]]:
-    """Per job, per series (cell, H, arm), µs per stream-step by rows: what ``plot.save_rows`` draws."""
+    """Per job (and ``"flatness"``), per series (cell, H, arm), µs per stream-step by rows: what ``plot.save_rows``
+    draws."""
     found: dict[str, dict[str, dict[int, float]]] = {}
     for entry in data["results"]:
         for arm in ARMS:
             series = found.setdefault(entry["job"], {}).setdefault(f"{entry['cell']} H={entry['H']} {arm}", {})
             series[entry["rows"]] = entry[f"{arm}_s"] / (entry["rows"] * entry["T"]) * 1e6
+    for run in data.get("flatness", []):
+        for key, us in run["us_per_stream_step"].items():
+            arm, rows = key.split()
+            found.setdefault("flatness", {}).setdefault(f"{run['cell']} H={run['H']} {arm}", {})[int(rows)] = us
     return found
 
 
@@ -213,6 +221,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--note", default="", help="what the machine was, e.g. shared with other work")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from <name>.json")
+    parser.add_argument("--differences", action="store_true", help="recompute the blocked shapes' differences")
     parser.add_argument("--flatness", type=int, metavar="ROUNDS", help="add flatness runs (rows >= 256) to the JSON")
     args = parser.parse_args()
     json_path = args.out / f"{args.name}.json"
@@ -223,6 +232,13 @@ def main() -> None:
         rows = [n for n in args.rows if n >= 256]
         data["flatness"] = [flatness(c, h, rows, args.flatness) for c in args.cells for h in args.hidden]
         print(json.dumps(data["flatness"], indent=1), flush=True)
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
+    elif args.differences:
+        data = json.loads(json_path.read_text())
+        for entry in (e for e in data["results"] if e["difference"] is not None):
+            shape = cases.Shape(1, entry["rows"], entry["T"], entry["F"], entry["H"])
+            entry["difference"] = difference(entry["job"], entry["cell"], shape)
+            print(entry["job"], entry["cell"], entry["H"], entry["rows"], entry["difference"], flush=True)
         json_path.write_text(json.dumps(data, indent=1) + "\n")
     elif args.plot_only:
         data = json.loads(json_path.read_text())
