@@ -119,7 +119,7 @@ def block_rows(stack: Stack, rows: int, steps: int, device: str) -> int:
         return rows
     itemsize = stack.layers[0][0].element_size()
     width = max(w_ih.shape[1] + w_ih.shape[0] + w_hh.shape[1] for w_ih, w_hh, *_ in stack.layers)
-    fitting = cache_bytes() // CACHE_SHARE // (steps * width * itemsize)
+    fitting = cache_bytes() // CACHE_SHARE // (max(steps, 1) * width * itemsize)
     size = max(MIN_BLOCK_ROWS, fitting // ROW_ALIGN * ROW_ALIGN)
     return size if rows >= 2 * size else rows
 
