@@ -8,6 +8,7 @@ about a cell (gates, classes) comes from ``multistate_core.cells.CELLS``.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -139,6 +140,8 @@ JOBS = {
         Job("resets-1pct", reset_rate=0.01),  # forward, a reset at 1% of the steps
         Job("resets-10pct", reset_rate=0.10),  # forward, a reset at 10% of the steps
         Job("lengths", min_length=0.5),  # forward, lengths uniform in [T/2, T]
+        Job("rows"),  # forward at B=1, T=16, F=32 over a sweep of rows (streams), H=32 and 128: row blocks
+        Job("rows-train", train=True),  # the same sweep, one training step
     )
 }
 EPISODE_JOBS = tuple(name for name, job in JOBS.items() if job.episodic)
@@ -169,6 +172,12 @@ LARGE = Shape(8, 16, 256, 128, 256)
 GPU_ONLY = Shape(64, 16, 100, 256, 512, gpu_only=True)
 SCALING_STREAMS = (1, 4, 16, 64, 256, 1024, 4096)
 SCALING_SHAPES = tuple(Shape(1, s, 16, SMALL.F, SMALL.H) for s in SCALING_STREAMS)
+# The row sweep (``python -m benchmarks.row_blocks`` times it interleaved): all of it with BENCH_ROWS_SWEEP=1
+# (many minutes); otherwise one small shape, so that the smoke run stays fast.
+ROWS_SWEEP = os.environ.get("BENCH_ROWS_SWEEP") == "1"
+ROWS_STREAMS = (1, 16, 256, 1024, 4096, 16384, 65536) if ROWS_SWEEP else (256,)
+ROWS_HIDDEN = (32, 128)
+ROWS_SHAPES = tuple(Shape(1, s, 16, SMALL.F, h) for h in ROWS_HIDDEN for s in ROWS_STREAMS)
 
 TORCH_IMPLS = (TORCH_MULTISTATE, TORCH_FUSED, TORCH_LOOP)
 KERAS_IMPLS = (KERAS_MULTISTATE, KERAS_PER_STREAM, KERAS_FUSED)
@@ -183,6 +192,7 @@ PLAN: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[Shape, ...], tuple[Imp
     (("lstm",), ("gemm",), (SMALL, LARGE, GPU_ONLY), (TORCH_GEMM,)),
     (("gru", "rnn"), ("gemm",), (SMALL,), (TORCH_GEMM,)),
     (("lstm",), EPISODE_JOBS, (SMALL,), EPISODE_IMPLS),
+    (("gru", "lstm"), ("rows", "rows-train"), ROWS_SHAPES, (TORCH_MULTISTATE, TORCH_FUSED)),
 )
 
 

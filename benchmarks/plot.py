@@ -34,6 +34,35 @@ def _scaling(ax: plt.Axes, series: dict[str, dict[int, float]]) -> None:
         ax.legend(fontsize=6)
 
 
+def save_rows(panels: dict[str, dict[str, dict[int, float]]], note: str, path: pathlib.Path) -> None:
+    """The row sweep (``benchmarks.row_blocks``): per job a panel of cost per stream-step against rows, log-log.
+    Series are named ``"<cell> H=<H> <arm>"``: one colour per cell and H, one line style per arm (solid: the
+    multi-state layer with row blocks; dashed: the layer in one call; dotted: the raw call)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    styles = {"multistate": "-o", "one-call": "--x", "raw": ":+"}
+    for ax, (job, series) in zip(axes[0], panels.items()):
+        colors: dict[str, str] = {}
+        for name, values in series.items():
+            group, arm = name.rsplit(" ", 1)
+            color = colors.setdefault(group, f"C{len(colors)}")
+            rows = sorted(values)
+            ax.plot(rows, [values[r] for r in rows], styles[arm], color=color, label=name, markersize=4)
+        ax.set(xscale="log", yscale="log", xlabel="rows (B x streams), T=16, F=32", ylabel="µs per stream-step")
+        ticks = sorted({r for values in series.values() for r in values})
+        ax.set_xticks(ticks, [f"{r:,}" for r in ticks], fontsize=7)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
+        titles = {"rows": "forward", "rows-train": "forward + backward + SGD", "flatness": "forward, rows interleaved"}
+        ax.set_title(titles.get(job, job), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(note, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _minor_label(value: float, _position: int) -> str:
     """Label the minor log ticks at 2 and 5 times a power of ten only, so they stay readable."""
     return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in (2, 5) else ""

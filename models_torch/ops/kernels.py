@@ -4,7 +4,8 @@ Both model packages hand their stack over as a ``Stack`` (cell, per-layer weight
 plain chunk with ``run_plain``: ``models_torch`` with its ``nn.LSTM``/``GRU``/``RNN``'s own
 weight list, the Keras torch backend with tensors built from its variables. ``run_fused`` calls
 the op that ``nn.LSTM``/``GRU``/``RNN.forward`` itself calls (``torch.lstm``, ``torch.gru``,
-``torch.rnn_tanh``/``relu``: oneDNN on a CPU, cuDNN on a GPU); ``run_cells`` the cell ops
+``torch.rnn_tanh``/``relu``: oneDNN on a CPU, cuDNN on a GPU), once or, for a large chunk on the CPU,
+once per block of rows (``paths.block_rows``, ``row_blocks``); ``run_cells`` the cell ops
 (``torch.lstm_cell``, ...) for one step. ``run_plain`` takes the one ``paths.path_for`` names.
 
 Example:
@@ -24,7 +25,9 @@ from typing import Any
 
 import torch
 
+from models_torch.ops import paths
 from models_torch.ops.paths import Path, path_for
+from models_torch.ops.row_blocks import in_row_blocks
 from multistate_core.cells import CELLS
 
 
@@ -89,8 +92,16 @@ def run_cells(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
 
 
 def run_fused(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
-    """``Path.PLAIN``: ``x`` ``(N, T, F)`` (batch first) from ``states`` (each ``(L, N, H)``) in one call of the
-    fused op. Returns the output ``(N, T, H)`` and the final states ``(L, N, H)``."""
+    """``Path.PLAIN``: ``x`` ``(N, T, F)`` (batch first) from ``states`` (each ``(L, N, H)``) through the fused op:
+    one call, or one per block of rows where ``paths.block_rows`` says (the same result, bit for bit). Returns the
+    output ``(N, T, H)`` and the final states ``(L, N, H)``."""
+    size = paths.block_rows(stack, x.shape[0], x.shape[1], x.device.type)
+    return in_row_blocks(functools.partial(fused_call, stack), x, states, size, row_dim=0)
+
+
+def fused_call(stack: Stack, x: Any, states: tuple, *, batch_first: bool = True) -> tuple[Any, tuple]:
+    """One call of the fused op on ``x`` (``(N, T, F)``, or ``(T, N, F)`` unless ``batch_first``) from ``states``
+    (each ``(L, N, H)``). Returns the output (rows where ``x`` has them) and the final states."""
     hx = tuple(s.contiguous() for s in states)
     weights = [w for layer in stack.layers for w in layer]
     out, *new = stack.fused_op(
@@ -102,7 +113,7 @@ def run_fused(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
         float(stack.dropout),
         stack.training,
         False,
-        True,
+        batch_first,
     )
     return out, tuple(new)
 

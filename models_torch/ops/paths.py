@@ -4,8 +4,11 @@ The facts: the stack (cell, weights' sizes, training with dropout), the chunk's 
 the resets and lengths (host arrays), the chunk's numbers where the saturated path must prove itself exact,
 and whether a streaming step was asked to be compiled. The runners live with their ops
 (``models_torch.ops.segments.RUNNERS`` for a chunk, ``models_torch.ops.step_runs.RUN_MAKERS`` for a
-streaming step); each table maps a ``Path`` to its runner, and nothing else chooses. The thresholds are
-measured: ``docs/measurements.md`` keeps the numbers.
+streaming step); each table maps a ``Path`` to its runner, and nothing else chooses. Beside the path,
+``block_rows`` says how many rows each call of the fused op takes: a large chunk on the CPU runs in row
+blocks (``ops.row_blocks``), on every path that calls the fused op on the rows as they are (plain, first-step
+reset, cuts, saturated; packed sequences stay one call). The thresholds are measured:
+``docs/measurements.md`` keeps the numbers.
 
 Example:
     >>> import torch
@@ -16,11 +19,15 @@ Example:
     >>> resets = np.zeros((4, 10), bool); resets[1, 6] = True
     >>> path_for(stack, 4, 10, "cpu", resets=resets, chunk=(torch.zeros(4, 10, 3), (torch.zeros(1, 4, 5),)))
     <Path.SATURATED: 'saturated'>
+    >>> block_rows(stack, 100, 16, "cpu"), block_rows(stack, 100_000, 16, "cpu") % ROW_ALIGN
+    (100, 0)
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import pathlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +57,13 @@ CELL_STEP_MACS = 4_000_000
 # Cutting the time axis beats packing on a CPU while it makes fewer calls than this per step
 # (docs/measurements.md, "cuts or packed"); on a GPU cuDNN runs packed sequences natively.
 CUTS_PER_STEP = 0.9
+# Row blocks (``block_rows``): torch's fused op on a CPU slows down per row once a chunk's working set outgrows
+# the cache; in blocks whose working set is a quarter of the last-level cache, the cost per stream-step stays
+# within 1.1-1.33x from 256 to 65,536 rows (one call: 1.4-2.5x; docs/measurements.md, "Row blocks").
+CACHE_SHARE = 4  # a block's working set: at most the last-level cache over this
+FALLBACK_CACHE_BYTES = 32 * 2**20  # where the machine does not say
+MIN_BLOCK_ROWS = 256  # below this the fused op's fixed cost per call shows
+ROW_ALIGN = 64  # block sizes are multiples of this: the one call's result, bit for bit (``ops.row_blocks``)
 
 
 def path_for(
@@ -90,6 +104,45 @@ def path_for(
         return Path.SATURATED
     cuts = cut_points(resets, lengths, steps)
     return Path.CUTS if device == "cpu" and len(cuts) - 1 < CUTS_PER_STEP * steps else Path.PACKED
+
+
+def block_rows(stack: Stack, rows: int, steps: int, device: str) -> int:
+    """How many rows each call of the fused op takes for a chunk of ``rows`` x ``steps`` on ``device``: ``rows``
+    (one call), or a block size, a multiple of ``ROW_ALIGN`` (``ops.row_blocks.in_row_blocks``).
+
+    Blocks on the CPU only, without dropout in training (its random numbers follow the rows), at least two
+    blocks' worth of rows and at least ``MIN_BLOCK_ROWS`` a block. A block's working set, rows x steps x
+    (input + gates + output) x the weights' bytes (the widest layer), stays within ``cache_bytes() /
+    CACHE_SHARE``.
+    """
+    if rows < 2 * MIN_BLOCK_ROWS or device != "cpu" or (stack.training and stack.dropout):
+        return rows
+    itemsize = stack.layers[0][0].element_size()
+    width = max(w_ih.shape[1] + w_ih.shape[0] + w_hh.shape[1] for w_ih, w_hh, *_ in stack.layers)
+    fitting = cache_bytes() // CACHE_SHARE // (max(steps, 1) * width * itemsize)
+    size = max(MIN_BLOCK_ROWS, fitting // ROW_ALIGN * ROW_ALIGN)
+    return size if rows >= 2 * size else rows
+
+
+@functools.cache
+def cache_bytes() -> int:
+    """The CPU's last-level cache in bytes: the largest data or unified cache that
+    ``/sys/devices/system/cpu/cpu0/cache`` lists; ``FALLBACK_CACHE_BYTES`` where it cannot be read."""
+    sizes = []
+    for entry in pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (entry / "type").read_text().strip() in ("Data", "Unified"):
+                sizes.append(_size_bytes((entry / "size").read_text()))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=FALLBACK_CACHE_BYTES)
+
+
+def _size_bytes(text: str) -> int:
+    """A cache size as sysfs writes it (``"32768K"``; also ``"1M"``, ``"512"``) in bytes."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
 
 
 def needs_segments(resets: np.ndarray | None, lengths: np.ndarray | None, steps: int) -> bool:

@@ -21,9 +21,9 @@ bound; other chunks take the exact paths (``paths.saturable`` decides).
 
 A simple RNN has no gate, so it cannot be reset this way (``tanh`` never reaches 0 exactly).
 Each layer runs as one plain call of torch's op on the stack's own weights with the two
-columns appended, so gradients reach those weights; none crosses a zero step (a saturated
-gate's derivative is exactly 0). The plan is numpy. Which gates each flag drives is the cell
-table's ``Cell.saturation``.
+columns appended (a large chunk on the CPU: one per block of rows, ``row_blocks``), so gradients
+reach those weights; none crosses a zero step (a saturated gate's derivative is exactly 0). The
+plan is numpy. Which gates each flag drives is the cell table's ``Cell.saturation``.
 
 Example:
     >>> resets = np.zeros((2, 4), bool); resets[0, 2] = True
@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from models_torch.ops.row_blocks import in_row_blocks
 from multistate_core.cells import CELLS
 
 if TYPE_CHECKING:
@@ -190,9 +192,10 @@ def flag_columns(cell: str, layer: Sequence[Any]) -> Any:
 
 
 def run_saturated(
-    stack: Stack, x: Any, states: tuple, resets: np.ndarray | None, lengths: np.ndarray | None
+    stack: Stack, x: Any, states: tuple, resets: np.ndarray | None, lengths: np.ndarray | None, block_rows: int
 ) -> tuple[Any, tuple]:
-    """Run ``stack`` on ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets``/``lengths`` (numpy).
+    """Run ``stack`` on ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets``/``lengths`` (numpy),
+    each layer's call in blocks of ``block_rows`` rows (``paths.block_rows``; ``N``: one call).
 
     Returns the output ``(N, T, H)`` (zeros at invalid steps) and each row's state after
     its last valid step (unchanged for a row without one). Same contract as ``segments.run_packed``.
@@ -213,9 +216,9 @@ def run_saturated(
     finals: list[list] = [[] for _ in states]
     for k, layer in enumerate(stack.layers):
         weights = [torch.cat([layer[0], flag_columns(stack.cell, layer)], 1), *layer[1:]]
-        initial = tuple(s[k : k + 1].contiguous() for s in states)
-        out, *held = op(laid, initial if len(initial) > 1 else initial[0], weights, len(layer) == 4,
-                        1, 0.0, stack.training, False, False)  # fmt: skip
+        initial = tuple(s[k : k + 1] for s in states)
+        call = functools.partial(_layer_call, op, weights, stack.training)
+        out, held = in_row_blocks(call, laid, initial, block_rows, row_dim=1)
         flat = out.reshape(-1, out.shape[-1])
         reached = (flat.index_select(0, index["last"])[None], *held[1:])  # h at the last real step; c held since
         for final, state in zip(finals, _where_rows(lay.moved, reached, initial)):
@@ -226,6 +229,13 @@ def run_saturated(
     if len(lay.real) < rows_n * steps:
         y = y.new_zeros(rows_n * steps, y.shape[-1]).index_copy(0, index["real"], y)
     return y.reshape(rows_n, steps, -1), tuple(torch.cat(f, 0) for f in finals)
+
+
+def _layer_call(op: Any, weights: list, training: bool, laid: Any, initial: tuple) -> tuple[Any, tuple]:
+    """One layer's fused call on the time-first ``laid`` ``(T, n, F + 2)`` from ``initial`` (each ``(1, n, H)``)."""
+    hx = tuple(s.contiguous() for s in initial)
+    out, *held = op(laid, hx if len(hx) > 1 else hx[0], weights, len(weights) == 4, 1, 0.0, training, False, False)
+    return out, tuple(held)
 
 
 def _where_rows(rows: np.ndarray, new: tuple | int, old: tuple) -> tuple:

@@ -177,7 +177,8 @@ def _first_step_reset(stack: Stack, fused: Any, x: Any, states: tuple, resets: A
 
 
 def _saturated(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
-    return run_saturated(stack, x, states, resets, lengths)
+    block_rows = paths.block_rows(stack, x.shape[0], x.shape[1], x.device.type)
+    return run_saturated(stack, x, states, resets, lengths, block_rows)
 
 
 def _cuts(stack: Stack, fused: Any, x: Any, states: tuple, resets: Any, lengths: Any) -> tuple[Any, tuple]:
