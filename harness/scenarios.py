@@ -48,16 +48,14 @@ def torch_model(cell: str, streams: int, dtype: str, seed: int = 0, device: str 
 
 def _twin(backend: str, module: Any, folder: str, eager: bool = False, resets: bool = False) -> Any:
     """The model held against the torch ``module``: its Keras twin (a layer if ``eager``), or its exported
-    file (a format of ``FORMATS``, exported from the module or from its Keras twin, as the format takes them;
-    with a ``reset`` input if ``resets``)."""
+    file (a format of ``FORMATS``, exported from the module; with a ``reset`` input if ``resets``)."""
     from harness.export.pipeline import export
     from harness.porting.layers import keras_twin
 
     if backend in FORMATS:
         fmt = FORMATS[backend]
         path = os.path.join(folder, f"{module.cell}{'+reset' if resets else ''}{fmt.suffix}")
-        source = module if fmt.source == "torch" else keras_twin(module, batch_size=BATCH)
-        export(source, path, batch_size=BATCH, resets=resets)
+        export(module, path, batch_size=BATCH, resets=resets)
         return path
     return keras_twin(module) if eager else keras_twin(module, batch_size=BATCH)
 

@@ -30,8 +30,8 @@ class Format:
     """One file format a multi-state chunk exports to.
 
     ``prepare(model_or_path, dst, options)`` makes the ``Job`` (refusals first); ``runner(path)`` runs a written
-    file as a parity-engine runner. ``source``: the framework whose model the main job exports (a Keras source
-    of an ONNX file goes through its torch twin). ``keras_backend``: the Keras backend its writer needs, if any.
+    file as a parity-engine runner (every format takes torch and Keras sources; the main job exports the torch
+    module). ``keras_backend``: the Keras backend its writer needs, if any.
     ``needs``: the modules that must be installed to write and run it. ``device``: where its runner computes;
     ``runtime``: what runs the written file when it is verified (for messages).
     """
@@ -40,7 +40,6 @@ class Format:
     suffix: str
     prepare: Callable[[object, str | os.PathLike, Options], Job]
     runner: Callable[[str | os.PathLike], Runner]
-    source: str
     keras_backend: str | None
     needs: tuple[str, ...]
     device: str
@@ -50,9 +49,9 @@ class Format:
 FORMATS = {
     f.name: f
     for f in (
-        Format("onnx", ".onnx", to_onnx.prepare, OnnxRunner, "torch", None, ("torch", "onnx", "onnxruntime"),
+        Format("onnx", ".onnx", to_onnx.prepare, OnnxRunner, None, ("torch", "onnx", "onnxruntime"),
                "onnxruntime-cpu", "onnxruntime"),
-        Format("tflite", ".tflite", to_tflite.prepare, TFLiteRunner, "keras", "tensorflow", ("keras", "tensorflow"),
+        Format("tflite", ".tflite", to_tflite.prepare, TFLiteRunner, "tensorflow", ("keras", "tensorflow"),
                "litert-cpu", "the LiteRT interpreter"),
     )
 }  # fmt: skip
