@@ -61,6 +61,7 @@ CUTS_PER_STEP = 0.9
 # the cache; in blocks whose working set is a quarter of the last-level cache, the cost per stream-step stays
 # within 1.1-1.33x from 256 to 65,536 rows (one call: 1.4-2.5x; docs/measurements.md, "Row blocks").
 CACHE_SHARE = 4  # a block's working set: at most the last-level cache over this
+MIN_BLOCKS = 8  # a chunk blocks only with this many blocks' worth of rows (at 5-6 blocks, 2 threads ran slower)
 FALLBACK_CACHE_BYTES = 32 * 2**20  # where the machine does not say
 MIN_BLOCK_ROWS = 256  # below this the fused op's fixed cost per call shows
 ROW_ALIGN = 64  # block sizes are multiples of this: the one call's result, bit for bit (``ops.row_blocks``)
@@ -110,18 +111,18 @@ def block_rows(stack: Stack, rows: int, steps: int, device: str) -> int:
     """How many rows each call of the fused op takes for a chunk of ``rows`` x ``steps`` on ``device``: ``rows``
     (one call), or a block size, a multiple of ``ROW_ALIGN`` (``ops.row_blocks.in_row_blocks``).
 
-    Blocks on the CPU only, without dropout in training (its random numbers follow the rows), at least two
-    blocks' worth of rows and at least ``MIN_BLOCK_ROWS`` a block. A block's working set, rows x steps x
-    (input + gates + output) x the weights' bytes (the widest layer), stays within ``cache_bytes() /
+    Blocks on the CPU only, without dropout in training (its random numbers follow the rows), at least
+    ``MIN_BLOCKS`` blocks' worth of rows and at least ``MIN_BLOCK_ROWS`` a block. A block's working set, rows x
+    steps x (input + gates + output) x the weights' bytes (the widest layer), stays within ``cache_bytes() /
     CACHE_SHARE``.
     """
-    if rows < 2 * MIN_BLOCK_ROWS or device != "cpu" or (stack.training and stack.dropout):
+    if rows < MIN_BLOCKS * MIN_BLOCK_ROWS or device != "cpu" or (stack.training and stack.dropout):
         return rows
     itemsize = stack.layers[0][0].element_size()
     width = max(w_ih.shape[1] + w_ih.shape[0] + w_hh.shape[1] for w_ih, w_hh, *_ in stack.layers)
     fitting = cache_bytes() // CACHE_SHARE // (max(steps, 1) * width * itemsize)
     size = max(MIN_BLOCK_ROWS, fitting // ROW_ALIGN * ROW_ALIGN)
-    return size if rows >= 2 * size else rows
+    return size if rows >= MIN_BLOCKS * size else rows
 
 
 @functools.cache

@@ -143,7 +143,7 @@ def test_the_rule_blocks_a_large_cpu_chunk_within_the_cache_share(hidden):
     row_bytes = steps * (32 + 3 * hidden + hidden) * 4
     for rows in (16_384, 65_536):
         size = paths.block_rows(stack, rows, steps, "cpu")
-        aligned = size % paths.ROW_ALIGN == 0 and paths.MIN_BLOCK_ROWS <= size <= rows // 2
+        aligned = size % paths.ROW_ALIGN == 0 and paths.MIN_BLOCK_ROWS <= size <= rows // paths.MIN_BLOCKS
         assert aligned, f"{rows} rows: blocks of {size}"
         fits = size * row_bytes <= paths.cache_bytes() / paths.CACHE_SHARE or size == paths.MIN_BLOCK_ROWS
         assert fits, f"{rows} rows: blocks of {size} rows, {size * row_bytes} bytes, cache {paths.cache_bytes()}"
@@ -155,7 +155,7 @@ def test_the_rule_keeps_one_call_for_small_chunks_gpus_and_dropout_in_training()
     assert paths.block_rows(_stack(), rows, 16, "cuda") == rows
     assert paths.block_rows(_stack(layers=2, training=True, dropout=0.5), rows, 16, "cpu") == rows
     assert paths.block_rows(_stack(layers=2, training=False, dropout=0.5), rows, 16, "cpu") < rows
-    for small in (1, 64, 2 * paths.MIN_BLOCK_ROWS - 1):
+    for small in (1, 64, paths.MIN_BLOCKS * paths.MIN_BLOCK_ROWS - 1):
         assert paths.block_rows(_stack(128), small, 16, "cpu") == small
 
 
