@@ -73,7 +73,6 @@ class Job:
     state_names: tuple[str, ...]
     num_streams: int
     check: Callable[[Any], None] = _no_check  # the format's own check of the written file (its runner), before proof
-    resets: np.ndarray | None = None  # the verification resets (B, S, T) bool, for a file with a reset input
 
 
 def check_destination(dst: str | os.PathLike) -> None:

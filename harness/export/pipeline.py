@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from harness.export.formats import FORMATS, Format, format_of
-from harness.export.job import ExportError, ExportResult, Options, check_destination, landing
+from harness.export.job import ExportError, ExportResult, Options, check_destination, landing, verification_resets
 from harness.export.sources import states_kept
 from harness.export.to_onnx import EXPORTERS
 from harness.parity.report import ParityReport
@@ -56,6 +56,14 @@ def check_reset_input(runner: Any, x: np.ndarray, wanted: bool) -> None:
         )
 
 
+def _taking_resets(reference: Any) -> Any:
+    """The model to prove a file with a reset input against: a Keras model takes resets only as its multi-state
+    layer's call argument, so its one layer; a torch module as it is."""
+    from harness.porting.layers import is_keras, only_multistate_layer
+
+    return only_multistate_layer(reference) if is_keras(reference) else reference
+
+
 def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Options) -> ExportResult:
     check_destination(dst)
     job = fmt.prepare(model_or_path, dst, options)
@@ -65,8 +73,10 @@ def _export(fmt: Format, model_or_path: Any, dst: str | os.PathLike, options: Op
         runner = fmt.runner(tmp)
         job.check(runner)
         check_reset_input(runner, job.x, options.resets)
+        resets = verification_resets(job.x.shape[:3], options.seed) if options.resets else None
+        reference = _taking_resets(job.reference) if options.resets else job.reference
         with keep:
-            report = prove(job.reference, fmt.name, runner, job.x, job.plan, options.seed, job.resets)
+            report = prove(reference, fmt.name, runner, job.x, job.plan, options.seed, resets)
     return ExportResult(str(dst), job.exporter, job.cell, job.state_names, job.num_streams, report)
 
 

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.export.job import ExportError, Job, Options, verification_resets
+from harness.export.job import ExportError, Job, Options
 from harness.export.sources import check_streams, file_kind
 
 EXPORTERS = ("legacy", "dynamo")
@@ -432,8 +432,6 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     (``ExportError``) if the file could not hold it, and the random input, in chunks, that proves the file."""
     import torch
 
-    from harness.porting.layers import only_multistate_layer
-
     try:
         source = resolve_source(model_or_path, options)
     except (ValueError, TypeError) as e:
@@ -477,11 +475,7 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
             raise ExportError(f"the static graph has dynamic dimensions: {', '.join(dynamic[:5])}")
 
     names = tuple(module.state_names)
-    reference = source.reference
-    if options.resets and source.reference is not module:  # a Keras model takes resets as a layer call's argument
-        reference = only_multistate_layer(source.reference)
-    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
-    return Job(write, reference, x, plan, exporter, module.cell, names, module.num_streams, check, resets)
+    return Job(write, source.reference, x, plan, exporter, module.cell, names, module.num_streams, check)
 
 
 def onnx_model(path: str | os.PathLike) -> Any:

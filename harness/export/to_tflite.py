@@ -42,7 +42,7 @@ import numpy as np
 
 from harness.export import tflite_static, xnnpack
 from harness.export import tflite_steps as steps
-from harness.export.job import ExportError, Job, Options, verification_resets
+from harness.export.job import ExportError, Job, Options
 from harness.export.sources import file_kind
 
 SIGNATURE = "serving_default"
@@ -257,7 +257,6 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
     steps = options.verify_steps if frames is None else sum(plan)
     shape = (batch, layer.num_streams, steps, layer.input_size)
     x = np.random.default_rng(options.seed).standard_normal(shape).astype("float32")
-    resets = verification_resets(x.shape[:3], options.seed) if options.resets else None
 
     def write(path: str) -> None:
         try:
@@ -278,7 +277,5 @@ def prepare(model_or_path: Any, dst: str | os.PathLike, options: Options) -> Job
             except ValueError as e:
                 raise ExportError(f"cannot write {dst}: {e}") from None
 
-    if options.resets and reference is model:  # a Keras model takes resets as a layer call's argument
-        reference = layer
     names = tuple(layer.state_names)
-    return Job(write, reference, x, plan, "tflite", layer.cell, names, layer.num_streams, check, resets)
+    return Job(write, reference, x, plan, "tflite", layer.cell, names, layer.num_streams, check)
