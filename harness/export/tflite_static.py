@@ -32,14 +32,12 @@ def static_chunk_function(layer: Any, frames: int, batch: int, resets: bool) -> 
 
     def chunk(x: Any, *inputs: Any) -> dict[str, Any]:
         carried, reset = (inputs[:-1], inputs[-1]) if resets else (inputs, None)
-        # The first layer's input projection of all steps in one matmul, then one (rows, gates) slice per step.
-        xw = tf.reshape(cells[0][0](tf.reshape(x, (rows * frames, features))), (rows, frames, -1))
-        xws = [tf.reshape(v, (rows, -1)) for v in _per_step(xw, frames)]
+        xs = [tf.reshape(v, (rows, features)) for v in _per_step(tf.reshape(x, (rows, frames, features)), frames)]
         # The states stay (L, B, S, H) as fed, so that a step's reset (B, S, 1) selects on them directly.
         conds = [None if reset is None or frames == 1 else reset[:, :, t : t + 1] for t in range(frames)]
         ys = []
-        for xw_t, cond in zip(xws, conds):
-            h, carried = steps.advance(cells, xw_t, carried, reset if frames == 1 else cond)
+        for x_t, cond in zip(xs, conds):
+            h, carried = steps.advance(cells, x_t, carried, reset if frames == 1 else cond)
             ys.append(h)
         y = ys[0] if frames == 1 else tf.concat([tf.reshape(h, (rows, 1, units)) for h in ys], 1)
         out = {"y": tf.reshape(y, (batch, streams, frames, units))}

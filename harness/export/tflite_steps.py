@@ -1,11 +1,11 @@
 """The maths of one time step of a Keras multi-state layer as TensorFlow ops, that both forms of the ``.tflite``
 chunk are built from: the dynamic ``WHILE`` loop (``harness.export.to_tflite``) and the static unrolled graph
 (``harness.export.tflite_static``). The layer's weights are frozen into the graph as constants; the gates are
-computed as the Keras cells compute them; resets clear the states with a select (``cleared``).
+computed as the Keras cells compute them, from one product of ``[x, h]`` per layer and step; resets clear the states with a select (``cleared``).
 
 Example:
     >>> cells = cell_functions(layer)                                   # doctest: +SKIP
-    >>> h, states = advance(cells, cells[0][0](x), states, reset)       # one step of the stack  # doctest: +SKIP
+    >>> h, states = advance(cells, x, states, reset)                    # one step of the stack  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,54 +24,71 @@ def _weights(cell: Any) -> dict[str, np.ndarray]:
     return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in out.items()}
 
 
-def step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> tuple[Callable, Callable]:
-    """``(project, step)`` for one Keras cell: ``project(x)`` is the input part of every step at once
-    (``(N, F)`` -> gates), ``step(xw, states) -> (h, new_states)`` the recurrence, as the Keras cell computes it."""
+def step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> Callable:
+    """``step(x, states) -> (h, new_states)``: one step of a Keras cell, as the cell computes it, with the input
+    and recurrent products in one matmul of ``[x, h]`` (``joined``: one ``FULLY_CONNECTED`` and no ``ADD`` per
+    step, which XNNPACK runs faster than two products of the small sizes of a frame)."""
     import tensorflow as tf
 
-    act, kernel, recurrent = cell.activation, tf.constant(weights["kernel"]), tf.constant(weights["recurrent_kernel"])
-    bias = weights.get("bias")
-    if cell_kind == "gru":  # reset_after=True: bias (2, 3H), the recurrent bias inside the reset gate's product
-        input_bias = None if bias is None else tf.constant(bias[0])
-        recurrent_bias = None if bias is None else tf.constant(bias[1])
-    else:
-        input_bias, recurrent_bias = (None if bias is None else tf.constant(bias)), None
+    act, rec = cell.activation, getattr(cell, "recurrent_activation", None)
+    joined, joined_bias = joined_weights(cell_kind, weights)
+    weight, bias = tf.constant(joined), None if joined_bias is None else tf.constant(joined_bias)
 
-    def project(x: Any) -> Any:
-        xw = tf.matmul(x, kernel)
-        return xw if input_bias is None else xw + input_bias
-
-    def step(xw: Any, states: list) -> tuple[Any, list]:
-        hw = tf.matmul(states[0], recurrent)
+    def step(x: Any, states: list) -> tuple[Any, list]:
+        gates = tf.matmul(tf.concat([x, states[0]], -1), weight)
+        gates = gates if bias is None else gates + bias
         if cell_kind == "lstm":
-            i, f, g, o = tf.split(xw + hw, 4, axis=-1)
-            rec = cell.recurrent_activation
+            i, f, g, o = tf.split(gates, 4, axis=-1)
             c = rec(f) * states[1] + rec(i) * act(g)
             h = rec(o) * act(c)
             return h, [h, c]
         if cell_kind == "gru":
-            rec = cell.recurrent_activation
-            hw = hw if recurrent_bias is None else hw + recurrent_bias
-            x_z, x_r, x_h = tf.split(xw, 3, axis=-1)
-            h_z, h_r, h_h = tf.split(hw, 3, axis=-1)
-            z, r = rec(x_z + h_z), rec(x_r + h_r)
-            h = z * states[0] + (1 - z) * act(x_h + r * h_h)
+            z, r, x_n, h_n = tf.split(gates, 4, axis=-1)
+            n, z = act(x_n + rec(r) * h_n), rec(z)
+            h = n + z * (states[0] - n)  # the cell's z * h + (1 - z) * n, one node fewer
             return h, [h]
-        h = act(xw + hw)
+        h = act(gates)
         return h, [h]
 
-    return project, step
+    return step
 
 
-def cell_functions(layer: Any) -> list[tuple[Callable, Callable]]:
-    """``(project, step)`` of every layer of the stack, bottom first (``step_fn``, weights frozen)."""
+def joined_weights(cell_kind: str, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Keras cell's ``kernel`` ``(F, G)`` and ``recurrent_kernel`` ``(H, G)`` as one weight for ``[x, h]``, and
+    its bias. LSTM and simple RNN: the two stacked, ``(F + H, G)``. GRU (``reset_after``): the reset gate scales
+    only the candidate's recurrent part, so that part stays apart: columns ``[z, r, x_n, h_n]`` of ``H`` each,
+    ``(F + H, 4H)``, zeros where ``x_n`` would meet ``h`` and ``h_n`` would meet ``x``; the bias ``(2, 3H)`` as
+    ``[b_z, b_r, b_xn, b_hn]`` (input and recurrent biases of ``z`` and ``r`` summed).
+
+    Example:
+        >>> w = {"kernel": np.ones((2, 3), "f4"), "recurrent_kernel": np.ones((1, 3), "f4")}
+        >>> joined_weights("gru", w)[0]
+        array([[1., 1., 1., 0.],
+               [1., 1., 1., 0.],
+               [1., 1., 0., 1.]], dtype=float32)
+    """
+    kernel, recurrent, bias = weights["kernel"], weights["recurrent_kernel"], weights.get("bias")
+    if cell_kind != "gru":
+        return np.concatenate([kernel, recurrent]), bias
+    features, units = kernel.shape[0], recurrent.shape[0]
+    joined = np.zeros((features + units, 4 * units), np.float32)
+    joined[:features, : 3 * units] = kernel
+    joined[features:, : 2 * units] = recurrent[:, : 2 * units]
+    joined[features:, 3 * units :] = recurrent[:, 2 * units :]
+    if bias is not None:
+        bias = np.concatenate([bias[0, : 2 * units] + bias[1, : 2 * units], bias[0, 2 * units :], bias[1, 2 * units :]])
+    return joined, bias
+
+
+def cell_functions(layer: Any) -> list[Callable]:
+    """The ``step`` of every layer of the stack, bottom first (``step_fn``, weights frozen)."""
     return [step_fn(layer.cell, rnn.cell, _weights(rnn.cell)) for rnn in layer.rnn_layers]
 
 
-def advance(cells: list[tuple[Callable, Callable]], xw: Any, states: tuple[Any, ...], reset: Any) -> tuple[Any, tuple]:
+def advance(cells: list[Callable], x: Any, states: tuple[Any, ...], reset: Any) -> tuple[Any, tuple]:
     """One time step of the whole stack, the maths both graph forms share.
 
-    ``xw``: the first layer's projected input ``(N, gates)``; ``states``: each carried state ``(L, *rows, H)``
+    ``x``: the step's input ``(N, F)``; ``states``: each carried state ``(L, *rows, H)``
     with ``N`` rows in all (the dynamic form carries ``(L, N, H)``, the static one the file's ``(L, B, S, H)``);
     ``reset``: bools that broadcast to ``(*rows, 1)``, or None. Where ``reset`` is True the row's states are
     zero before the step (``cleared``). Returns the top layer's output ``(N, H)`` and the new states, shaped
@@ -81,9 +98,9 @@ def advance(cells: list[tuple[Callable, Callable]], xw: Any, states: tuple[Any, 
         states = tuple(cleared(s, reset) for s in states)
     layers = len(cells)
     per_layer = [_layers(s, layers) for s in states]
-    h, new = xw, []
-    for k, (project, step) in enumerate(cells):
-        h, updated = step(h if k == 0 else project(h), [s[k] for s in per_layer])
+    h, new = x, []
+    for k, step in enumerate(cells):
+        h, updated = step(h, [s[k] for s in per_layer])
         new.append(updated)
     return h, tuple(_stacked(list(per_state), like) for per_state, like in zip(zip(*new), states))
 

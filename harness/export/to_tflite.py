@@ -10,7 +10,7 @@ Two forms, built from the same step maths (``harness.export.tflite_steps``: the 
 constants, streams folded into the batch, row ``b*S + s``):
 
 - dynamic (this module's ``chunk_function``): ``B`` (batch) and ``t`` (time) dynamic (``-1`` in the shape
-  signature), the input projection of every step in one matmul, then a ``WHILE`` loop over time that grows the
+  signature), a ``WHILE`` loop over time that grows the
   output by concatenation (the converter lowers Keras's own loop only with a static batch: its
   ``TensorListReserve`` needs a static element shape);
 - static (``frames=K``, ``harness.export.tflite_static``): every shape fixed, the ``K`` steps unrolled, no loop;
@@ -75,15 +75,13 @@ def chunk_function(layer: Any, resets: bool = False) -> Any:
         states, reset = (inputs[:-1], inputs[-1]) if resets else (inputs, None)
         batch, length = tf.shape(x)[0], tf.shape(x)[2]
         rows = batch * streams
-        # Time-major, and the first layer's input projection for all steps in one matmul.
-        xs = tf.transpose(tf.reshape(x, (rows, length, features)), (1, 0, 2))
-        xw = tf.reshape(cells[0][0](tf.reshape(xs, (-1, features))), (length, rows, -1))
+        xs = tf.transpose(tf.reshape(x, (rows, length, features)), (1, 0, 2))  # time-major
         carried = tuple(tf.reshape(s, (layers, rows, units)) for s in states)
         if reset is not None:  # time-major (t, rows, 1), a step's rows to select on
             reset = tf.reshape(tf.transpose(tf.reshape(reset, (rows, length))), (length, rows, 1))
 
         def body(t: Any, y: Any, *carry: Any) -> tuple:
-            h, new = steps.advance(cells, xw[t], carry, None if reset is None else reset[t])
+            h, new = steps.advance(cells, xs[t], carry, None if reset is None else reset[t])
             return (t + 1, tf.concat([y, h[None]], 0), *new)
 
         invariants = (tf.TensorShape([]), tf.TensorShape([None, None, units]))
