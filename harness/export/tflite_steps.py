@@ -1,7 +1,8 @@
 """The maths of one time step of a Keras multi-state layer as TensorFlow ops, that both forms of the ``.tflite``
 chunk are built from: the dynamic ``WHILE`` loop (``harness.export.to_tflite``) and the static unrolled graph
 (``harness.export.tflite_static``). The layer's weights are frozen into the graph as constants; the gates are
-computed as the Keras cells compute them, from one product of ``[x, h]`` per layer and step; resets clear the states with a select (``cleared``).
+computed as the Keras cells compute them, from one product of ``[x, h]`` per layer and step; resets clear the
+states with a select (``cleared``).
 
 Example:
     >>> cells = cell_functions(layer)                                   # doctest: +SKIP

@@ -96,6 +96,8 @@ def run_fused(stack: Stack, x: Any, states: tuple) -> tuple[Any, tuple]:
     one call, or one per block of rows where ``paths.block_rows`` says (the same result, bit for bit). Returns the
     output ``(N, T, H)`` and the final states ``(L, N, H)``."""
     size = paths.block_rows(stack, x.shape[0], x.shape[1], x.device.type)
+    if size >= x.shape[0]:  # one call, without the blocks' bookkeeping (a small chunk's cost shows it)
+        return fused_call(stack, x, states)
     return in_row_blocks(functools.partial(fused_call, stack), x, states, size, row_dim=0)
 
 
