@@ -27,7 +27,7 @@ def _weights(cell: Any) -> dict[str, np.ndarray]:
 
 def step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> Callable:
     """``step(x, states) -> (h, new_states)``: one step of a Keras cell, as the cell computes it, with the input
-    and recurrent products in one matmul of ``[x, h]`` (``joined``: one ``FULLY_CONNECTED`` and no ``ADD`` per
+    and recurrent products in one matmul of ``[x, h]`` (``joined_weights``: one ``FULLY_CONNECTED`` and no ``ADD`` per
     step, which XNNPACK runs faster than two products of the small sizes of a frame)."""
     import tensorflow as tf
 

@@ -125,7 +125,7 @@ def _in_order(data: bytes, inputs: list[str], outputs: list[str]) -> bytes:
     by name); a deployment that feeds the interpreter by position expects the ONNX file's order,
     ``x, h[, c][, reset]`` and ``y, h_out[, c_out]``. The signature maps names to tensors, so only the two
     index lists move. The nodes on bools that read nothing but the graph's inputs and constants (the one-frame
-    reset's selects) go first: the converter puts the input projection before them, which cuts the nodes
+    reset's selects) go first: the converter may put nodes of ``x`` alone before them, which cuts the nodes
     XNNPACK takes into two partitions around them (XNNPACK takes no bools), each a delegate call.
     """
     from tensorflow.lite.python import schema_py_generated as schema
