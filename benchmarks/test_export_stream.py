@@ -74,20 +74,27 @@ def _inner_session(rnn: object, streams: int, folder: str) -> Callable:
 
 
 def _tflite_session(module: object, folder: str, frames: int | None = None, resets: bool = False) -> Callable:
-    """The module exported to ``.tflite`` (through its Keras twin; ``frames=1``: the static form; ``resets``: with
-    the reset input, fed all False): one frame per call in the LiteRT interpreter, one thread (``tflite_step``)."""
+    """The module exported to ``.tflite`` (``_tflite_file``): one frame per call in the LiteRT interpreter, one
+    thread (``tflite_step``)."""
+    return tflite_step(_tflite_file(module, folder, frames, resets))
+
+
+def _tflite_file(module: object, folder: str, frames: int | None = None, resets: bool = False) -> str:
+    """The module exported to ``.tflite`` in ``folder`` (through its Keras twin; ``frames=1``: the static form;
+    ``resets``: with the reset input)."""
     from harness.export import export
 
     path = os.path.join(folder, f"m-{frames}-{resets}.tflite")
     export(module, path, frames=frames, resets=resets, verify_steps=16)
-    return tflite_step(path)
+    return path
 
 
-def tflite_step(path: str) -> Callable:
+def tflite_step(path: str, feed: bool = True) -> Callable:
     """One frame per call through the ``.tflite`` chunk file ``path`` in LiteRT's interpreter, one thread, fed by
     position (``x``, the states, then ``reset`` all False if it has one; outputs ``y`` then the new states), the
     states carried; no checks, no resizing (the shapes never change). Drives the harness's files and
-    litert-torch's alike (both in that order)."""
+    litert-torch's alike (both in that order). ``feed=False``: the graph alone, ``invoke()`` with the inputs set
+    once (what a deployment that writes its inputs in place pays; Python's ``set_tensor`` costs ~0.5 µs each)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=1)
@@ -114,16 +121,19 @@ def tflite_step(path: str) -> Callable:
         interpreter.invoke()
         carried[:] = [interpreter.get_tensor(i) for i in news]
 
-    return step
+    if feed:
+        return step
+    step()  # every input set once
+    return interpreter.invoke
 
 
-def _litert_torch_session(module: object, folder: str) -> Callable:
-    """litert-torch's static one-frame graph of ``module`` (``benchmarks.litert_anchor``), as ``tflite_step``."""
+def _litert_torch_file(module: object, folder: str) -> str:
+    """litert-torch's static one-frame graph of ``module`` (``benchmarks.litert_anchor``), written in ``folder``."""
     from benchmarks.litert_anchor import convert_with_litert_torch
 
     path = os.path.join(folder, "litert-torch.tflite")
     convert_with_litert_torch(module, path)
-    return tflite_step(path)
+    return path
 
 
 def _keras_step(module: object, frame: np.ndarray, compiled: bool = False) -> Callable:
@@ -191,7 +201,7 @@ def one_frame_steppers(
         "tflite": lambda: _tflite_session(module, folder),
         "tflite-static": lambda: _tflite_session(module, folder, frames=1),
         "tflite-static-reset": lambda: _tflite_session(module, folder, frames=1, resets=True),
-        "litert-torch": lambda: _litert_torch_session(module, folder),
+        "litert-torch": lambda: tflite_step(_litert_torch_file(module, folder)),
         "keras-step": lambda: _keras_step(module, frame),
         "keras-compiled": lambda: _keras_step(module, frame, compiled=True),
     }
@@ -342,42 +352,46 @@ def tflite_side_by_side(anchor: str | None, run: int, frames: int = 200, rounds:
     """The ``.tflite`` forms of each ``ANCHOR_SHAPES`` module, one frame per call, one thread, timed in interleaved
     rounds (each round times every form once, ``frames`` calls each, so that a change of load on the machine
     hits them alike): the median µs per frame, and each form's median over the rounds of its ratio to the
-    anchor in the same round. The anchor is ``anchor/NAME.litert-torch.tflite``, checked first to compute what
-    the module computes (else written here where litert-torch is installed, else left out)."""
+    anchor in the same round; twice: each frame fed from Python (``tflite_step``), and the graph alone
+    (``feed=False``). The anchor is ``anchor/NAME.litert-torch.tflite``, checked first to compute what the
+    module computes (else written here where litert-torch is installed, else left out)."""
     from benchmarks.litert_anchor import ANCHOR_SHAPES, anchor_module
 
-    print(f"\n.tflite, one frame per call, one thread, LiteRT; {rounds} interleaved rounds of {frames} frames each")
-    print(f"(run {run}; median µs per frame, and the median ratio to litert-torch's static graph per round)")
-    print(f"{'shape':<16} " + " ".join(f"{f:>26}" for f in TFLITE_FORMS))
+    files = {}
     for name, shape in ANCHOR_SHAPES.items():
-        module = anchor_module(*shape)
-        folder = tempfile.mkdtemp()
-        steps = {
-            "tflite-static": _tflite_session(module, folder, frames=1),
-            "tflite-static-reset": _tflite_session(module, folder, frames=1, resets=True),
-            "tflite": _tflite_session(module, folder),
+        module, folder = anchor_module(*shape), tempfile.mkdtemp()
+        files[name] = {
+            "tflite-static": _tflite_file(module, folder, frames=1),
+            "tflite-static-reset": _tflite_file(module, folder, frames=1, resets=True),
+            "tflite": _tflite_file(module, folder),
         }
         path = os.path.join(anchor, f"{name}.litert-torch.tflite") if anchor else None
         if path is not None and os.path.exists(path):
             check_anchor(path, module)
-            steps["litert-torch"] = tflite_step(path)
+            files[name]["litert-torch"] = path
         elif litert_torch_here():
-            steps["litert-torch"] = _litert_torch_session(module, folder)
-        us = {form: [] for form in steps}
-        for _ in range(rounds):
-            for form, step in steps.items():
-                start = time.perf_counter()
-                for _ in range(frames):
-                    step()
-                us[form].append((time.perf_counter() - start) / frames * 1e6)
-        cells = []
-        for form in TFLITE_FORMS:
-            if form not in us:
-                cells.append(f"{'-':>26}")
-                continue
-            ratio = np.median(np.divide(us[form], us["litert-torch"])) if "litert-torch" in us else float("nan")
-            cells.append(f"{np.median(us[form]):>10.2f} µs ({ratio:>5.2f}x)".rjust(26))
-        print(f"{name:<16} " + " ".join(cells))
+            files[name]["litert-torch"] = _litert_torch_file(module, folder)
+    for feed, what in ((True, "each frame's inputs fed from Python"), (False, "the graph alone: invoke()")):
+        print(f"\n.tflite, one frame per call, one thread, LiteRT, {what}; {rounds} interleaved rounds of {frames}")
+        print(f"(run {run}; median µs per frame, and the median ratio to litert-torch's static graph per round)")
+        print(f"{'shape':<16} " + " ".join(f"{f:>26}" for f in TFLITE_FORMS))
+        for name, paths in files.items():
+            steps = {form: tflite_step(path, feed) for form, path in paths.items()}
+            us = {form: [] for form in steps}
+            for _ in range(rounds):
+                for form, step in steps.items():
+                    start = time.perf_counter()
+                    for _ in range(frames):
+                        step()
+                    us[form].append((time.perf_counter() - start) / frames * 1e6)
+            cells = []
+            for form in TFLITE_FORMS:
+                if form not in us:
+                    cells.append(f"{'-':>26}")
+                    continue
+                ratio = np.median(np.divide(us[form], us["litert-torch"])) if "litert-torch" in us else float("nan")
+                cells.append(f"{np.median(us[form]):>10.2f} µs ({ratio:>5.2f}x)".rjust(26))
+            print(f"{name:<16} " + " ".join(cells))
 
 
 def check_anchor(path: str, module: object) -> None:
