@@ -59,7 +59,8 @@ CELL_STEP_MACS = 4_000_000
 CUTS_PER_STEP = 0.9
 # Row blocks (``block_rows``): torch's fused op on a CPU slows down per row once a chunk's working set outgrows
 # the cache; in blocks whose working set is a quarter of the last-level cache, the cost per stream-step stays
-# within 1.1-1.33x from 256 to 65,536 rows (one call: 1.4-2.5x; docs/measurements.md, "Row blocks").
+# within 1.13-1.20x from 256 to 65,536 rows (one call: 1.5-2.4x; quiet machine, 1 thread; docs/measurements.md,
+# "Row blocks").
 CACHE_SHARE = 4  # a block's working set: at most the last-level cache over this
 MIN_BLOCKS = 8  # a chunk blocks only with this many blocks' worth of rows (at 5-6 blocks, 2 threads ran slower)
 FALLBACK_CACHE_BYTES = 32 * 2**20  # where the machine does not say
