@@ -31,7 +31,7 @@ def step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> Callab
     step, which XNNPACK runs faster than two products of the small sizes of a frame)."""
     import tensorflow as tf
 
-    act, rec = cell.activation, getattr(cell, "recurrent_activation", None)
+    act = cell.activation
     joined, joined_bias = joined_weights(cell_kind, weights)
     weight, bias = tf.constant(joined), None if joined_bias is None else tf.constant(joined_bias)
 
@@ -39,11 +39,13 @@ def step_fn(cell_kind: str, cell: Any, weights: dict[str, np.ndarray]) -> Callab
         gates = tf.matmul(tf.concat([x, states[0]], -1), weight)
         gates = gates if bias is None else gates + bias
         if cell_kind == "lstm":
+            rec = cell.recurrent_activation
             i, f, g, o = tf.split(gates, 4, axis=-1)
             c = rec(f) * states[1] + rec(i) * act(g)
             h = rec(o) * act(c)
             return h, [h, c]
         if cell_kind == "gru":
+            rec = cell.recurrent_activation
             z, r, x_n, h_n = tf.split(gates, 4, axis=-1)
             n, z = act(x_n + rec(r) * h_n), rec(z)
             h = n + z * (states[0] - n)  # the cell's z * h + (1 - z) * n, one node fewer
