@@ -61,7 +61,7 @@ def exported(tmp_path_factory, layers) -> dict:
     folder = tmp_path_factory.mktemp("tflite")
     out = {}
     for cell, layer in layers.items():
-        result = export(layer, folder / f"{cell}.tflite", verify_steps=16)
+        result = export(layer, folder / f"{cell}.tflite", verify_steps=6)
         assert result.report.ok and result.exporter == "tflite" and result.state_names == layer.state_names
         out[cell] = (layer, str(folder / f"{cell}.tflite"))
     return out
@@ -106,11 +106,11 @@ def test_keras_file_source_and_callers_states_left_alone(tmp_path):
     layer = layer_of("gru", num_layers=1)
     model = keras.Model(inputs := keras.Input(batch_shape=(B, S, None, F)), layer(inputs))
     write_keras_file(model, tmp_path / "gru.keras")
-    result = export(str(tmp_path / "gru.keras"), tmp_path / "gru.tflite", verify_steps=16)
+    result = export(str(tmp_path / "gru.keras"), tmp_path / "gru.tflite", verify_steps=6)
     assert result.report.ok and result.num_streams == S
     model.predict_on_batch(x_of(B, 5))
     before = layer.get_states()
-    export(model, tmp_path / "model.tflite", verify_steps=16)
+    export(model, tmp_path / "model.tflite", verify_steps=6)
     assert all(np.array_equal(a, b) for a, b in zip(before, layer.get_states()))
     assert isinstance(as_runner(str(tmp_path / "model.tflite")), TFLiteRunner)
 
@@ -184,7 +184,7 @@ def test_planted_fault_is_caught_and_nothing_written(module, target, fault, tmp_
     path.write_bytes(b"the previous good file")
     monkeypatch.setattr(module, target, fault(getattr(module, target)))
     with pytest.raises(ExportError, match="disagrees with the source"):
-        export(layer, path, verify_steps=16)
+        export(layer, path, verify_steps=6)
     assert path.read_bytes() == b"the previous good file"
     assert os.listdir(tmp_path) == ["m.tflite"]
 
