@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models_torch.ops.kernels import Stack, run_plain
+from models_torch.ops.paths import Path
 from models_torch.ops.segments import run_segmented
 from multistate_core.cells import cell_of_class
 
@@ -116,15 +117,16 @@ def run(
     resets: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     stack: Stack | None = None,
+    path: Path | None = None,
 ) -> tuple[torch.Tensor, State]:
     """Run ``x`` ``(N, T, F)`` from ``states``; ``resets`` ``(N, T)`` bool zeroes a row's state before
     step t; steps ``>= lengths[n]`` neither move row n's state nor produce output (zeros there).
 
     Returns the output ``(N, T, H)`` and each row's state after its last valid step, on the path
     ``paths.path_for`` names (``models_torch.ops.segments.run_segmented``). ``stack``:
-    ``stack_of(rnn, x, states)`` where the caller read it already (its weights are read once).
+    ``stack_of(rnn, x, states)`` and ``path``: a plain chunk's path, where the caller read them already.
     """
     stack = stack or stack_of(rnn, x, states)
     plain = resets is None and lengths is None  # only the cutting runners call ``fused``: no partial per plain chunk
     cutting = None if plain else functools.partial(fused, rnn, stack=stack)
-    return run_segmented(cutting, x, states, resets, lengths, stack=stack)
+    return run_segmented(cutting, x, states, resets, lengths, stack=stack, path=path)

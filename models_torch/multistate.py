@@ -19,7 +19,6 @@ from torch import nn
 from models_torch import inner_rnn, streaming
 from models_torch.ops.kernels import step_by_cells
 from models_torch.ops.paths import Path, path_for
-from models_torch.ops.segments import RUNNERS
 from multistate_core import contract
 from multistate_core.cells import CELLS, cell_of_class
 from multistate_core.checkpoint import StateCheckpoints
@@ -341,11 +340,11 @@ class MultiStateBase(StateCheckpoints, nn.Module):
                 # The chooser's one-frame path, run on the frame as it comes: no time axis to fold and unfold
                 # (two views, a tenth of a small frame's cost; docs/measurements.md, "one frame").
                 out, new = step_by_cells(stack, x.reshape(rows, features), folded)
-            elif path is not None:  # a plain chunk: its path read once, run from the runner table
-                out, new = RUNNERS[path](stack, None, x.reshape(rows, steps, features), folded, None, None)
-            else:
+            else:  # a plain chunk's path goes along, read once
                 x = x.reshape(rows, steps, features)
-                out, new = inner_rnn.run(rnn, x, folded, resets=folded_resets, lengths=folded_lengths, stack=stack)
+                out, new = inner_rnn.run(
+                    rnn, x, folded, resets=folded_resets, lengths=folded_lengths, stack=stack, path=path
+                )
             out = out.reshape(batch, streams, steps, hidden)
             new = tuple(s.reshape(layers, batch, streams, hidden) for s in new)
             if not stateless:

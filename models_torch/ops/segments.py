@@ -141,16 +141,19 @@ def run_cuts(
     return torch.cat(outputs, 1), states
 
 
-def run_segmented(fused: Any, x: Any, states: tuple, resets: Any, lengths: Any, *, stack: Stack) -> tuple[Any, tuple]:
+def run_segmented(
+    fused: Any, x: Any, states: tuple, resets: Any, lengths: Any, *, stack: Stack, path: paths.Path | None = None
+) -> tuple[Any, tuple]:
     """Run ``x`` ``(N, T, F)`` from ``states`` (each ``(L, N, H)``) with ``resets`` ``(N, T)`` and ``lengths``
     ``(N,)`` (tensors or None) on the path ``paths.path_for`` names for it (``RUNNERS``).
 
     ``stack``: the stack's cell, weights and settings (``kernels.Stack``); ``fused(x_or_packed, states)`` runs
-    it once, a ``PackedSequence`` included (the cutting runners call it). Returns the output ``(N, T, H)``
+    it once, a ``PackedSequence`` included (the cutting runners call it). ``path``: a plain chunk's path where
+    the caller read it already (``path_for`` without resets or lengths). Returns the output ``(N, T, H)``
     (zeros at steps past a row's length) and each row's state after its last valid step.
     """
     if resets is None and lengths is None:  # the common chunk: no host copies, no chunk facts
-        path = paths.path_for(stack, x.shape[0], x.shape[1], x.device.type)
+        path = path or paths.path_for(stack, x.shape[0], x.shape[1], x.device.type)
         return RUNNERS[path](stack, fused, x, states, None, None)
     host_resets = None if resets is None else resets.cpu().numpy().astype(bool)
     host_lengths = None if lengths is None else lengths.cpu().numpy()

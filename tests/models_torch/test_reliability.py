@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from harness import check_parity, default_tolerance
 from harness.porting import torch_class
-from models_torch.ops import kernels
+from models_torch import inner_rnn
 from tests.conformance import assert_twins_match
 from tests.helpers import B, F, H, PerStreamLoop, S, random_input
 
@@ -23,7 +23,7 @@ def test_error_mid_computation_leaves_state_bit_identical(rng, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("planted failure inside the fused call")
 
-    monkeypatch.setattr(kernels, "fused_call", fail)
+    monkeypatch.setattr(inner_rnn, "run_segmented", fail)
     for call in (lambda: model(torch.zeros(B, S, 3, F)), lambda: model(torch.zeros(B, 3, F), stream=1)):
         with pytest.raises(RuntimeError, match="planted failure"):
             call()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.porting import torch_class
-from models_torch.ops import kernels
+from models_torch import inner_rnn
 from tests.helpers import CELLS, B, F, H, S, T, keras_backend, random_input
 
 
@@ -49,7 +49,7 @@ def test_failed_first_call_fixes_no_batch_size(rng, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("planted failure inside the recurrent call")
 
-    monkeypatch.setattr(kernels, "fused_call", fail)
+    monkeypatch.setattr(inner_rnn, "run_segmented", fail)
     with pytest.raises(RuntimeError, match="planted failure"):
         model(torch.from_numpy(random_input(rng, (B, S, T, F))))
     assert model.batch_size is None
